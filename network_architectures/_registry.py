@@ -1,0 +1,110 @@
+"""Model registry, in the style of timm's: every network module registers its entry points.
+
+An entry point is a function ``fn(in_channels=1, num_classes=2, deep_supervision=False, **kwargs)
+-> nn.Module`` returning raw logits (no softmax/sigmoid).  Registration records what a trainer
+needs to know about the network without building it:
+
+* ``size_divisor`` -- every spatial input size must be a multiple of it (the trainer snaps the
+  nnU-Net plan's patch size to it);
+* ``min_size`` -- smallest spatial size the network accepts;
+* ``fixed_sizes`` -- if the network only accepts a few sizes (e.g. position tables), the list of
+  them; the trainer snaps the patch to the nearest one;
+* ``deep_supervision_strides`` -- downsampling factor of each output (highest resolution first)
+  when the network is built with ``deep_supervision=True``; ``None`` if it has a single output;
+* ``paper`` / ``requires`` -- for ``bus-nnunet trainers`` listings (``requires``: optional
+  importable packages the network cannot run without; packages that only speed it up are not
+  listed);
+* ``takes_input_size`` -- the entry point accepts ``input_size=(H, W)``, the patch it will see.
+
+Network modules must not import nnU-Net, and must import optional heavy packages lazily.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info", "snap_patch_size"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    fn: Callable
+    size_divisor: int = 32
+    min_size: int = 32
+    fixed_sizes: Optional[Tuple[int, ...]] = None
+    deep_supervision_strides: Optional[Tuple[int, ...]] = None
+    paper: str = ""
+    requires: Tuple[str, ...] = field(default_factory=tuple)
+    takes_input_size: bool = False  # entry point wants input_size=(H, W) (the trainer's patch size)
+
+
+_MODELS: Dict[str, ModelInfo] = {}
+# modules that register models; imported on first registry access so that importing the package
+# stays cheap and one broken optional module cannot hide the others.
+_MODEL_MODULES: List[str] = []
+
+
+def register_model(fn: Callable = None, *, name: str = None, size_divisor: int = 32, min_size: int = 32,
+                   fixed_sizes: Sequence[int] = None, deep_supervision_strides: Sequence[int] = None,
+                   paper: str = "", requires: Sequence[str] = (), takes_input_size: bool = False):
+    """Decorator registering a network entry point under ``name`` (default: the function name)."""
+
+    def wrap(f):
+        key = name or f.__name__
+        if key in _MODELS and _MODELS[key].fn is not f:
+            raise ValueError(f"network {key!r} is registered twice ({_MODELS[key].fn.__module__} and {f.__module__})")
+        _MODELS[key] = ModelInfo(key, f, size_divisor, min_size,
+                                 tuple(fixed_sizes) if fixed_sizes else None,
+                                 tuple(deep_supervision_strides) if deep_supervision_strides else None,
+                                 paper, tuple(requires), takes_input_size)
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _load_all():
+    for mod in _MODEL_MODULES:
+        full = f"{__package__}.{mod}"
+        try:
+            importlib.import_module(full)
+        except ModuleNotFoundError as e:
+            if e.name != full:  # a missing dependency inside the module is a real error
+                raise
+
+
+def list_models() -> List[str]:
+    _load_all()
+    return sorted(_MODELS)
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in _MODELS:
+        _load_all()
+    if name not in _MODELS:
+        raise KeyError(f"unknown network {name!r}; available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def create_model(name: str, in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False, **kwargs):
+    """Build a registered network. ``num_classes`` counts background (nnU-Net's segmentation heads)."""
+    return model_info(name).fn(in_channels=in_channels, num_classes=num_classes,
+                               deep_supervision=deep_supervision, **kwargs)
+
+
+def snap_patch_size(name: str, patch_size: Sequence[int]) -> Tuple[int, ...]:
+    """Nearest patch size the network accepts: each side a multiple of ``size_divisor`` (rounded to
+    the nearest multiple, never below ``min_size``), or the nearest of ``fixed_sizes``."""
+    info = model_info(name)
+    snapped = []
+    for s in patch_size:
+        s = int(s)
+        if info.fixed_sizes:
+            snapped.append(min(info.fixed_sizes, key=lambda f: (abs(f - s), -f)))
+            continue
+        d = info.size_divisor
+        nearest = int(round(s / d)) * d  # ties (exact halves) go to the even multiple, like round()
+        smallest = -(-info.min_size // d) * d
+        snapped.append(max(nearest, smallest))
+    return tuple(snapped)

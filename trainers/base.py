@@ -1,0 +1,256 @@
+"""Base classes every bus-nnunet trainer extends.
+
+* :class:`UltrasoundAugmentationMixin` -- B-mode-aware augmentation and test-time mirroring
+  (lateral mirroring only, rotation <= 15 degrees, speckle / gain / depth attenuation), plus
+  schedule overrides for smoke runs.
+* :class:`BusNetworkTrainer` -- plugs a network from ``bus_nnunet.network_architectures`` into
+  nnU-Net: builds it from the plan (input channels, classes, patch size snapped to what the
+  network accepts), handles deep supervision for single- and multi-output networks, and applies
+  the paper's optimiser / schedule / loss recipe.  A network trainer is a few class attributes::
+
+      class SSNetTrainer(BusNetworkTrainer):
+          network_name = "ssnet"
+          recipe = Recipe(optimizer="adamw", lr=1e-4, weight_decay=1e-4, schedule="cosine")
+
+Schedule overrides (environment, for CPU smoke runs; logged when used):
+``BUS_NNUNET_NUM_EPOCHS``, ``BUS_NNUNET_NUM_ITERATIONS`` (per epoch),
+``BUS_NNUNET_NUM_VAL_ITERATIONS``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from bus_nnunet import augmentation
+from bus_nnunet.network_architectures import create_model, model_info, snap_patch_size
+from bus_nnunet.recipes import EpochLRScheduler, Recipe, build_optimizer
+
+__all__ = ["UltrasoundAugmentationMixin", "BusNetworkTrainer", "unwrap_network"]
+
+SCHEDULE_ENV = {
+    "num_epochs": "BUS_NNUNET_NUM_EPOCHS",
+    "num_iterations_per_epoch": "BUS_NNUNET_NUM_ITERATIONS",
+    "num_val_iterations_per_epoch": "BUS_NNUNET_NUM_VAL_ITERATIONS",
+}
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The plain module behind DDP and torch.compile wrappers."""
+    if isinstance(network, torch.nn.parallel.DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+class UltrasoundAugmentationMixin:
+    """Ultrasound-aware augmentation for any nnU-Net trainer (put it first in the bases)."""
+
+    #: False gives nnU-Net's own augmentation (both-axis mirroring, +-180 degree rotation).
+    ultrasound_augmentation: bool = True
+    #: set by the generated ``<Trainer>_<N>epochs`` variants
+    variant_num_epochs: Optional[int] = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._apply_schedule_overrides()
+
+    def _apply_schedule_overrides(self):
+        if self.variant_num_epochs:
+            self.num_epochs = self.variant_num_epochs
+        for attr, env in SCHEDULE_ENV.items():
+            value = os.environ.get(env)
+            if value:
+                try:
+                    setattr(self, attr, int(value))
+                except ValueError:
+                    raise ValueError(f"{env}={value!r} is not an integer") from None
+                self.print_to_log_file(f"{env}={value}: {attr} overridden (smoke-run setting)")
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        if not self.ultrasound_augmentation or len(self.configuration_manager.patch_size) != 2:
+            return super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        patch_size = self.configuration_manager.patch_size
+        rotation = augmentation.us_rotation_range()
+        mirror_axes = augmentation.US_MIRROR_AXES
+        initial_patch_size = get_patch_size(patch_size, rotation, rotation, rotation, (0.85, 1.25))
+        self.print_to_log_file(f"ultrasound augmentation: rotation +-{augmentation.US_MAX_ROTATION_DEG:g} deg, "
+                               f"mirroring axes {mirror_axes} (lateral only, also at test time)")
+        self.inference_allowed_mirroring_axes = mirror_axes
+        return rotation, False, initial_patch_size, mirror_axes
+
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, *args, **kwargs):
+        # nnU-Net calls this through the instance, so it may be a plain method here.
+        compose = nnUNetTrainer.get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
+                                                        mirror_axes, do_dummy_2d_data_aug, *args, **kwargs)
+        if self.ultrasound_augmentation and len(patch_size) == 2:
+            from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+            from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
+            names = [type(t).__name__ for t in compose.transforms]
+            # intensity transforms go after nnU-Net's intensity block, before mirroring/label clean-up
+            anchor = next((i for i, t in enumerate(compose.transforms)
+                           if isinstance(t, (MirrorTransform, RemoveLabelTansform))), len(names))
+            compose.transforms[anchor:anchor] = augmentation.ultrasound_intensity_transforms()
+        return compose
+
+
+class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
+    """nnU-Net trainer for a network registered in ``bus_nnunet.network_architectures``."""
+
+    #: registry name of the network (``bus_nnunet.network_architectures.list_models()``)
+    network_name: str = None
+    #: extra keyword arguments for the network's entry point
+    network_kwargs: dict = {}
+    #: the paper's optimiser, schedule and loss weights
+    recipe: Recipe = Recipe()
+    #: train with the network's auxiliary outputs if it has any (registry deep_supervision_strides)
+    deep_supervision: bool = True
+    #: per-output loss weights for deep supervision (highest resolution first); None = 1/2**i, normalised
+    deep_supervision_weights: Optional[Sequence[float]] = None
+    #: environment variable naming a local pretrained checkpoint (None: the network has none)
+    pretrained_env: Optional[str] = None
+    #: whether nnU-Net may torch.compile the network on CUDA
+    allow_compile: bool = True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.network_name is None:
+            raise TypeError(f"{type(self).__name__} must set network_name")
+        info = model_info(self.network_name)
+        self.initial_lr = self.recipe.lr
+        self.weight_decay = self.recipe.weight_decay
+        if self.recipe.num_epochs:
+            self.num_epochs = self.recipe.num_epochs
+        self._apply_schedule_overrides()  # variants and env win over the recipe
+        self.enable_deep_supervision = bool(self.deep_supervision and info.deep_supervision_strides)
+        self._snap_patch_size()
+        self.print_to_log_file(f"{type(self).__name__}: network {self.network_name!r}, recipe {self.recipe}, "
+                               f"deep supervision {self.enable_deep_supervision}")
+
+    # -- plan handling ------------------------------------------------------------------------------
+    def _snap_patch_size(self):
+        """Make the plan's patch size one the network accepts, in the plans saved with the model
+        too, so sliding-window inference feeds the network the tiles it was trained on."""
+        old = tuple(int(s) for s in self.configuration_manager.patch_size)
+        new = snap_patch_size(self.network_name, old)
+        if new != old:
+            self.configuration_manager.configuration["patch_size"] = list(new)
+            self.plans_manager.plans["configurations"][self.configuration_name]["patch_size"] = list(new)
+            self.print_to_log_file(f"patch size {list(old)} -> {list(new)} (what {self.network_name} accepts)")
+
+    # -- network -------------------------------------------------------------------------------------
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True, *legacy_args) -> nn.Module:
+        """Build the network; nnU-Net calls this for training and, with DS off, for inference.
+
+        Accepts both signatures: nnU-Net >= 2.7 passes ``(plans_manager, configuration_manager,
+        num_input_channels, num_output_channels, enable_deep_supervision)``; older versions pass
+        ``(arch_class_name, arch_init_kwargs, arch_init_kwargs_req_import, num_input_channels,
+        num_output_channels, enable_deep_supervision)``, which carries no patch size.
+        """
+        if isinstance(plans_manager, str):  # legacy call
+            num_input_channels, num_output_channels, enable_deep_supervision = (
+                num_output_channels, enable_deep_supervision, legacy_args[0] if legacy_args else True)
+            patch_size = None
+        else:
+            patch_size = tuple(int(s) for s in configuration_manager.patch_size)
+            accepted = snap_patch_size(cls.network_name, patch_size)
+            if accepted != patch_size:
+                raise ValueError(
+                    f"{cls.__name__}: the plans give patch size {list(patch_size)}, which {cls.network_name} cannot "
+                    f"take (nearest accepted: {list(accepted)}). Models trained by {cls.__name__} save the snapped "
+                    f"size in their plans.json; use that plans.json, or set the configuration's patch_size.")
+        return cls.create_network(num_input_channels, num_output_channels, enable_deep_supervision, patch_size)
+
+    @classmethod
+    def create_network(cls, num_input_channels: int, num_output_channels: int, enable_deep_supervision: bool,
+                       patch_size: Optional[Tuple[int, ...]] = None) -> nn.Module:
+        info = model_info(cls.network_name)
+        kwargs = dict(cls.network_kwargs)
+        if info.takes_input_size and patch_size is not None:
+            kwargs["input_size"] = tuple(patch_size)
+        ds = bool(enable_deep_supervision and cls.deep_supervision and info.deep_supervision_strides)
+        return create_model(cls.network_name, in_channels=num_input_channels, num_classes=num_output_channels,
+                            deep_supervision=ds, **kwargs)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        mod = unwrap_network(self.network)
+        if hasattr(mod, "deep_supervision"):
+            mod.deep_supervision = bool(enabled and self.enable_deep_supervision)
+
+    def _get_deep_supervision_scales(self):
+        if not self.enable_deep_supervision:
+            return None
+        dim = len(self.configuration_manager.patch_size)
+        return [[1.0 / s] * dim for s in model_info(self.network_name).deep_supervision_strides]
+
+    def _do_i_compile(self):
+        return self.allow_compile and super()._do_i_compile()
+
+    # -- recipe --------------------------------------------------------------------------------------
+    def _build_loss(self):
+        """Dice + cross-entropy weighted by the recipe.  For two classes, softmax cross-entropy equals
+        the papers' BCE on the sigmoid of the logit difference, so "BCE" recipes map to ce_weight."""
+        r = self.recipe
+        if self.label_manager.has_regions:
+            loss = DC_and_BCE_loss({}, {"batch_dice": self.configuration_manager.batch_dice, "do_bg": True,
+                                        "smooth": 1e-5, "ddp": self.is_ddp},
+                                   weight_ce=r.ce_weight, weight_dice=r.dice_weight,
+                                   use_ignore_label=self.label_manager.ignore_label is not None,
+                                   dice_class=MemoryEfficientSoftDiceLoss)
+        else:
+            loss = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
+                                   "do_bg": False, "ddp": self.is_ddp}, {},
+                                  weight_ce=r.ce_weight, weight_dice=r.dice_weight,
+                                  ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+        if self.enable_deep_supervision:
+            n = len(self._get_deep_supervision_scales())
+            weights = np.array(self.deep_supervision_weights if self.deep_supervision_weights is not None
+                               else [1 / 2 ** i for i in range(n)], dtype=float)
+            if len(weights) != n:
+                raise ValueError(f"{type(self).__name__}: {len(weights)} deep supervision weights for {n} outputs")
+            loss = DeepSupervisionWrapper(loss, weights / weights.sum())
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.recipe, self.network.parameters())
+        return optimizer, EpochLRScheduler(optimizer, self.recipe, self.num_epochs)
+
+    # -- pretrained weights --------------------------------------------------------------------------
+    def initialize(self):
+        super().initialize()
+        self._maybe_load_pretrained()
+
+    def _maybe_load_pretrained(self):
+        if self.pretrained_env is None:
+            return
+        path = os.environ.get(self.pretrained_env)
+        if not path:
+            self.print_to_log_file(f"{type(self).__name__}: no pretrained weights, training from scratch "
+                                   f"(set {self.pretrained_env}=/path/to/checkpoint to load them)")
+            return
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{self.pretrained_env}={path}: no such file. Point it at a local checkpoint "
+                                    f"or unset it to train from scratch.")
+        report = self.load_pretrained_weights(unwrap_network(self.network), path)
+        self.print_to_log_file(f"{type(self).__name__}: pretrained weights from {path}: {report}")
+
+    def load_pretrained_weights(self, network: nn.Module, path: str) -> str:
+        """Load a local checkpoint into ``network``; return a one-line report. Trainers with
+        ``pretrained_env`` implement this."""
+        raise NotImplementedError(f"{type(self).__name__} sets pretrained_env but does not load weights")
