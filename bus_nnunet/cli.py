@@ -1,0 +1,49 @@
+"""``bus-nnunet`` command line: one sub-command per module in ``bus_nnunet/commands``.
+
+A command module defines ``register(subparsers)``, which adds its parser and sets
+``func=<callable(args) -> int>`` as default.  Modules import heavy packages (torch, nnU-Net)
+inside their functions, so ``bus-nnunet --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from bus_nnunet import __version__
+from bus_nnunet.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bus-nnunet",
+        description="Breast and thyroid ultrasound segmentation on top of nnU-Net v2: dataset converters, "
+                    "published networks as nnU-Net trainers, evaluation and reports.")
+    parser.add_argument("--version", action="version", version=f"bus-nnunet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from bus_nnunet import commands
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UserError as e:  # expected, explained failures: no traceback
+        print(f"bus-nnunet {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

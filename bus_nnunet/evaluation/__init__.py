@@ -1,0 +1,1 @@
+"""Evaluation: segmentation and classification metrics, cross-validation reports, statistics."""

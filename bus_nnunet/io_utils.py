@@ -1,0 +1,66 @@
+"""Safe output handling shared by every command: never overwrite what a user has without
+``--overwrite``, and never leave a half-written result behind."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bus_nnunet.errors import UserError
+
+
+def check_output_free(path, overwrite: bool, what: str = "output") -> Path:
+    """Raise a UserError if ``path`` exists and ``overwrite`` is False."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{what} {path} already exists; pass --overwrite to replace it "
+                        f"(or choose another location)")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder"):
+    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
+
+    If the body raises, the temporary folder is removed and ``path`` is untouched.  An existing
+    ``path`` is refused unless ``overwrite``; with ``overwrite`` it is replaced only after the new
+    content is complete.
+    """
+    path = Path(path)
+    check_output_free(path, overwrite, what)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding) as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path, obj, indent: int = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")

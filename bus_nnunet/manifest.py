@@ -1,0 +1,80 @@
+"""The per-case manifest every converter writes next to ``dataset.json`` (``manifest.csv``).
+
+One row per case.  Columns (converters may add more; readers ignore unknown ones):
+
+========================  =====================================================================
+``case_id``               nnU-Net case identifier (file name without ``_0000.png`` / ``.png``)
+``split``                 ``train`` (imagesTr) or ``test`` (imagesTs)
+``class``                 ``benign`` / ``malignant`` / ``normal`` (empty if the dataset has none)
+``source_image``          original image path, relative to the source folder
+``source_masks``          original mask path(s), ``;``-separated
+``patient_id``            where the dataset has one, else empty
+``birads``                where present, else empty
+``height``, ``width``     image size in pixels
+``sha256``                of the original image file
+========================  =====================================================================
+
+Classification trainers (ACSNet) and the evaluation tools read the ``class`` column from here.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from bus_nnunet.errors import UserError
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = ["case_id", "split", "class", "source_image", "source_masks", "patient_id", "birads",
+                    "height", "width", "sha256"]
+CLASS_NAMES = ("benign", "malignant", "normal")
+MANIFEST_ENV = "BUS_NNUNET_MANIFEST"
+
+
+def read_manifest(path) -> List[Dict[str, str]]:
+    """Rows of a manifest as dicts; a UserError naming the file if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"manifest {path} not found; convert the dataset with `bus-nnunet convert` "
+                        f"or write a CSV with at least the columns case_id,class")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "case_id" not in reader.fieldnames:
+            raise UserError(f"manifest {path} has no 'case_id' column (columns: {reader.fieldnames})")
+        return list(reader)
+
+
+def case_classes(path) -> Dict[str, str]:
+    """``case_id -> class`` from a manifest (only rows with a non-empty class)."""
+    rows = read_manifest(path)
+    if rows and "class" not in rows[0]:
+        raise UserError(f"manifest {path} has no 'class' column")
+    return {r["case_id"]: r["class"].strip().lower() for r in rows if r.get("class", "").strip()}
+
+
+def find_manifest(dataset_name: str, raw_root: Optional[str] = None) -> Path:
+    """The manifest of an nnU-Net dataset: ``$BUS_NNUNET_MANIFEST`` if set, else
+    ``$nnUNet_raw/<dataset_name>/manifest.csv``."""
+    override = os.environ.get(MANIFEST_ENV)
+    if override:
+        return Path(override)
+    raw_root = raw_root or os.environ.get("nnUNet_raw")
+    if not raw_root:
+        raise UserError(f"cannot locate the manifest of {dataset_name}: nnUNet_raw is not set "
+                        f"(or set {MANIFEST_ENV}=/path/to/manifest.csv)")
+    return Path(raw_root) / dataset_name / MANIFEST_NAME
+
+
+def write_manifest(path, rows: List[Dict[str, object]]) -> None:
+    """Write rows with the standard columns first, then any extra columns in first-seen order."""
+    from bus_nnunet.io_utils import atomic_write_text
+    import io
+    extra = []
+    for r in rows:
+        extra += [k for k in r if k not in MANIFEST_COLUMNS and k not in extra]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS + extra, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

@@ -1,0 +1,73 @@
+"""Helpers that drive the real nnU-Net command-line tools on tiny synthetic data (CPU smoke runs)."""
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bus_nnunet.synthetic import write_nnunet_raw
+
+BIN = Path(sys.executable).parent
+# nnUNet_n_proc_DA=0: in-process augmentation (no worker start-up); only for training, since
+# nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA) and fails on 0.
+SMOKE_SCHEDULE = {"BUS_NNUNET_NUM_EPOCHS": "1", "BUS_NNUNET_NUM_ITERATIONS": "2",
+                  "BUS_NNUNET_NUM_VAL_ITERATIONS": "1", "nnUNet_n_proc_DA": "0"}
+DATASET_ID = 990
+
+
+def make_env(root: Path) -> dict:
+    env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+           "nnUNet_results": str(root / "results"), "nnUNet_def_n_proc": "2", "OMP_NUM_THREADS": "2"}
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        Path(env[k]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def run(cmd, env: dict, timeout=900, check=True) -> subprocess.CompletedProcess:
+    """Run an nnU-Net / bus-nnunet command with ``env`` on top of os.environ; fail with its output."""
+    full_env = {**os.environ, **env}
+    exe = cmd[0] if os.path.isabs(cmd[0]) else str(BIN / cmd[0])
+    proc = subprocess.run([exe, *map(str, cmd[1:])], env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n--- stdout ---\n"
+                             f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@dataclass
+class PlannedDataset:
+    root: Path
+    env: dict
+    dataset_id: int
+    raw: Path
+
+    def results_env(self, tmp_path: Path) -> dict:
+        """The dataset's env with a private nnUNet_results folder (tests may run in parallel)."""
+        results = tmp_path / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        return {**self.env, "nnUNet_results": str(results)}
+
+
+def plan_synthetic_dataset(root: Path, n_cases=12, size=(64, 64), n_test=2) -> PlannedDataset:
+    env = make_env(root)
+    raw = write_nnunet_raw(env["nnUNet_raw"], DATASET_ID, "SyntheticUS", n_cases=n_cases, size=size,
+                           n_test=n_test)
+    run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "2", "-npfp", "2",
+         "--verify_dataset_integrity", "--no_pbar"], env)
+    return PlannedDataset(root, env, DATASET_ID, raw)
+
+
+def train_cli(ds: PlannedDataset, env: dict, trainer: str, fold=0, extra=(), schedule=None):
+    """``nnUNetv2_train <id> 2d <fold> -tr <trainer> -device cpu`` with a smoke schedule."""
+    return run(["nnUNetv2_train", ds.dataset_id, "2d", fold, "-tr", trainer, "-device", "cpu", *extra],
+               {**env, **(schedule or SMOKE_SCHEDULE)})
+
+
+def predict_cli(ds: PlannedDataset, env: dict, trainer: str, out: Path, folds=(0,), extra=()):
+    return run(["nnUNetv2_predict", "-i", ds.raw / "imagesTs", "-o", out, "-d", ds.dataset_id, "-c", "2d",
+                "-tr", trainer, "-f", *folds, "-device", "cpu", "-npp", "0", "-nps", "0", *extra], env)
+
+
+def model_folder(env: dict, trainer: str, dataset_id=DATASET_ID) -> Path:
+    return Path(env["nnUNet_results"]) / f"Dataset{dataset_id:03d}_SyntheticUS" / f"{trainer}__nnUNetPlans__2d"

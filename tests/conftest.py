@@ -1,0 +1,41 @@
+"""Shared fixtures.
+
+* ``shared_data`` -- ``../shared/data`` beside the checkout; tests that need it skip cleanly when
+  it is absent (a user's fresh clone).
+* ``nnunet_env`` -- fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results folders for one test,
+  set in ``os.environ`` and returned as a dict for subprocesses.
+* ``planned_dataset`` -- one small synthetic dataset, planned and preprocessed by the real
+  ``nnUNetv2_plan_and_preprocess`` once per session; trainer tests train on it with
+  ``_nnunet.train_cli`` (each test gets its own results folder).
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _nnunet  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present (fresh clone): real-data test skipped")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch):
+    env = _nnunet.make_env(tmp_path)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+@pytest.fixture(scope="session")
+def planned_dataset(tmp_path_factory):
+    return _nnunet.plan_synthetic_dataset(tmp_path_factory.mktemp("nnunet_synthetic"))
