@@ -1,0 +1,112 @@
+"""``bus-nnunet doctor``: is this installation able to train and predict with our trainers?
+
+Reports versions (nnunetv2, torch, torchvision, CUDA, mamba-ssm), checks that nnU-Net's own
+trainer lookup finds every bus-nnunet trainer, and says whether torch.compile and AMP will be
+used.  Exits 1 with the fix when something is wrong.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import os
+
+NNUNET_RANGE = ((2, 8, 1), (2, 9, 0))
+
+
+def register(subparsers):
+    p = subparsers.add_parser("doctor", help="check versions, trainer registration, CUDA/AMP/compile")
+    p.add_argument("--quick", action="store_true", help="look up one trainer only (faster)")
+    p.set_defaults(func=run)
+
+
+def _version(dist):
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _parse(v):
+    parts = []
+    for p in v.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def run(args) -> int:
+    problems = []
+    ok = lambda msg: print(f"  ok    {msg}")  # noqa: E731
+    info = lambda msg: print(f"  info  {msg}")  # noqa: E731
+
+    def bad(msg, fix):
+        print(f"  FAIL  {msg}\n        fix: {fix}")
+        problems.append(msg)
+
+    print("versions")
+    nnunet_v = _version("nnunetv2")
+    if nnunet_v is None:
+        bad("nnunetv2 is not installed", 'pip install "nnunetv2>=2.8.1,<2.9"')
+    elif not (NNUNET_RANGE[0] <= _parse(nnunet_v) < NNUNET_RANGE[1]):
+        bad(f"nnunetv2 {nnunet_v} is outside the tested range >=2.8.1,<2.9", 'pip install "nnunetv2>=2.8.1,<2.9"')
+    else:
+        ok(f"nnunetv2 {nnunet_v}")
+    import torch
+    ok(f"torch {torch.__version__}")
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.ops import deform_conv2d  # noqa: F401  (the import that breaks on a mismatched pair)
+        ok(f"torchvision {torchvision.__version__}")
+    except Exception as e:
+        bad(f"torchvision does not import with this torch ({type(e).__name__}: {e})",
+            "install the matched pair: pip install torch==2.14.1 torchvision==0.29.1")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        ok(f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s): {torch.cuda.get_device_name(0)}")
+    else:
+        info("CUDA not available: training runs on CPU (-device cpu; smoke runs only, real training needs a GPU)")
+    mamba = importlib.util.find_spec("mamba_ssm") is not None
+    info("mamba-ssm " + (f"{_version('mamba-ssm')} (CUDA selective-scan kernels)" if mamba else
+                         "not installed: SS-Net uses its pure-PyTorch scan (pip install 'bus-nnunet[mamba]' on CUDA)"))
+    info(f"timm {_version('timm')}, dynamic-network-architectures {_version('dynamic-network-architectures')}")
+
+    print("registration")
+    from bus_nnunet import registration
+    folder = registration.trainer_entry_folder()
+    if registration.entry_folder_registered():
+        ok(f"nnUNet_extTrainer contains {folder}")
+    else:
+        bad("nnUNet_extTrainer does not contain bus-nnunet's trainer folder (start-up hook not active)",
+            f'reinstall (pip install -e . / pip install bus-nnunet) or export nnUNet_extTrainer="{folder}"')
+    if not registration.hook_installed():
+        info("start-up hook _bus_nnunet_hook not importable; registration relies on your export")
+    from bus_nnunet.trainers import TRAINERS, UNAVAILABLE
+    for module, error in UNAVAILABLE.items():
+        bad(f"trainer module {module} failed to import: {error}", "see the error; reinstall bus-nnunet")
+    names = sorted(TRAINERS)[:1] if args.quick else sorted(TRAINERS)
+    registration.ensure_registered()  # check the classes themselves even if the hook is off
+    for name in names:
+        found = registration.lookup_trainer(name)
+        if found["error"]:
+            bad(f"nnU-Net cannot find {name}: {found['error']}",
+                f'export nnUNet_extTrainer="{folder}" and rerun doctor')
+        else:
+            ok(f"nnU-Net finds {name}")
+
+    print("acceleration")
+    compile_env = os.environ.get("nnUNet_compile")
+    if not cuda:
+        info("torch.compile: off (nnU-Net never compiles on CPU); AMP: off (CUDA only)")
+    else:
+        default_on = compile_env is None or compile_env.lower() in ("true", "1", "t")
+        no_compile = sorted(n for n, c in TRAINERS.items() if not getattr(c, "allow_compile", True))
+        info(f"torch.compile: {'on' if default_on else 'off'} (nnUNet_compile={compile_env!r})"
+             + (f"; never for {', '.join(no_compile)}" if no_compile and default_on else ""))
+        info("AMP (autocast float16 + GradScaler): on for training and inference on CUDA")
+
+    print()
+    if problems:
+        print(f"{len(problems)} problem(s) found")
+        return 1
+    print("all good")
+    return 0

@@ -1,0 +1,53 @@
+"""``bus-nnunet trainers``: every trainer with its network and whether it can run here."""
+from __future__ import annotations
+
+import importlib.util
+
+
+def register(subparsers):
+    p = subparsers.add_parser("trainers", help="list bus-nnunet's nnU-Net trainers and their status")
+    p.add_argument("--entry-folder", action="store_true",
+                   help="print only the folder to put in nnUNet_extTrainer (for a manual export)")
+    p.add_argument("--variants", action="store_true", help="also list the schedule variants")
+    p.set_defaults(func=run)
+
+
+def trainer_rows():
+    """(name, network, paper, status) for every base trainer."""
+    from bus_nnunet.network_architectures import model_info
+    from bus_nnunet.trainers import TRAINERS, UNAVAILABLE
+    rows = []
+    for name, cls in sorted(TRAINERS.items()):
+        network_name = getattr(cls, "network_name", None)
+        if network_name:
+            info = model_info(network_name)
+            missing = [r for r in info.requires if importlib.util.find_spec(r) is None]
+            status = "available" if not missing else "needs " + ", ".join(missing)
+            paper = info.paper
+        else:
+            network_name, paper, status = getattr(cls, "network_description", "nnU-Net default"), "", "available"
+        notes = []
+        if getattr(cls, "pretrained_env", None):
+            notes.append(f"pretrained: ${cls.pretrained_env}")
+        rows.append((name, network_name, status, "; ".join(filter(None, [paper] + notes))))
+    for module, error in sorted(UNAVAILABLE.items()):
+        rows.append((module.rsplit(".", 1)[-1] + " (module)", "-", f"broken: {error}", ""))
+    return rows
+
+
+def run(args) -> int:
+    from bus_nnunet.registration import trainer_entry_folder
+    if args.entry_folder:
+        print(trainer_entry_folder())
+        return 0
+    from bus_nnunet.reports import format_table
+    from bus_nnunet.trainers import SCHEDULE_VARIANT_EPOCHS, TRAINERS, _variant_name
+    rows = trainer_rows()
+    print(format_table(["trainer", "network", "status", "paper / notes"], rows))
+    suffixes = ", ".join(_variant_name("", e) for e in SCHEDULE_VARIANT_EPOCHS)
+    print(f"\nEach trainer also has schedule variants <Trainer>{suffixes.replace(', ', ', <Trainer>')}.")
+    if args.variants:
+        for name in sorted(TRAINERS):
+            print("  " + ", ".join(_variant_name(name, e) for e in SCHEDULE_VARIANT_EPOCHS))
+    print("Use: nnUNetv2_train DATASET 2d FOLD -tr <trainer> [-device cpu]")
+    return 0
