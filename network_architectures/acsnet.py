@@ -1,0 +1,251 @@
+"""ACSNet: joint breast-ultrasound lesion segmentation and benign/malignant classification.
+
+He et al., "ACSNet" (Computers in Biology and Medicine, 2024); reference code
+``qqhe-frank/BUS-segmentation-and-classification`` (``MyModel.py``).  Layout (spec A.1):
+
+* ResNet-18 encoder (torchvision layout, so ImageNet checkpoints load by name): E0 (stem, 1/2),
+  E1 (maxpool + layer1, 1/4), E2..E4 (layer2..4, 1/8..1/32);
+* a **gate unit** (:class:`GateUnit`, the code's ``GSA``) on every encoder output;
+* a decoder of 1x1-conv + bilinear x2 (align_corners=True) up-steps, GroupNorm conv blocks and a
+  **Deformable Spatial Attention Module** (:class:`DeformableSpatialAttention`, DCNv2 via
+  ``torchvision.ops.deform_conv2d``) at 1/16 and 1/8;
+* a **multi-scale channel-attention classification branch** (:class:`ClassificationBranch`) on
+  E3, E4 and the first decoder feature D1.
+
+nnU-Net integration: ``forward(x)`` returns the segmentation logits only (``num_classes``
+channels incl. background), so nnU-Net's predictor, mirroring and ensembling work unchanged;
+``forward(x, return_classification=True)`` returns ``(seg_logits, class_logits)`` and
+:meth:`ACSNet.forward_classification` computes the class logits alone (encoder + first decoder
+stage).  The multi-task uncertainty loss weights of the paper (``AutomaticWeightedLoss``) live in
+the module as :attr:`ACSNet.loss_weighting`, so they are optimised and checkpointed with the
+network; they take no part in ``forward``.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bus_nnunet.network_architectures._registry import register_model
+
+__all__ = ["ACSNet", "DeformConv2d", "GateUnit", "DeformableSpatialAttention", "ChannelAttention",
+           "ClassificationBranch", "UncertaintyLossWeighting", "ResNet18Encoder", "acsnet"]
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 with align_corners=True (the reference's ``UpsamplingBilinear2d``)."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+def conv_gn_relu(in_ch: int, out_ch: int, groups: int, kernel_size: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
+                         nn.GroupNorm(groups, out_ch), nn.ReLU(inplace=True))
+
+
+class DeformConv2d(nn.Module):
+    """Modulated deformable 3x3 convolution (DCNv2), one offset group, no bias (spec A.2.3).
+
+    Offsets (torchvision's interleaved (dy, dx) layout) and the modulation mask are predicted by
+    3x3 convolutions of the input, both initialised to zero (offsets 0, mask 0.5).  Runs in
+    float32 even under autocast: the bilinear sampling gradients are not reliable in half
+    precision.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1):
+        super().__init__()
+        self.stride, self.padding = stride, padding
+        k2 = kernel_size * kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv2d's default
+        self.offset_conv = nn.Conv2d(in_channels, 2 * k2, kernel_size, stride, padding)
+        self.mask_conv = nn.Conv2d(in_channels, k2, kernel_size, stride, padding)
+        for conv in (self.offset_conv, self.mask_conv):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import deform_conv2d
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            offset = self.offset_conv(x)
+            mask = torch.sigmoid(self.mask_conv(x))
+            return deform_conv2d(x, offset, self.weight.float(), None, stride=self.stride, padding=self.padding,
+                                 mask=mask)
+
+
+class GateUnit(nn.Module):
+    """The paper's gate unit (code: ``GSA``): a per-sample scalar gate, mean of one sigmoid map plus
+    max of another, scales the skip, followed by conv + GroupNorm + ReLU (spec A.2.1)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = channels // 8
+        self.gate = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.GroupNorm(channels // 16, hidden),
+                                  nn.ReLU(inplace=True), nn.Conv2d(hidden, 2, 3, padding=1))
+        self.out = conv_gn_relu(channels, channels, channels // 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(self.gate(x))
+        scale = s[:, 0].mean(dim=(1, 2)) + s[:, 1].amax(dim=(1, 2))
+        return self.out(x * scale[:, None, None, None].to(x.dtype))
+
+
+class DeformableSpatialAttention(nn.Module):
+    """DSA module (spec A.2.2): DCN -> mean- and max-map spatial attentions -> concat -> DCN."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.dcn1 = DeformConv2d(channels, channels)
+        self.norm1 = nn.GroupNorm(channels // 4, channels)
+        self.mean_attention = nn.Conv2d(1, 1, 3, padding=1)
+        self.max_attention = nn.Conv2d(1, 1, 3, padding=1)
+        self.dcn2 = DeformConv2d(2 * channels, channels)
+        self.norm2 = nn.GroupNorm(channels // 4, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1 = F.relu(self.norm1(self.dcn1(x)))
+        a = torch.sigmoid(self.mean_attention(c1.mean(dim=1, keepdim=True)))
+        m = torch.sigmoid(self.max_attention(c1.amax(dim=1, keepdim=True)))
+        return F.relu(self.norm2(self.dcn2(torch.cat([a * c1, m * c1], dim=1))))
+
+
+class ChannelAttention(nn.Module):
+    """``CA_Module``: concatenated [avg; max] descriptors -> MLP (2C -> C/16 -> C) -> sigmoid gate."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * channels, channels // reduction), nn.ReLU(inplace=True),
+                                 nn.Linear(channels // reduction, channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        descriptor = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return F.relu(x * self.mlp(descriptor)[:, :, None, None])
+
+
+class ClassificationBranch(nn.Module):
+    """Multi-scale channel-attention classifier (spec A.2.4) on E3 (1/16), E4 (1/32), D1 (1/16)."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.attention_e3 = ChannelAttention(256)
+        self.attention_e4 = ChannelAttention(512)
+        self.attention_d1 = ChannelAttention(512)
+        self.head = nn.Sequential(nn.Linear(1280, 640), nn.ReLU(inplace=True), nn.Linear(640, num_classes))
+
+    def forward(self, e3: torch.Tensor, e4: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+        fused = torch.cat([self.attention_e3(e3), upsample2x(self.attention_e4(e4)), self.attention_d1(d1)], dim=1)
+        return self.head(fused.mean(dim=(2, 3)))
+
+
+class UncertaintyLossWeighting(nn.Module):
+    """Learnable multi-task weighting (``AutomaticWeightedLoss``, Liebel & Koerner 2018):
+    ``L = sum_t 0.5 / sigma_t**2 * L_t + log(1 + sigma_t**2)``, sigma initialised to 1."""
+
+    def __init__(self, num_tasks: int = 2):
+        super().__init__()
+        self.sigma = nn.Parameter(torch.ones(num_tasks))
+
+    def forward(self, *losses: torch.Tensor) -> torch.Tensor:
+        if len(losses) != self.sigma.numel():
+            raise ValueError(f"expected {self.sigma.numel()} task losses, got {len(losses)}")
+        s2 = self.sigma.float() ** 2
+        return sum(0.5 / s2[i] * loss + torch.log1p(s2[i]) for i, loss in enumerate(losses))
+
+
+class ResNet18Encoder(nn.Module):
+    """torchvision ResNet-18 without avgpool/fc; parameter names match torchvision's and timm's."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock, ResNet
+        resnet = ResNet(BasicBlock, [2, 2, 2, 2])
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.bn1, self.relu, self.maxpool = resnet.bn1, resnet.relu, resnet.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        e0 = self.relu(self.bn1(self.conv1(x)))
+        e1 = self.layer1(self.maxpool(e0))
+        e2 = self.layer2(e1)
+        e3 = self.layer3(e2)
+        e4 = self.layer4(e3)
+        return [e0, e1, e2, e3, e4]
+
+
+class ACSNet(nn.Module):
+    """ACSNet (spec A). Input H and W must be multiples of 32."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, num_classification_classes: int = 2):
+        super().__init__()
+        self.num_classification_classes = num_classification_classes
+        self.encoder = ResNet18Encoder(in_channels)
+        self.gate4, self.gate3 = GateUnit(512), GateUnit(256)
+        self.gate2, self.gate1, self.gate0 = GateUnit(128), GateUnit(64), GateUnit(64)
+        # decoder stage 1 (1/16)
+        self.up1 = nn.Sequential(nn.Conv2d(512, 256, 1), nn.ReLU(inplace=True))
+        self.block1 = nn.Sequential(conv_gn_relu(512, 512, 16), conv_gn_relu(512, 512, 16))
+        self.dsa1 = DeformableSpatialAttention(512)
+        # stage 2 (1/8)
+        self.up2 = nn.Sequential(nn.Conv2d(512, 128, 1), nn.ReLU(inplace=True))
+        self.block2 = nn.Sequential(conv_gn_relu(256, 256, 8), conv_gn_relu(256, 256, 8))
+        self.dsa2 = DeformableSpatialAttention(256)
+        # stage 3 (1/4): no DSA
+        self.up3 = nn.Sequential(nn.Conv2d(256, 64, 1), nn.ReLU(inplace=True))
+        self.block3 = nn.Sequential(conv_gn_relu(128, 128, 4), conv_gn_relu(128, 128, 4))
+        # stage 4 (1/2)
+        self.up4 = nn.Sequential(nn.Conv2d(128, 64, 1), nn.ReLU(inplace=True))
+        self.block4 = nn.Sequential(nn.Conv2d(128, 128, 1), nn.ReLU(inplace=True), conv_gn_relu(128, 128, 4))
+        # full-resolution head
+        self.seg_head = nn.Sequential(conv_gn_relu(128, 128, 4), nn.Conv2d(128, num_classes, 1))
+        self.classifier = ClassificationBranch(num_classification_classes)
+        self.loss_weighting = UncertaintyLossWeighting(2)
+
+    def reset_classifier(self, num_classification_classes: int) -> None:
+        """Replace the last classification layer (timm's name for it) for a new class count."""
+        if num_classification_classes != self.num_classification_classes:
+            self.classifier.head[-1] = nn.Linear(640, num_classification_classes)
+            self.num_classification_classes = num_classification_classes
+
+    def _encode_to_d1(self, x: torch.Tensor):
+        h, w = x.shape[-2:]
+        if h % 32 or w % 32:
+            raise ValueError(f"ACSNet needs input sides divisible by 32, got {h}x{w}")
+        e0, e1, e2, e3, e4 = self.encoder(x)
+        d1 = self.dsa1(self.block1(torch.cat([self.gate3(e3), upsample2x(self.up1(self.gate4(e4)))], dim=1)))
+        return (e0, e1, e2, e3, e4), d1
+
+    def forward_classification(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits only (the decoder stages after D1 are skipped)."""
+        (_, _, _, e3, e4), d1 = self._encode_to_d1(x)
+        return self.classifier(e3, e4, d1)
+
+    def forward(self, x: torch.Tensor, return_classification: bool = False):
+        (e0, e1, e2, e3, e4), d1 = self._encode_to_d1(x)
+        d2 = self.dsa2(self.block2(torch.cat([self.gate2(e2), upsample2x(self.up2(d1))], dim=1)))
+        d3 = self.block3(torch.cat([self.gate1(e1), upsample2x(self.up3(d2))], dim=1))
+        d4 = self.block4(torch.cat([self.gate0(e0), upsample2x(self.up4(d3))], dim=1))
+        seg = self.seg_head(upsample2x(d4))
+        if return_classification:
+            return seg, self.classifier(e3, e4, d1)
+        return seg
+
+    def count_model_parameters(self) -> int:
+        """Parameters of the network proper (without the two learnable loss weights)."""
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("loss_weighting."))
+
+
+@register_model(size_divisor=32, min_size=32, deep_supervision_strides=None,
+                paper="He et al., ACSNet, Computers in Biology and Medicine 2024 (segmentation + classification)",
+                requires=())
+def acsnet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False,
+           num_classification_classes: int = 2, **kwargs) -> ACSNet:
+    """ACSNet with a ResNet-18 encoder; ``num_classification_classes`` image-level classes
+    (2 = benign/malignant as in the paper). It has a single segmentation output, so
+    ``deep_supervision`` has no effect."""
+    if kwargs:
+        raise TypeError(f"acsnet: unexpected arguments {sorted(kwargs)}")
+    return ACSNet(in_channels, num_classes, num_classification_classes)
