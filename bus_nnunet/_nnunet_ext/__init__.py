@@ -1,0 +1,1 @@
+"""Folder nnU-Net scans for external trainers (see bus_nnunet.registration)."""
