@@ -1,0 +1,189 @@
+"""nnU-Net trainers for the multi-encoder attention U-Net of Anari et al. (Sci. Rep. 2025).
+
+One trainer per configuration of the paper's comparison, named
+``AttUNet[_<encoders>]_<attention>_<loss>_[Frozen]Trainer``:
+
+* attention: ``Plain`` (none), ``CBAM``, ``NonLocal``;
+* loss: ``BCE`` (cross-entropy only; for two softmax classes it equals the paper's sigmoid BCE)
+  or ``Dice`` (soft Dice only);
+* ``Frozen``: encoder weights fixed (``requires_grad=False``, left out of the optimiser, BatchNorm
+  statistics fixed); needs pretrained encoders, see below;
+* encoders: all three (ResNet-18 + DenseNet-121 + EfficientNet-B0) unless prefixed ``DE``, ``RE``
+  or ``RD`` (the two-encoder rows of the paper; these exist without attention only).
+
+``docs/attention_unet_models.md`` maps the paper's Models 1-20 to these names (``PAPER_MODELS``).
+
+Pretrained ImageNet encoders come from local timm checkpoint files, one per encoder:
+``BUS_NNUNET_TIMM_RESNET18``, ``BUS_NNUNET_TIMM_DENSENET121``, ``BUS_NNUNET_TIMM_EFFICIENTNET_B0``.
+Frozen trainers refuse to start without them (freezing random weights leaves a random feature
+extractor) unless ``BUS_NNUNET_ALLOW_FROZEN_RANDOM=1``.
+
+Recipe: Adam, lr 1e-4 (the paper's "10e-4" read as 1e-4), no weight decay, constant learning rate,
+dropout 0.3 on the fused bottleneck, 50 epochs. The paper's early stopping (patience 10 on the
+validation loss, best checkpoint kept) maps onto nnU-Net's ``checkpoint_best.pth`` (best EMA
+pseudo-Dice on the validation fold): predict with ``-chk checkpoint_best.pth`` to use it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from bus_nnunet.errors import UserError
+from bus_nnunet.recipes import EpochLRScheduler, Recipe, build_optimizer
+from bus_nnunet.trainers.base import BusNetworkTrainer, unwrap_network
+
+#: encoder -> environment variable naming its local timm checkpoint
+ENCODER_ENV: Dict[str, str] = {
+    "resnet18": "BUS_NNUNET_TIMM_RESNET18",
+    "densenet121": "BUS_NNUNET_TIMM_DENSENET121",
+    "efficientnet_b0": "BUS_NNUNET_TIMM_EFFICIENTNET_B0",
+}
+ALLOW_FROZEN_RANDOM_ENV = "BUS_NNUNET_ALLOW_FROZEN_RANDOM"
+
+ENCODER_SETS: Dict[str, Tuple[str, ...]] = {
+    "RDE": ("resnet18", "densenet121", "efficientnet_b0"),
+    "DE": ("densenet121", "efficientnet_b0"),
+    "RE": ("resnet18", "efficientnet_b0"),
+    "RD": ("resnet18", "densenet121"),
+}
+ATTENTION_TAGS = {"none": "Plain", "cbam": "CBAM", "nonlocal": "NonLocal"}
+LOSS_WEIGHTS = {"BCE": dict(ce_weight=1.0, dice_weight=0.0), "Dice": dict(ce_weight=0.0, dice_weight=1.0)}
+
+PAPER_RECIPE = Recipe(optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant", num_epochs=50)
+
+
+def trainer_name(encoders: str, attention: str, loss: str, frozen: bool) -> str:
+    """``AttUNet[_<encoders>]_<attention>_<loss>_[Frozen]Trainer`` (encoders omitted for all three)."""
+    prefix = "AttUNet" if encoders == "RDE" else f"AttUNet_{encoders}"
+    return f"{prefix}_{ATTENTION_TAGS[attention]}_{loss}_{'Frozen' if frozen else ''}Trainer"
+
+
+#: paper Table 1 row -> (encoders, attention, loss, frozen, total params, trainable params);
+#: counts for the paper's 3-channel input and 1-channel sigmoid head
+PAPER_MODELS: Dict[int, Tuple[str, str, str, bool, int, int]] = {
+    1: ("RDE", "cbam", "BCE", False, 23_881_989, 23_881_989),
+    2: ("RDE", "cbam", "Dice", False, 23_881_989, 23_881_989),
+    3: ("RDE", "nonlocal", "BCE", False, 24_493_277, 24_493_277),
+    4: ("RDE", "nonlocal", "Dice", False, 24_493_277, 24_493_277),
+    5: ("RDE", "none", "Dice", True, 23_794_557, 1_656_641),
+    6: ("RDE", "none", "BCE", True, 23_794_557, 1_656_641),
+    7: ("RDE", "none", "BCE", False, 23_794_557, 23_794_557),
+    8: ("RDE", "none", "Dice", False, 23_794_557, 23_794_557),
+    9: ("RDE", "nonlocal", "Dice", True, 24_493_277, 2_355_361),
+    10: ("RDE", "cbam", "Dice", True, 23_881_989, 1_744_073),
+    11: ("RDE", "nonlocal", "BCE", True, 24_493_277, 2_355_361),
+    12: ("RDE", "cbam", "BCE", True, 23_881_989, 1_744_073),
+    13: ("DE", "none", "Dice", True, 12_350_269, 1_388_865),
+    14: ("DE", "none", "BCE", True, 12_350_269, 1_388_865),
+    15: ("RE", "none", "BCE", True, 16_305_149, 1_121_089),
+    16: ("RE", "none", "Dice", True, 16_305_149, 1_121_089),
+    17: ("RD", "none", "BCE", True, 19_117_569, 987_201),
+    18: ("RD", "none", "Dice", True, 19_117_569, 987_201),
+    19: ("DE", "none", "BCE", False, 12_350_269, 12_350_269),  # paper prints 12,350,296 (digit swap)
+    20: ("DE", "none", "Dice", False, 12_350_269, 12_350_269),  # paper prints 12,350,296 (digit swap)
+}
+
+
+def frozen_encoders_without_weights(encoders: Sequence[str], environ: Mapping[str, str] = os.environ) -> List[str]:
+    """Encoders whose pretrained-checkpoint variable is unset."""
+    return [e for e in encoders if not environ.get(ENCODER_ENV[e])]
+
+
+def check_frozen_encoders_pretrained(trainer: str, encoders: Sequence[str],
+                                     environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse to train a frozen-encoder model whose encoders would keep random weights."""
+    missing = frozen_encoders_without_weights(encoders, environ)
+    if not missing or environ.get(ALLOW_FROZEN_RANDOM_ENV) == "1":
+        return
+    lines = "\n".join(f"  export {ENCODER_ENV[e]}=/path/to/{e}.pth   # timm ImageNet checkpoint" for e in missing)
+    raise UserError(
+        f"{trainer} freezes its encoders, but no pretrained weights are given for {', '.join(missing)}.\n"
+        f"Freezing randomly initialised encoders is meaningless: the decoder would learn on top of a fixed "
+        f"random feature extractor, which is not the paper's frozen-encoder experiment. Point these variables "
+        f"at local timm checkpoint files (e.g. timm.create_model(name, pretrained=True).state_dict() saved "
+        f"with torch.save on a machine with internet access):\n{lines}\n"
+        f"or use the trainable-encoder trainer ({trainer.replace('_FrozenTrainer', '_Trainer')}). "
+        f"To freeze random weights anyway (e.g. a smoke test), set {ALLOW_FROZEN_RANDOM_ENV}=1.")
+
+
+class AttentionUNetTrainer(BusNetworkTrainer):
+    """Base of the generated trainers: attention U-Net with the paper's recipe (Adam 1e-4)."""
+
+    network_name = "attention_unet"
+    network_kwargs = dict(encoders=ENCODER_SETS["RDE"], attention="none", dropout=0.3, freeze_encoder=False)
+    recipe = PAPER_RECIPE.with_(**LOSS_WEIGHTS["BCE"])
+    deep_supervision = False  # single-output network
+    #: paper Table 1 row this trainer reproduces (None: not in the table)
+    paper_model: Optional[int] = None
+
+    @property
+    def encoder_names(self) -> Tuple[str, ...]:
+        return tuple(self.network_kwargs["encoders"])
+
+    def configure_optimizers(self):
+        # frozen encoder parameters stay out of the optimiser (no Adam state, no weight decay)
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = build_optimizer(self.recipe, params)
+        return optimizer, EpochLRScheduler(optimizer, self.recipe, self.num_epochs)
+
+    def on_train_start(self):
+        # before nnU-Net starts data loaders; a run continued from a checkpoint has its weights already
+        if self.network_kwargs.get("freeze_encoder") and self.current_epoch == 0:
+            check_frozen_encoders_pretrained(type(self).__name__, self.encoder_names)
+        super().on_train_start()
+
+    def _maybe_load_pretrained(self):
+        network = unwrap_network(self.network)
+        for encoder in self.encoder_names:
+            env = ENCODER_ENV[encoder]
+            path = os.environ.get(env)
+            if not path:
+                self.print_to_log_file(f"{type(self).__name__}: {encoder} randomly initialised "
+                                       f"(set {env}=/path/to/timm_checkpoint for ImageNet weights)")
+                continue
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{env}={path}: no such file. Point it at a local timm {encoder} "
+                                        f"checkpoint or unset it to train from scratch.")
+            report = network.load_encoder_checkpoint(encoder, path)
+            self.print_to_log_file(f"{type(self).__name__}: pretrained {encoder} from {path}: {report}")
+
+
+def _make_trainer(encoders: str, attention: str, loss: str, frozen: bool) -> type:
+    name = trainer_name(encoders, attention, loss, frozen)
+    rows = [row for row, cfg in PAPER_MODELS.items() if cfg[:4] == (encoders, attention, loss, frozen)]
+    paper = f"paper Model {rows[0]}" if rows else "not in the paper's table"
+    doc = (f"Attention U-Net, encoders {'+'.join(ENCODER_SETS[encoders])}, attention {attention}, {loss} loss, "
+           f"encoders {'frozen' if frozen else 'trainable'} ({paper}).")
+    return type(name, (AttentionUNetTrainer,), {
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": doc,
+        "network_kwargs": dict(encoders=ENCODER_SETS[encoders], attention=attention, dropout=0.3,
+                               freeze_encoder=frozen),
+        "recipe": PAPER_RECIPE.with_(**LOSS_WEIGHTS[loss]),
+        "paper_model": rows[0] if rows else None,
+    })
+
+
+def _configurations():
+    for attention in ATTENTION_TAGS:
+        for loss in LOSS_WEIGHTS:
+            for frozen in (False, True):
+                yield "RDE", attention, loss, frozen
+    for encoders in ("DE", "RE", "RD"):
+        for loss in LOSS_WEIGHTS:
+            for frozen in (False, True):
+                yield encoders, "none", loss, frozen
+
+
+__all__ = []
+for _cfg in _configurations():
+    _cls = _make_trainer(*_cfg)
+    globals()[_cls.__name__] = _cls
+    __all__.append(_cls.__name__)
+del _cfg, _cls
+
+#: paper Table 1 row -> trainer name
+PAPER_MODEL_TRAINERS: Dict[int, str] = {row: trainer_name(*cfg[:4]) for row, cfg in PAPER_MODELS.items()}
