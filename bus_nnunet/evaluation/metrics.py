@@ -1,0 +1,222 @@
+"""Per-image and dataset-level segmentation metrics, in scikit-learn's style.
+
+Every function takes a *reference* (ground truth) and a *prediction* as arrays of the same shape;
+anything non-zero is foreground (lesion) unless ``label`` selects one label.
+
+Empty-mask rule (normal images)
+-------------------------------
+nnU-Net's own evaluation sets Dice/IoU to NaN when reference and prediction are both empty and
+drops those cases from the mean with ``nanmean`` (a normal image predicted as normal
+"vanishes"). Here the rule is explicit and the same in every function:
+
+=============================  ======  ======  =========  ======  ===========  ===========
+case                           Dice    IoU     precision  recall  HD95, ASSD   specificity
+=============================  ======  ======  =========  ======  ===========  ===========
+both empty (true negative)     1       1       1          1       0            computed
+reference empty, pred not (FP) 0       0       0          NaN     NaN          computed
+pred empty, reference not (FN) 0       0       NaN        0       NaN          computed
+=============================  ======  ======  =========  ======  ===========  ===========
+
+* A correctly empty prediction is a perfect answer, so it scores 1 and distance 0.
+* Surface distances to a missing surface are undefined: NaN, never a made-up penalty. Summaries
+  report how many cases had NaN distances; the image-level false-positive rate on normal images
+  (:func:`image_false_positive_rate`) and the pooled Dice carry the information instead.
+* Precision with nothing predicted and recall with nothing to find are undefined: NaN.
+
+Surface distances come from :mod:`medpy.metric.binary` (the implementation nnU-Net's maintainers
+point to), in pixels unless ``spacing`` is given.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+NAN = float("nan")
+#: per-image metric names written by :func:`segmentation_metrics`, in report order
+PER_IMAGE_METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
+
+
+def _binary(mask, label: Optional[int] = None) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.dtype == bool and label is None:
+        return mask
+    return mask == label if label is not None else mask != 0
+
+
+def _pair(reference, prediction, label=None) -> Tuple[np.ndarray, np.ndarray]:
+    ref, pred = _binary(reference, label), _binary(prediction, label)
+    if ref.shape != pred.shape:
+        raise ValueError(f"reference has shape {ref.shape}, prediction {pred.shape}")
+    return ref, pred
+
+
+def confusion_counts(reference, prediction, label: Optional[int] = None) -> Dict[str, int]:
+    """Pixel counts ``tp, fp, fn, tn`` of a binary prediction against a reference."""
+    ref, pred = _pair(reference, prediction, label)
+    tp = int(np.count_nonzero(ref & pred))
+    fp = int(np.count_nonzero(pred & ~ref))
+    fn = int(np.count_nonzero(ref & ~pred))
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": int(ref.size - tp - fp - fn)}
+
+
+def _overlap_from_counts(tp, fp, fn) -> Tuple[float, float]:
+    if tp + fp + fn == 0:  # both empty: perfect agreement (see module docstring)
+        return 1.0, 1.0
+    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+
+
+def dice_score(reference, prediction, label: Optional[int] = None) -> float:
+    """Dice similarity coefficient 2|A∩B| / (|A|+|B|); 1 when both masks are empty."""
+    c = confusion_counts(reference, prediction, label)
+    return _overlap_from_counts(c["tp"], c["fp"], c["fn"])[0]
+
+
+def iou_score(reference, prediction, label: Optional[int] = None) -> float:
+    """Intersection over union (Jaccard) |A∩B| / |A∪B|; 1 when both masks are empty."""
+    c = confusion_counts(reference, prediction, label)
+    return _overlap_from_counts(c["tp"], c["fp"], c["fn"])[1]
+
+
+def precision_score(reference, prediction, label: Optional[int] = None) -> float:
+    """Positive predictive value tp / (tp + fp); 1 if both empty, NaN if only the prediction is empty."""
+    c = confusion_counts(reference, prediction, label)
+    if c["tp"] + c["fp"] == 0:
+        return 1.0 if c["fn"] == 0 else NAN
+    return c["tp"] / (c["tp"] + c["fp"])
+
+
+def recall_score(reference, prediction, label: Optional[int] = None) -> float:
+    """Sensitivity tp / (tp + fn); 1 if both empty, NaN if only the reference is empty."""
+    c = confusion_counts(reference, prediction, label)
+    if c["tp"] + c["fn"] == 0:
+        return 1.0 if c["fp"] == 0 else NAN
+    return c["tp"] / (c["tp"] + c["fn"])
+
+
+def specificity_score(reference, prediction, label: Optional[int] = None) -> float:
+    """Pixel specificity tn / (tn + fp); NaN only if the reference covers the whole image."""
+    c = confusion_counts(reference, prediction, label)
+    return c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else NAN
+
+
+def _surface_distance(reference, prediction, label, spacing, kind: str) -> float:
+    from medpy.metric import binary as medpy_binary
+    ref, pred = _pair(reference, prediction, label)
+    ref_any, pred_any = ref.any(), pred.any()
+    if not ref_any and not pred_any:
+        return 0.0
+    if not ref_any or not pred_any:
+        return NAN
+    fn = medpy_binary.hd95 if kind == "hd95" else medpy_binary.assd
+    return float(fn(pred, ref, voxelspacing=spacing))
+
+
+def hd95(reference, prediction, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None) -> float:
+    """95th-percentile symmetric Hausdorff distance between the mask borders (medpy).
+
+    0 when both masks are empty, NaN when exactly one is empty. Pixels unless ``spacing``.
+    """
+    return _surface_distance(reference, prediction, label, spacing, "hd95")
+
+
+def assd(reference, prediction, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None) -> float:
+    """Average symmetric surface distance between the mask borders (medpy); empty rule as :func:`hd95`."""
+    return _surface_distance(reference, prediction, label, spacing, "assd")
+
+
+def segmentation_metrics(reference, prediction, label: Optional[int] = None,
+                         spacing: Optional[Sequence[float]] = None) -> Dict[str, float]:
+    """All per-image metrics of :data:`PER_IMAGE_METRICS` plus the pixel counts and mask sizes.
+
+    ``n_ref``/``n_pred`` are the foreground pixel counts (as in nnU-Net's summary.json).
+    """
+    ref, pred = _pair(reference, prediction, label)
+    c = confusion_counts(ref, pred)
+    out = {"dice": dice_score(ref, pred), "iou": iou_score(ref, pred), "precision": precision_score(ref, pred),
+           "recall": recall_score(ref, pred), "specificity": specificity_score(ref, pred),
+           "hd95": hd95(ref, pred, spacing=spacing), "assd": assd(ref, pred, spacing=spacing)}
+    out.update(c)
+    out["n_ref"], out["n_pred"] = c["tp"] + c["fn"], c["tp"] + c["fp"]
+    return out
+
+
+def pooled_overlap(counts: Iterable[Mapping[str, int]]) -> Dict[str, float]:
+    """Dataset-level ("global") Dice and IoU from summed pixel counts over all images.
+
+    Large lesions weigh more than small ones, unlike the mean of per-image scores; report both.
+    ``counts`` are dicts with ``tp, fp, fn`` (e.g. from :func:`confusion_counts`). Both 1 if
+    every image is empty on both sides; NaN for no images.
+    """
+    tp = fp = fn = 0
+    n = 0
+    for c in counts:
+        tp, fp, fn, n = tp + c["tp"], fp + c["fp"], fn + c["fn"], n + 1
+    if n == 0:
+        return {"dice": NAN, "iou": NAN, "n": 0}
+    dice, iou = _overlap_from_counts(tp, fp, fn)
+    return {"dice": dice, "iou": iou, "n": n}
+
+
+def image_false_positive_rate(references: Sequence, predictions: Sequence, min_area: int = 1) -> Dict[str, float]:
+    """Image-level false-positive rate on cases whose reference is empty (normal images).
+
+    A normal image is a false positive if the prediction has at least ``min_area`` foreground
+    pixels. Returns ``{"n_normal", "n_false_positive", "fp_rate", "specificity"}``; the rates are
+    NaN when there is no normal image.
+    """
+    if len(references) != len(predictions):
+        raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
+    n_normal = n_fp = 0
+    for ref, pred in zip(references, predictions):
+        if _binary(ref).any():
+            continue
+        n_normal += 1
+        n_fp += int(np.count_nonzero(_binary(pred)) >= min_area)
+    rate = n_fp / n_normal if n_normal else NAN
+    return {"n_normal": n_normal, "n_false_positive": n_fp, "fp_rate": rate,
+            "specificity": 1 - rate if n_normal else NAN}
+
+
+def pixel_roc_curve(references: Sequence, probabilities: Sequence, max_pixels: Optional[int] = 2_000_000,
+                    random_state: int = 0) -> Dict[str, object]:
+    """Pixel-level ROC curve and AUC of foreground probabilities over a set of images (sklearn).
+
+    ``probabilities[i]`` has the shape of ``references[i]`` (foreground probability per pixel).
+    When more than ``max_pixels`` pixels are pooled, a uniform random subset of that size is used
+    (seeded; AUC estimates stay unbiased). Returns ``fpr, tpr, thresholds`` arrays and ``auc``
+    (NaN if the pooled reference has only one class).
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+    if len(references) != len(probabilities):
+        raise ValueError(f"{len(references)} references but {len(probabilities)} probability maps")
+    y_true, y_score = [], []
+    for ref, prob in zip(references, probabilities):
+        ref, prob = _binary(ref), np.asarray(prob, dtype=np.float32)
+        if ref.shape != prob.shape:
+            raise ValueError(f"reference has shape {ref.shape}, probabilities {prob.shape}")
+        y_true.append(ref.ravel())
+        y_score.append(prob.ravel())
+    y_true = np.concatenate(y_true) if y_true else np.zeros(0, bool)
+    y_score = np.concatenate(y_score) if y_score else np.zeros(0, np.float32)
+    if max_pixels is not None and y_true.size > max_pixels:
+        keep = np.random.default_rng(random_state).choice(y_true.size, size=max_pixels, replace=False)
+        y_true, y_score = y_true[keep], y_score[keep]
+    if y_true.size == 0 or y_true.all() or not y_true.any():
+        return {"fpr": np.array([]), "tpr": np.array([]), "thresholds": np.array([]), "auc": NAN,
+                "n_pixels": int(y_true.size)}
+    fpr, tpr, thresholds = roc_curve(y_true, y_score)
+    return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds, "auc": float(roc_auc_score(y_true, y_score)),
+            "n_pixels": int(y_true.size)}
+
+
+def summarize(values: Sequence[float]) -> Dict[str, float]:
+    """mean, std (ddof=1), median, min, max over the finite values, and how many were NaN."""
+    arr = np.asarray(values, dtype=float)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return {"mean": NAN, "std": NAN, "median": NAN, "min": NAN, "max": NAN, "n": 0,
+                "n_nan": int(arr.size)}
+    return {"mean": float(finite.mean()), "std": float(finite.std(ddof=1)) if finite.size > 1 else NAN,
+            "median": float(np.median(finite)), "min": float(finite.min()), "max": float(finite.max()),
+            "n": int(finite.size), "n_nan": int(arr.size - finite.size)}

@@ -1,0 +1,203 @@
+"""Segmentation metrics, statistics and ``bus-nnunet evaluate`` against values worked out by hand."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bus_nnunet.cli import main
+from bus_nnunet.evaluation import metrics as M
+from bus_nnunet.evaluation import stats as S
+
+
+def square(top, left, size=4, shape=(20, 20)):
+    m = np.zeros(shape, np.uint8)
+    m[top:top + size, left:left + size] = 1
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------
+# metrics
+def test_overlap_metrics_by_hand():
+    ref = square(2, 2)          # 16 px, cols 2..5
+    pred = square(2, 4)         # 16 px, cols 4..7 -> overlap cols 4,5: 8 px
+    c = M.confusion_counts(ref, pred)
+    assert c == {"tp": 8, "fp": 8, "fn": 8, "tn": 400 - 24}
+    assert M.dice_score(ref, pred) == pytest.approx(16 / 32)
+    assert M.iou_score(ref, pred) == pytest.approx(8 / 24)
+    assert M.precision_score(ref, pred) == pytest.approx(0.5)
+    assert M.recall_score(ref, pred) == pytest.approx(0.5)
+    assert M.specificity_score(ref, pred) == pytest.approx(376 / 384)
+    # label selection: label 2 elsewhere does not count as lesion 1
+    ref2 = ref.copy()
+    ref2[15:18, 15:18] = 2
+    assert M.dice_score(ref2, pred, label=1) == pytest.approx(0.5)
+    assert M.dice_score(ref2, pred) < 0.5
+
+
+def test_hd95_assd_offset_squares_by_hand():
+    # 4x4 squares offset by 3 columns (cols 2..5 and 5..8). Border pixels (12 per square) of A
+    # to the border of B: rows 2 and 5 give 3,2,1,0; rows 3 and 4 give 3 (col 2) and 0 (col 5).
+    # Sorted: 0,0,0,0,1,1,2,2,3,3,3,3 -> 95th percentile 3, mean 18/12 = 1.5 (symmetric case).
+    ref, pred = square(2, 2), square(2, 5)
+    assert M.hd95(ref, pred) == pytest.approx(3.0)
+    assert M.assd(ref, pred) == pytest.approx(1.5)
+    # identical masks: 0; spacing scales distances
+    assert M.hd95(ref, ref) == 0.0
+    assert M.hd95(ref, pred, spacing=(1.0, 0.5)) == pytest.approx(1.5)
+    # disjoint squares offset by 10 columns: every border distance lies in 7..10, HD95 = 10
+    far = square(2, 12)
+    assert M.hd95(ref, far) == pytest.approx(10.0)
+
+
+def test_empty_mask_rule():
+    empty = np.zeros((20, 20), np.uint8)
+    lesion = square(2, 2)
+    both = M.segmentation_metrics(empty, empty)
+    assert both["dice"] == 1 and both["iou"] == 1 and both["precision"] == 1 and both["recall"] == 1
+    assert both["hd95"] == 0 and both["assd"] == 0 and both["specificity"] == 1
+    fp = M.segmentation_metrics(empty, lesion)  # false positive on a normal image
+    assert fp["dice"] == 0 and fp["iou"] == 0 and fp["precision"] == 0
+    assert math.isnan(fp["recall"]) and math.isnan(fp["hd95"]) and math.isnan(fp["assd"])
+    assert fp["specificity"] == pytest.approx(384 / 400)
+    fn = M.segmentation_metrics(lesion, empty)  # missed lesion
+    assert fn["dice"] == 0 and fn["recall"] == 0 and math.isnan(fn["precision"]) and math.isnan(fn["hd95"])
+    assert fn["n_ref"] == 16 and fn["n_pred"] == 0
+
+
+def test_pooled_overlap_differs_from_mean():
+    big_ref, big_pred = square(0, 0, 10), square(0, 0, 10)        # perfect, 100 px
+    small_ref, small_pred = square(0, 0, 2), square(10, 10, 2)    # 0, 4 px each
+    counts = [M.confusion_counts(big_ref, big_pred), M.confusion_counts(small_ref, small_pred)]
+    pooled = M.pooled_overlap(counts)
+    assert pooled["dice"] == pytest.approx(200 / (200 + 4 + 4))
+    assert pooled["iou"] == pytest.approx(100 / 108)
+    assert np.mean([M.dice_score(big_ref, big_pred), M.dice_score(small_ref, small_pred)]) == 0.5
+    assert math.isnan(M.pooled_overlap([])["dice"])
+
+
+def test_image_false_positive_rate():
+    empty = np.zeros((8, 8), np.uint8)
+    speck = empty.copy()
+    speck[0, 0] = 1
+    lesion = square(1, 1, 3, (8, 8))
+    refs = [empty, empty, empty, lesion]
+    preds = [empty, speck, lesion, empty]
+    r = M.image_false_positive_rate(refs, preds)
+    assert r == {"n_normal": 3, "n_false_positive": 2, "fp_rate": pytest.approx(2 / 3),
+                 "specificity": pytest.approx(1 / 3)}
+    assert M.image_false_positive_rate(refs, preds, min_area=2)["n_false_positive"] == 1
+    assert math.isnan(M.image_false_positive_rate([lesion], [lesion])["fp_rate"])
+
+
+def test_pixel_roc_curve():
+    ref = np.array([[0, 0, 1, 1]])
+    prob = np.array([[0.1, 0.4, 0.35, 0.8]])
+    r = M.pixel_roc_curve([ref], [prob])
+    assert r["auc"] == pytest.approx(0.75)  # sklearn's classic example
+    perfect = M.pixel_roc_curve([ref, ref], [ref * 0.9, ref * 0.8 + 0.1])
+    assert perfect["auc"] == 1.0 and perfect["tpr"][-1] == 1.0
+    assert math.isnan(M.pixel_roc_curve([np.zeros((2, 2))], [np.ones((2, 2))])["auc"])
+    sub = M.pixel_roc_curve([ref] * 50, [prob] * 50, max_pixels=100)
+    assert sub["n_pixels"] == 100
+
+
+# ---------------------------------------------------------------------------------------------------
+# statistics
+def test_holm_correction_known_values():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted 0.005,0.01,0.03,0.04 -> 0.02, 0.03, 0.06, max(0.06, 0.04) = 0.06
+    assert S.holm_correction(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert S.holm_correction([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    out = S.holm_correction([0.02, float("nan")])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1])
+
+
+def test_paired_comparison_matches_scipy():
+    from scipy.stats import wilcoxon
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.6, 0.9, 30)
+    b = a - rng.uniform(0.0, 0.1, 30)
+    b[[3, 7]] = b[[3, 7]] + 0.2
+    res = S.paired_comparison(a, b, n_resamples=2000)
+    ref = wilcoxon(a, b)
+    assert res["p_value"] == pytest.approx(ref.pvalue) and res["wilcoxon_statistic"] == pytest.approx(ref.statistic)
+    assert res["mean_difference"] == pytest.approx(np.mean(a - b))
+    assert res["ci_low"] < res["mean_difference"] < res["ci_high"]
+    # NaN pairs dropped; identical scores give an undefined test
+    a2 = np.r_[a, np.nan]
+    assert S.paired_comparison(a2, np.r_[b, 0.5])["n_pairs"] == 30
+    assert math.isnan(S.paired_comparison(a, a)["p_value"])
+
+
+def test_bootstrap_ci_brackets_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small = S.bootstrap_ci(rng.normal(0.8, 0.1, 20), n_resamples=2000)
+    large = S.bootstrap_ci(rng.normal(0.8, 0.1, 2000), n_resamples=2000)
+    assert small["low"] < small["mean"] < small["high"]
+    assert (large["high"] - large["low"]) < (small["high"] - small["low"]) / 4
+    assert large["low"] < 0.8 < large["high"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# bus-nnunet evaluate
+def _write_png(path, arr):
+    Image.fromarray(np.asarray(arr, np.uint8)).save(path)
+
+
+def test_evaluate_cli(tmp_path, capsys):
+    pred, gt, probs = tmp_path / "pred", tmp_path / "gt", tmp_path / "probs"
+    for d in (pred, gt, probs):
+        d.mkdir()
+    cases = {  # case -> (reference, prediction, class)
+        "c1": (square(2, 2), square(2, 4), "benign"),       # dice 0.5
+        "c2": (square(5, 5), square(5, 5), "malignant"),    # dice 1
+        "c3": (np.zeros((20, 20)), np.zeros((20, 20)), "normal"),  # both empty -> 1
+        "c4": (np.zeros((20, 20)), square(0, 0, 2), "normal"),     # FP on normal -> 0
+    }
+    for cid, (ref, prd, _) in cases.items():
+        _write_png(gt / f"{cid}.png", ref)
+        _write_png(pred / f"{cid}.png", prd)
+        p = np.stack([1 - prd * 0.9, prd * 0.9])[:, None].astype(np.float16)  # (C, 1, H, W)
+        np.savez_compressed(probs / f"{cid}.npz", probabilities=p)
+    _write_png(gt / "c5.png", square(1, 1))  # reference without prediction
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("case_id,split,class\n" + "".join(f"{c},train,{v[2]}\n" for c, v in cases.items()))
+    cls_csv = tmp_path / "classification.csv"
+    cls_csv.write_text("case_id,true_class,p_benign,p_malignant,predicted_class\n"
+                       "c1,benign,0.8,0.2,benign\nc2,malignant,0.3,0.7,malignant\n")
+    out = tmp_path / "out"
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--probabilities", str(probs), "--manifest",
+            str(manifest), "--classification", str(cls_csv), "-o", str(out), "--no-progress"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["all"]["per_image"]["dice"]["mean"] == pytest.approx((0.5 + 1 + 1 + 0) / 4)
+    assert m["all"]["pooled"]["dice"] == pytest.approx(2 * 24 / (2 * 24 + 8 + 8 + 4))
+    assert m["all"]["normal_images"] == {"n_normal": 2, "n_false_positive": 1, "fp_rate": 0.5, "specificity": 0.5}
+    assert m["all"]["per_image"]["hd95"]["n_nan"] == 1
+    assert m["by_class"]["benign"]["per_image"]["dice"]["mean"] == pytest.approx(0.5)
+    assert m["by_class"]["malignant"]["n_cases"] == 1
+    assert m["references_without_prediction"] == ["c5"]
+    assert 0.5 < m["pixel_roc"]["auc"] <= 1.0
+    assert m["classification"]["benign_vs_malignant"]["auc"] == 1.0
+    assert m["classification"]["accuracy_all_classes"] == 1.0
+    with open(out / "per_case.csv") as f:
+        rows = {r["case_id"]: r for r in csv.DictReader(f)}
+    assert float(rows["c1"]["dice"]) == pytest.approx(0.5) and rows["c4"]["class"] == "normal"
+    assert "pooled" in (out / "summary.md").read_text()
+    # existing output is refused without --overwrite, replaced with it
+    assert main(args) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_evaluate_cli_shape_mismatch_is_user_error(tmp_path, capsys):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "g").mkdir()
+    _write_png(tmp_path / "p" / "a.png", np.zeros((10, 10)))
+    _write_png(tmp_path / "g" / "a.png", np.zeros((12, 10)))
+    assert main(["evaluate", "--pred", str(tmp_path / "p"), "--gt", str(tmp_path / "g"), "-o",
+                 str(tmp_path / "o"), "--no-progress"]) == 1
+    assert "shape" in capsys.readouterr().err and not (tmp_path / "o").exists()
