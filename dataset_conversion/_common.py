@@ -510,7 +510,8 @@ def convert(info: DatasetInfo, source: Path, options: Options, _fail_after: Opti
                             options.folds, options.seed)
         grouped_by = "patient" if by_patient else ""
         grouped_by += (" and duplicate group" if grouped_by else "duplicate group") if duplicates else ""
-        split_policy = (f"{options.folds}-fold StratifiedGroupKFold by class"
+        by_class = "by class" if any(cls_of[c] != "none" for c in train_ids) else "(no classes)"
+        split_policy = (f"{options.folds}-fold StratifiedGroupKFold {by_class}"
                         f"{', grouped by ' + grouped_by if grouped_by else ''}, seed {options.seed}")
     fold_of = {c: k for k, f in enumerate(splits) for c in f["val"]}
 
@@ -574,7 +575,7 @@ def _write_dataset_json(folder: Path, info: DatasetInfo, options: Options, n_tra
 
 
 def _summary(info, folder, rows, splits, counters, duplicates, split_policy, collection, keep_normal) -> str:
-    per = Counter((r["split"], r["class"] or "-") for r in rows)
+    per = Counter((r["split"], r["class"] or "unlabelled") for r in rows)
     classes = sorted({c for _, c in per})
     lines = [f"converted {info.key}: {len(rows)} cases -> {folder}"]
     for split in ("train", "test"):
