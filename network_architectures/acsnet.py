@@ -69,10 +69,11 @@ class DeformConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from torchvision.ops import deform_conv2d
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
-            offset = self.offset_conv(x)
-            mask = torch.sigmoid(self.mask_conv(x))
-            return deform_conv2d(x, offset, self.weight.float(), None, stride=self.stride, padding=self.padding,
+            if x.dtype in (torch.float16, torch.bfloat16):
+                x = x.float()
+            offset = self.offset_conv(x.to(self.offset_conv.weight.dtype)).to(x.dtype)
+            mask = torch.sigmoid(self.mask_conv(x.to(self.mask_conv.weight.dtype))).to(x.dtype)
+            return deform_conv2d(x, offset, self.weight.to(x.dtype), None, stride=self.stride, padding=self.padding,
                                  mask=mask)
 
 
@@ -177,7 +178,9 @@ class ResNet18Encoder(nn.Module):
 
 
 class ACSNet(nn.Module):
-    """ACSNet (spec A). Input H and W must be multiples of 32."""
+    """ACSNet (spec A). Input H and W must be multiples of :attr:`size_divisor`."""
+
+    size_divisor = 32
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, num_classification_classes: int = 2):
         super().__init__()
@@ -212,7 +215,7 @@ class ACSNet(nn.Module):
 
     def _encode_to_d1(self, x: torch.Tensor):
         h, w = x.shape[-2:]
-        if h % 32 or w % 32:
+        if h % self.size_divisor or w % self.size_divisor:
             raise ValueError(f"ACSNet needs input sides divisible by 32, got {h}x{w}")
         e0, e1, e2, e3, e4 = self.encoder(x)
         d1 = self.dsa1(self.block1(torch.cat([self.gate3(e3), upsample2x(self.up1(self.gate4(e4)))], dim=1)))
