@@ -98,6 +98,7 @@ def _collect_original(root: Path, collection: Collection) -> Collection:
                 collection.counters["ddti_empty_marks"] += 1
                 continue
             annotated.add(image.name)
+            collection.counters["merged_masks"] += len(polygons) > 1  # several nodules: polygons OR-merged
             collection.cases.append(Case(
                 case_id=f"ddti_{int(xml_path.stem):04d}_{int(image_no)}", image=image, masks=[],
                 mask_loader=_polygon_loader(polygons), patient_id=f"ddti_{int(xml_path.stem):04d}", birads=tirads,
