@@ -15,8 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
-import os
 import re
 import sys
 from collections import Counter, defaultdict
@@ -461,6 +459,7 @@ def convert(info: DatasetInfo, source: Path, options: Options, _fail_after: Opti
         import imagehash
         phashes = [np.asarray(imagehash.phash(Image.fromarray(p[5])).hash, np.uint8).ravel() for p in processed]
         duplicates = find_duplicates(case_ids, [p[4] for p in processed], phashes, options.dedup_distance)
+        counters["dedup_checked"] = 1
     groups_uf = _UnionFind(case_ids)
     by_patient = defaultdict(list)
     for case, *_ in processed:
@@ -597,6 +596,8 @@ def _summary(info, folder, rows, splits, counters, duplicates, split_policy, col
     for key, text in (("ignored_other_masks", "'_other' masks (not the lesion) left out"),):
         if counters[key]:
             lines.append(f"  {text}: {counters[key]}")
+    if counters["dedup_checked"] and not duplicates:
+        lines.append("  duplicates: none found (exact pixels or pHash distance within the threshold)")
     if duplicates:
         n_exact = sum(d["kind"] == "exact" for d in duplicates)
         lines.append(f"  duplicates: {n_exact} exact and {len(duplicates) - n_exact} near pairs, kept in the same "
