@@ -606,6 +606,6 @@ def _summary(info, folder, rows, splits, counters, duplicates, split_policy, col
     lines += [f"  warning: {w}" for w in collection.warnings[:20]]
     if len(collection.warnings) > 20:
         lines.append(f"  warning: ... {len(collection.warnings) - 20} more")
-    lines.append(f"  nnU-Net trains on these folds once you copy splits_final.json to "
-                 f"$nnUNet_preprocessed/{folder.name}/ after planning")
+    lines.append(f"  next: nnUNetv2_plan_and_preprocess -d {folder.name[7:10]} -c 2d --verify_dataset_integrity "
+                 f"(it copies splits_final.json to $nnUNet_preprocessed/{folder.name}/, so training uses these folds)")
     return "\n".join(lines)
