@@ -135,10 +135,10 @@ def test_nonlocal_starts_as_identity_and_matches_embedded_gaussian():
 # -- network behaviour --------------------------------------------------------------------------------
 def test_grayscale_input_two_class_logits_and_deterministic_eval(frozen_net):
     frozen_net.eval()
-    x = torch.randn(2, 1, 64, 96)
+    x = torch.randn(1, 1, 32, 64)
     with torch.no_grad():
         a, b = frozen_net(x), frozen_net(x)
-    assert a.shape == (2, 2, 64, 96) and torch.equal(a, b)
+    assert a.shape == (1, 2, 32, 64) and torch.equal(a, b)
     with pytest.raises(ValueError, match="encoders"):
         create_model("attention_unet", encoders=("resnet50",))
 
@@ -151,7 +151,7 @@ def test_frozen_encoder_unchanged_by_training_step(frozen_net):
     trainable = [p for p in net.parameters() if p.requires_grad]
     assert not any(p.requires_grad for p in net.encoders.parameters())
     opt = torch.optim.Adam(trainable, lr=1e-2)
-    x, y = torch.randn(2, 1, 64, 64), torch.randint(0, 2, (2, 64, 64))
+    x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32))
     torch.nn.functional.cross_entropy(net(x), y).backward()
     opt.step()
     assert all(torch.equal(v, enc_before[k]) for k, v in net.encoders.state_dict().items())
@@ -221,3 +221,14 @@ def test_frozen_cbam_trainer_trains_and_predicts_with_local_weights(planned_data
     assert len(preds) == 2
     seg = np.array(Image.open(preds[0]))
     assert seg.shape == (64, 64) and set(np.unique(seg)) <= {0, 1}
+
+
+def test_frozen_trainer_without_weights_refused_by_nnunet_train(planned_dataset, tmp_path):
+    ds, trainer = planned_dataset, "AttUNet_RD_Plain_BCE_FrozenTrainer"
+    env = {**ds.results_env(tmp_path), **{v: "" for v in att_trainers.ENCODER_ENV.values()},
+           "BUS_NNUNET_ALLOW_FROZEN_RANDOM": ""}
+    proc = _nnunet.run(["nnUNetv2_train", ds.dataset_id, "2d", 0, "-tr", trainer, "-device", "cpu"],
+                       {**env, **_nnunet.SMOKE_SCHEDULE}, check=False)
+    assert proc.returncode != 0
+    assert "meaningless" in proc.stderr and "BUS_NNUNET_TIMM_RESNET18" in proc.stderr
+    assert not (_nnunet.model_folder(env, trainer) / "fold_0" / "checkpoint_final.pth").exists()
