@@ -28,8 +28,6 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import torch
-
 from bus_nnunet.errors import UserError
 from bus_nnunet.recipes import EpochLRScheduler, Recipe, build_optimizer
 from bus_nnunet.trainers.base import BusNetworkTrainer, unwrap_network
