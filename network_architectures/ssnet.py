@@ -34,6 +34,7 @@ coefficients, temperatures) and all einsums/scans.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -380,9 +381,8 @@ class DynamicTilesScan(nn.Module):
         out = scan(seq.reshape(b, d, n_tiles * length)).reshape(b, d, n_tiles, length)
         out = out[..., self.intra_tiles_indices_reverse]
         out = torch.zeros_like(out).scatter(2, index, out)
-        if not self.faithful_tiles:
-            out = out.transpose(-1, -2)
-        return F.fold(out.reshape(b, d * length, n_tiles), (h, w), p, stride=p)
+        # both variants write tile t, pixel q to fold's (q, t) slot; only the released read is scrambled
+        return F.fold(out.transpose(-1, -2).reshape(b, d * length, n_tiles), (h, w), p, stride=p)
 
     def forward(self, x):
         b, h, w, _ = x.shape
@@ -774,16 +774,21 @@ PVT_TRANSFER_PREFIXES = ("patch_embed1.", "block1.", "norm1.", "patch_embed2.", 
 
 
 def _timm_to_official(key: str) -> Optional[str]:
-    """Map a timm ``pvt_v2_b2`` key to the official layout (None for stages 3-4 and the head)."""
-    replacements = (("patch_embed.", "patch_embed1."), ("stages.0.blocks.", "block1."), ("stages.0.norm.", "norm1."),
-                    ("stages.1.downsample.", "patch_embed2."), ("stages.1.blocks.", "block2."),
-                    ("stages.1.norm.", "norm2."))
-    for old, new in replacements:
-        if key.startswith(old):
-            key = new + key[len(old):]
-            return key.replace(".mlp.dwconv.weight", ".mlp.dwconv.dwconv.weight").replace(
-                ".mlp.dwconv.bias", ".mlp.dwconv.dwconv.bias")
-    return None
+    """Map a timm ``pvt_v2_*`` key to the official whai362 layout (None for keys with no counterpart)."""
+    if key.startswith("patch_embed."):  # timm's stem is stage 1's patch embedding
+        return "patch_embed1." + key[len("patch_embed."):]
+    if key.startswith("head."):
+        return key
+    match = re.match(r"stages\.(\d)\.(downsample|blocks|norm)\.(.*)", key)
+    if match is None:
+        return None
+    stage, part, rest = int(match.group(1)) + 1, match.group(2), match.group(3)
+    if part == "downsample":
+        return f"patch_embed{stage}.{rest}"
+    if part == "norm":
+        return f"norm{stage}.{rest}"
+    rest = re.sub(r"^(\d+)\.mlp\.dwconv\.", r"\1.mlp.dwconv.dwconv.", rest)
+    return f"block{stage}.{rest}"
 
 
 def pvt_state_dict_from_checkpoint(checkpoint: dict) -> Dict[str, torch.Tensor]:
