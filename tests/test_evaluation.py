@@ -201,3 +201,48 @@ def test_evaluate_cli_shape_mismatch_is_user_error(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "p"), "--gt", str(tmp_path / "g"), "-o",
                  str(tmp_path / "o"), "--no-progress"]) == 1
     assert "shape" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# profiling
+def test_count_macs_counts_each_call_once_per_module():
+    import torch.nn as nn
+    from bus_nnunet.evaluation import profiling as P
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+            self.block = nn.Sequential(self.conv)   # the same conv reachable twice (as in nnU-Net)
+            self.head = nn.Conv2d(4, 4, 1, bias=False)
+
+        def forward(self, x):
+            return self.head(self.head(self.block(x)))  # head called twice
+
+    # conv: 8*8 outputs * 4 channels * 9 taps * 1 input = 2304; head: 64*4*4 = 1024 per call
+    assert P.count_macs(Net(), (1, 1, 8, 8)) == 2304 + 2 * 1024
+
+
+def test_profile_nnunet_default_unet(tmp_path, capsys):
+    from bus_nnunet.evaluation import profiling as P
+    out = tmp_path / "profile.json"
+    assert main(["profile", "nnUNetTrainerUS", "--size", "32", "32", "--repeats", "2", "--json", str(out)]) == 0
+    assert "GFLOPs" in capsys.readouterr().out
+    r = json.loads(out.read_text())["results"][0]
+    # nnU-Net 2D defaults at 32x32: 4 stages (32 -> 4), features 32, 64, 128, 256, 2 convs per stage
+    # (3x3 conv + bias, InstanceNorm affine), 2x2 transposed convs, 1x1 seg heads on every decoder stage
+    f, n, cin = [32, 64, 128, 256], 0, 1
+    for c in f:
+        n += 9 * cin * c + c + 2 * c + 9 * c * c + c + 2 * c
+        cin = c
+    for lo, hi in zip(f[:-1], f[1:]):
+        n += 4 * hi * lo + lo + 18 * lo * lo + lo + 2 * lo + 9 * lo * lo + lo + 2 * lo + 2 * lo + 2
+    assert r["params_total"] == r["params_trainable"] == n == 1_928_262
+    encoder_conv_macs = sum((32 // 2 ** i) ** 2 * 9 * c * (cin_ + c)
+                            for i, (c, cin_) in enumerate(zip(f, [1] + f[:-1])))
+    assert r["macs"] > encoder_conv_macs and r["flops"] == 2 * r["macs"]
+    assert r["forward_peak_bytes"] > 0 and r["train_step_peak_bytes"] > r["forward_peak_bytes"]
+    assert r["latency_ms"] > 0 and "PlainConvUNet" in r["network"] and "RSS" in r["memory_method"]
+    # the shared builder gives the same network for profiling and for benchmarks
+    net, _ = P.build_network("nnUNetTrainerUS", 1, 2, (32, 32))
+    assert P.count_parameters(net)[0] == n

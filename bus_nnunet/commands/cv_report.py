@@ -1,0 +1,109 @@
+"""``bus-nnunet cv-report``: compare nnU-Net trainers on their 5-fold cross-validation predictions.
+
+Reads ``$nnUNet_results/<Dataset>/<trainer>__<plans>__<configuration>/fold_k/validation`` against
+``$nnUNet_preprocessed/<Dataset>/gt_segmentations``; reports per-image metrics as mean ± std over
+the fold means and over all out-of-fold cases (with a bootstrap 95% CI), pooled Dice, the
+normal-image false-positive rate, paired Wilcoxon signed-rank tests between trainers (Holm
+corrected), Markdown and LaTeX tables and figures. Missing folds are reported, not fatal."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers):
+    p = subparsers.add_parser("cv-report", help="cross-validation report and paired statistics over trainers",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="dataset id or name (e.g. 990 or Dataset990_SyntheticUS)")
+    p.add_argument("-tr", "--trainers", nargs="+", required=True, help="trainer class names to compare")
+    p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
+    p.add_argument("--manifest", help="manifest.csv for per-class results (default: $nnUNet_raw/<Dataset>/"
+                                      "manifest.csv if it exists)")
+    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from bus_nnunet.evaluation import cv_report as R
+    from bus_nnunet.evaluation import folder as F
+    from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text, check_output_free
+    from bus_nnunet.manifest import case_classes
+
+    check_output_free(args.output, args.overwrite, "output folder")
+    dataset = R.resolve_dataset(args.dataset)
+    raw_dir = Path(R.env_folder("nnUNet_raw")) / dataset
+    manifest = Path(args.manifest) if args.manifest else raw_dir / "manifest.csv"
+    classes = case_classes(manifest) if (args.manifest or manifest.is_file()) else {}
+    results = R.collect(dataset, args.trainers, args.plans, args.configuration, args.folds, classes,
+                        progress=not args.no_progress)
+    summaries = {t: R.trainer_summary(r, args.bootstrap) for t, r in results.items()}
+    comparisons = R.pairwise_comparisons(results, n_resamples=args.bootstrap)
+    gt_dir = Path(R.env_folder("nnUNet_preprocessed")) / dataset / "gt_segmentations"
+
+    caption = (f"{dataset}, {args.configuration}, {args.plans}: {len(args.folds)}-fold cross-validation. "
+               f"Dice (folds): mean ± std of the fold means; other metrics: mean ± std over all out-of-fold "
+               f"images; pooled Dice sums pixel counts over all images.")
+    result_rows = R.results_table_rows(summaries)
+    md = [f"# Cross-validation report: {dataset}", "", caption, "",
+          R.markdown_table(R.RESULTS_HEADER, result_rows), ""]
+    for t, s in summaries.items():
+        if s["folds_missing"]:
+            md.append(f"- **{t}: fold(s) {', '.join(map(str, s['folds_missing']))} missing** "
+                      f"(no predictions in {s['folder']}/fold_k/validation)")
+    md += ["", "Empty-mask rule: both empty -> Dice 1, HD95 0; prediction on an empty reference or a missed "
+           "lesion -> Dice 0, HD95/ASSD undefined (left out of their means).", ""]
+    if comparisons:
+        md += ["## Paired comparisons (same images)", "",
+               "Two-sided Wilcoxon signed-rank test on per-image scores, Holm-corrected within each metric; "
+               "bootstrap 95% CI of the mean difference.", "",
+               R.markdown_table(R.COMPARISON_HEADER, R.comparison_table_rows(comparisons)), ""]
+    per_fold_rows = [[t, str(fold), str(s["per_fold"][fold]["n_cases"]),
+                      F.fmt(s["per_fold"][fold]["per_image"]["dice"]["mean"]),
+                      F.fmt(s["per_fold"][fold]["pooled"]["dice"])]
+                     for t, s in summaries.items() for fold in s["folds_found"]]
+    md += ["## Per fold", "", R.markdown_table(["trainer", "fold", "n", "Dice (per image)", "Dice (pooled)"],
+                                               per_fold_rows), ""]
+    class_rows = [[t, c, str(a["n_cases"]), F.fmt(a["per_image"]["dice"]["mean"]),
+                   F.fmt(a["pooled"]["dice"]), F.fmt(a["normal_images"]["fp_rate"])]
+                  for t, s in summaries.items() for c, a in s["by_class"].items()]
+    if class_rows:
+        md += ["## Per class", "", R.markdown_table(["trainer", "class", "n", "Dice (per image)", "Dice (pooled)",
+                                                     "FP rate (normal)"], class_rows), ""]
+
+    all_rows = [{"trainer": t, **row} for t, r in results.items() for row in r.rows]
+    with atomic_output_dir(args.output, args.overwrite) as tmp:
+        figures = tmp / "figures"
+        figures.mkdir()
+        R.plot_dice_distribution(results, figures / "dice_per_image.png")
+        md += ["## Figures", "", "![per-image Dice](figures/dice_per_image.png)", ""]
+        aucs = R.plot_roc_curves(results, gt_dir, figures / "roc_pixels.png")
+        if aucs:
+            md += ["![pixel ROC](figures/roc_pixels.png)", ""]
+        montages = {}
+        for t, r in results.items():
+            if r.rows:
+                montages[t] = R.plot_montage(r, gt_dir, raw_dir, figures / f"montage_{t}.png")
+                md += [f"![{t} best/median/worst](figures/montage_{t}.png)", ""]
+        report = {"dataset": dataset, "configuration": args.configuration, "plans": args.plans,
+                  "folds": args.folds, "trainers": summaries, "comparisons": comparisons,
+                  "pixel_auc": aucs, "montage_cases": montages}
+        atomic_write_json(tmp / "metrics.json", F.json_safe(report))
+        atomic_write_text(tmp / "per_case.csv", F.rows_to_csv(all_rows))
+        atomic_write_text(tmp / "report.md", "\n".join(md))
+        tex = R.latex_table(R.RESULTS_HEADER, result_rows, caption)
+        if comparisons:
+            tex += "\n" + R.latex_table(R.COMPARISON_HEADER, R.comparison_table_rows(comparisons),
+                                        "Paired Wilcoxon signed-rank tests (Holm-corrected) on per-image scores.")
+        atomic_write_text(tmp / "table.tex", tex)
+    print(R.markdown_table(R.RESULTS_HEADER, result_rows))
+    for t, s in summaries.items():
+        if s["folds_missing"]:
+            print(f"{t}: fold(s) {s['folds_missing']} missing")
+    print(f"report written to {args.output}")
+    return 0
