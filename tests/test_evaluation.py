@@ -246,3 +246,39 @@ def test_profile_nnunet_default_unet(tmp_path, capsys):
     # the shared builder gives the same network for profiling and for benchmarks
     net, _ = P.build_network("nnUNetTrainerUS", 1, 2, (32, 32))
     assert P.count_parameters(net)[0] == n
+
+
+# ---------------------------------------------------------------------------------------------------
+# uncertainty
+def test_uncertainty_maps_by_hand():
+    from bus_nnunet.evaluation.uncertainty import uncertainty_maps
+    # two members, 2 classes, three pixels: agree-certain, agree-uncertain, disagree-confident
+    a = np.array([[[1.0, 0.5, 0.9]], [[0.0, 0.5, 0.1]]])   # (C=2, H=1, W=3)
+    b = np.array([[[1.0, 0.5, 0.1]], [[0.0, 0.5, 0.9]]])
+    m = uncertainty_maps([a, b])
+    assert m["entropy"][0] == pytest.approx([0.0, 1.0, 1.0], abs=1e-6)   # mean of pixel 3 is (0.5, 0.5)
+    h09 = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1)) / np.log(2)
+    assert m["mutual_information"][0] == pytest.approx([0.0, 0.0, 1 - h09], abs=1e-6)
+    # ensemble arg-max of a tie is class 0: member b disagrees at pixel 3
+    assert m["disagreement"][0] == pytest.approx([0.0, 0.0, 0.5])
+    single = uncertainty_maps([a])
+    assert np.all(single["mutual_information"] == 0) and np.all(single["disagreement"] == 0)
+
+
+def test_uncertainty_cli(tmp_path):
+    dirs = []
+    for k, p_fg in enumerate((0.2, 0.8)):
+        d = tmp_path / f"fold_{k}"
+        d.mkdir()
+        fg = np.full((1, 4, 5), p_fg, np.float32)
+        np.savez_compressed(d / "c1.npz", probabilities=np.stack([1 - fg, fg]))  # (C, 1, H, W)
+        dirs.append(str(d))
+    np.savez_compressed(tmp_path / "fold_0" / "only_here.npz", probabilities=np.ones((2, 1, 4, 5)) / 2)
+    out = tmp_path / "unc"
+    assert main(["uncertainty", "-i", *dirs, "-o", str(out)]) == 0
+    stack = np.load(out / "c1_uncertainty.npy")
+    assert stack.shape == (3, 4, 5)
+    assert stack[0] == pytest.approx(np.ones((4, 5)))        # mean 0.5/0.5: maximal entropy
+    assert stack[2] == pytest.approx(np.full((4, 5), 0.5))   # one of two members disagrees
+    assert np.array(Image.open(out / "c1_entropy.png")).max() == 255
+    assert not (out / "only_here_uncertainty.npy").exists()

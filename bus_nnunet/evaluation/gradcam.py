@@ -1,0 +1,144 @@
+"""Grad-CAM heatmaps of a trained nnU-Net model over the lesion class (``grad-cam`` package).
+
+The model is loaded with nnU-Net's own ``nnUNetPredictor.initialize_from_trained_model_folder``
+and images go through the model's own preprocessing (reader, crop, normalisation), so the CAM
+explains exactly what the trained network sees. The target is
+``SemanticSegmentationTarget(label, predicted mask of that label)``: the summed lesion logit over
+the pixels the model segments as lesion (the whole image if it segments none).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from bus_nnunet.errors import UserError
+
+
+def group_channel_files(inputs: Sequence[str], file_ending: str) -> Dict[str, List[Path]]:
+    """``case_id -> [<case>_0000<ending>, <case>_0001<ending>, ...]`` from files and/or folders."""
+    files = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(x for x in p.iterdir() if x.name.endswith(file_ending))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"input {p} does not exist")
+    cases: Dict[str, List[Path]] = {}
+    for f in files:
+        m = re.match(rf"^(.*)_(\d{{4}}){re.escape(file_ending)}$", f.name)
+        if not m:
+            raise UserError(f"{f} is not named <case>_XXXX{file_ending} (nnU-Net's channel naming)")
+        cases.setdefault(m.group(1), []).append(f)
+    return {k: sorted(v) for k, v in cases.items()}
+
+
+def default_target_layer(network, input_shape: Tuple[int, ...], num_classes: int) -> str:
+    """The last Conv2d run at full input resolution with more channels than the segmentation head
+    (the final decoder features): a generic choice that fits PlainConvUNet and registry networks."""
+    import torch
+    import torch.nn as nn
+    executed = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=name: executed.append((n, mod, tuple(o.shape))))
+             for name, m in network.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, *input_shape[1:]))
+    finally:
+        for h in hooks:
+            h.remove()
+    full_res = [n for n, mod, shape in executed
+                if shape[-2:] == tuple(input_shape[-2:]) and mod.out_channels > num_classes]
+    if not full_res:
+        raise UserError("could not find a full-resolution feature layer; pass --layer (see --list-layers)")
+    return full_res[-1]
+
+
+def _pad_to(data: np.ndarray, shape: Sequence[int]) -> Tuple[np.ndarray, Tuple[slice, ...]]:
+    pad = [(0, max(0, s - d)) for d, s in zip(data.shape[-2:], shape)]
+    padded = np.pad(data, [(0, 0)] * (data.ndim - 2) + pad)
+    return padded, tuple(slice(0, d) for d in data.shape[-2:])
+
+
+def network_input_size(predictor, size: Sequence[int]) -> Tuple[int, int]:
+    """``size`` padded to at least the patch size and to a multiple of the network's total stride."""
+    cm = predictor.configuration_manager
+    patch = [int(s) for s in cm.patch_size]
+    try:
+        divisor = [int(np.prod([k[i] for k in cm.pool_op_kernel_sizes])) for i in range(2)]
+    except (KeyError, AttributeError, TypeError):
+        divisor = [32, 32]
+    return tuple(max(p, int(np.ceil(s / d) * d)) for s, p, d in zip(size, patch, divisor))
+
+
+def load_predictor(model_folder, fold: str = "0", checkpoint: str = "checkpoint_final.pth"):
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    fold_value = fold if fold == "all" else int(fold)
+    if not (Path(model_folder) / f"fold_{fold}" / checkpoint).is_file():
+        raise UserError(f"{Path(model_folder) / f'fold_{fold}' / checkpoint} not found; train that fold or pass -f/-chk")
+    predictor = nnUNetPredictor(device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold_value,), checkpoint_name=checkpoint)
+    predictor.network.eval()
+    return predictor
+
+
+def gradcam_case(predictor, files: Sequence[Path], label: int = 1, layer: Optional[str] = None):
+    """Grad-CAM map (H, W, in [0, 1], original image geometry), the predicted lesion mask, the
+    image (first channel) and the layer name for one case."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+    pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
+    image, props = pm.image_reader_writer_class().read_images([str(f) for f in files])
+    original = np.asarray(image[0, 0], dtype=np.float32)
+    data, _, props = cm.preprocessor_class(verbose=False).run_case_npy(image, None, props, pm, cm, dj)
+    data = np.asarray(data[:, 0], dtype=np.float32)   # (C, H', W') of the 2D configuration
+    target_size = network_input_size(predictor, data.shape[-2:])
+    padded, valid = _pad_to(data, target_size)
+    x = torch.from_numpy(padded)[None]
+    network = predictor.network
+    num_heads = predictor.label_manager.num_segmentation_heads
+    if not 0 < label < num_heads:
+        raise UserError(f"--label {label} is not a foreground class of this model (1..{num_heads - 1})")
+    layer_name = layer or default_target_layer(network, tuple(x.shape), num_heads)
+    modules = dict(network.named_modules())
+    if layer_name not in modules:
+        raise UserError(f"layer {layer_name!r} not in the network; choose one of: {', '.join(list(modules)[1:40])} ...")
+    with torch.no_grad():
+        logits = network(x)
+    logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+    mask = (logits[0].argmax(0) == label).numpy().astype(np.float32)
+    target_mask = mask if mask.any() else np.ones_like(mask)
+    with GradCAM(model=network, target_layers=[modules[layer_name]]) as cam:
+        heat = cam(input_tensor=x, targets=[SemanticSegmentationTarget(label, target_mask)])[0]
+    heat, mask = heat[valid], mask[valid]
+    return _to_original_geometry(heat, props, original.shape), \
+        _to_original_geometry(mask, props, original.shape) > 0.5, original, layer_name
+
+
+def _to_original_geometry(arr: np.ndarray, props: dict, shape: Tuple[int, int]) -> np.ndarray:
+    """Undo nnU-Net's resampling (if any) and crop-to-nonzero for a 2D map."""
+    import torch
+    import torch.nn.functional as Fn
+    cropped_shape = tuple(props["shape_after_cropping_and_before_resampling"])[-2:]
+    if arr.shape != cropped_shape:
+        arr = Fn.interpolate(torch.from_numpy(arr)[None, None].float(), size=cropped_shape, mode="bilinear",
+                             align_corners=False)[0, 0].numpy()
+    out = np.zeros(shape, dtype=np.float32)
+    bbox = props["bbox_used_for_cropping"][-2:]
+    out[bbox[0][0]:bbox[0][1], bbox[1][0]:bbox[1][1]] = arr
+    return out
+
+
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """RGB uint8 image with the heatmap blended in (pytorch_grad_cam's show_cam_on_image)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    img = image.astype(np.float32)
+    lo, hi = np.percentile(img, [0.5, 99.5]) if img.size else (0, 1)
+    img = np.clip((img - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    return show_cam_on_image(np.repeat(img[..., None], 3, axis=2), heat.astype(np.float32), use_rgb=True)
