@@ -1,0 +1,114 @@
+"""``bus-nnunet cv-report`` on a real (tiny) nnU-Net results folder (nnUNetTrainerUS trained for
+folds 0 and 1, folds 2-4 missing) and, for the paired statistics, on a hand-made results folder
+whose per-image Dice values are known."""
+import csv
+import json
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _nnunet
+
+
+@pytest.fixture(scope="module")
+def trained(planned_dataset, tmp_path_factory):
+    ds = planned_dataset
+    env = ds.results_env(tmp_path_factory.mktemp("cv_results"))
+    _nnunet.train_cli(ds, env, "nnUNetTrainerUS", fold=0, extra=["--npz"])
+    _nnunet.train_cli(ds, env, "nnUNetTrainerUS", fold=1)
+    return ds, env
+
+
+def test_cv_report_on_trained_folds(trained, tmp_path):
+    ds, env = trained
+    out = tmp_path / "report"
+    proc = _nnunet.run(["bus-nnunet", "cv-report", ds.dataset_id, "-tr", "nnUNetTrainerUS",
+                        "-o", out, "--bootstrap", "500", "--no-progress"], env)
+    assert "fold(s) [2, 3, 4] missing" in proc.stdout
+    report = json.loads((out / "metrics.json").read_text())
+    us = report["trainers"]["nnUNetTrainerUS"]
+    assert us["folds_found"] == [0, 1] and us["folds_missing"] == [2, 3, 4]
+
+    # the cases scored are exactly nnU-Net's validation cases of those folds (splits_final.json)
+    splits = json.loads((ds.root / "preprocessed" / "Dataset990_SyntheticUS" / "splits_final.json").read_text())
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["case_id"] for r in rows) == sorted(splits[0]["val"] + splits[1]["val"])
+    # fold summaries agree with the per-case rows; the over-folds mean is the mean of fold means
+    fold_means = []
+    for fold in (0, 1):
+        dice = [float(r["dice"]) for r in rows if r["fold"] == str(fold)]
+        assert us["per_fold"][str(fold)]["per_image"]["dice"]["mean"] == pytest.approx(np.mean(dice), abs=1e-5)
+        fold_means.append(np.mean(dice))
+    assert us["over_folds"]["dice"]["mean"] == pytest.approx(np.mean(fold_means), abs=1e-5)
+    assert us["all_cases"]["n_cases"] == len(rows)
+    # our Dice of nnU-Net's own validation agrees with nnU-Net's summary.json where both are defined
+    summary0 = json.loads((_nnunet.model_folder(env, "nnUNetTrainerUS") / "fold_0" / "validation" /
+                           "summary.json").read_text())
+    for case in summary0["metric_per_case"]:
+        cid = case["prediction_file"].rsplit("/", 1)[-1][:-len(".png")]
+        theirs = case["metrics"]["1"]["Dice"]
+        ours = next(float(r["dice"]) for r in rows if r["case_id"] == cid)
+        if theirs == theirs:  # NaN (both empty) is 1 under our rule
+            assert ours == pytest.approx(theirs, abs=1e-5)
+        else:
+            assert ours == 1.0
+
+    md = (out / "report.md").read_text()
+    assert "missing" in md and "Dice (folds)" in md
+    assert r"\begin{tabular}" in (out / "table.tex").read_text()
+    for fig in ("dice_per_image.png", "roc_pixels.png", "montage_nnUNetTrainerUS.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000
+    assert set(report["pixel_auc"]) == {"nnUNetTrainerUS"}  # fold 0 was trained with --npz
+    assert [c["which"] for c in report["montage_cases"]["nnUNetTrainerUS"]] == ["best", "median", "worst"]
+
+
+def _square(top, left, size, shape=(16, 16)):
+    m = np.zeros(shape, np.uint8)
+    m[top:top + size, left:left + size] = 1
+    return m
+
+
+def test_cv_report_paired_statistics_on_known_results(nnunet_env, tmp_path):
+    """Two trainers on six images of a hand-made results folder: trainer A is perfect, trainer B
+    shifts each 4x4 lesion by one column (Dice 0.75), so every paired difference is +0.25."""
+    from PIL import Image
+    from bus_nnunet.cli import main
+    ds = "Dataset991_Known"
+    gt = Path(nnunet_env["nnUNet_preprocessed"]) / ds / "gt_segmentations"
+    gt.mkdir(parents=True)
+    (Path(nnunet_env["nnUNet_raw"]) / ds).mkdir(parents=True)
+    for i in range(6):
+        fold = i % 2
+        ref = _square(2 + i, 3, 4)
+        Image.fromarray(ref).save(gt / f"k_{i}.png")
+        for trainer, pred in (("A", ref), ("B", _square(2 + i, 4, 4))):
+            val = Path(nnunet_env["nnUNet_results"]) / ds / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}" / "validation"
+            val.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pred).save(val / f"k_{i}.png")
+    out = tmp_path / "report"
+    assert main(["cv-report", "991", "-tr", "A", "B", "-f", "0", "1", "-o", str(out), "--bootstrap", "200",
+                 "--no-progress"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["trainers"]["B"]["over_folds"]["dice"]["mean"] == pytest.approx(0.75)
+    assert report["trainers"]["B"]["dice_ci95"]["low"] == pytest.approx(0.75)
+    dice = next(c for c in report["comparisons"] if c["metric"] == "dice")
+    assert dice["n_pairs"] == 6 and dice["mean_difference"] == pytest.approx(0.25)
+    from scipy.stats import wilcoxon
+    expected_p = wilcoxon(np.ones(6), np.full(6, 0.75)).pvalue
+    assert dice["p_value"] == pytest.approx(expected_p)
+    # three metrics compared, one pair each: Holm on a single p-value leaves it unchanged
+    assert dice["p_holm"] == pytest.approx(expected_p)
+    hd = next(c for c in report["comparisons"] if c["metric"] == "hd95")
+    assert hd["mean_difference"] == pytest.approx(-1.0)  # perfect vs one-pixel shift
+    assert "A vs B" in (out / "report.md").read_text()
+
+
+def test_cv_report_missing_trainer_is_user_error(trained, tmp_path):
+    ds, env = trained
+    proc = _nnunet.run(["bus-nnunet", "cv-report", ds.dataset_id, "-tr", "NoSuchTrainer", "-o", tmp_path / "r"],
+                       env, check=False)
+    assert proc.returncode == 1 and "no validation predictions" in proc.stderr
+
