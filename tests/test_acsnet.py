@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import _nnunet
 from bus_nnunet.errors import UserError
 from bus_nnunet.network_architectures import create_model
-from bus_nnunet.network_architectures.acsnet import DeformConv2d, UncertaintyLossWeighting
+from bus_nnunet.network_architectures.acsnet import DeformConv2d, UncertaintyLossWeighting, deform_conv2d_sampling
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +88,12 @@ def test_deform_conv_matches_bilinear_reference_and_gradients():
     grads = torch.autograd.grad((ours * upstream).sum(), (x, offset, mask, weight))
     ref_grads = torch.autograd.grad((ref * upstream).sum(), (x, offset, mask, weight))
     for name, a, b in zip(("input", "offset", "mask", "weight"), grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-8), name
+    # the module's CPU path (batched sampling + matmul) agrees with torchvision too
+    fast = deform_conv2d_sampling(x, offset, mask, weight)
+    assert torch.allclose(fast, ours, atol=1e-10)
+    fast_grads = torch.autograd.grad((fast * upstream).sum(), (x, offset, mask, weight))
+    for name, a, b in zip(("input", "offset", "mask", "weight"), fast_grads, grads):
         assert torch.allclose(a, b, atol=1e-8), name
 
     # the module: zero-initialised offset/mask predictors give a plain conv scaled by sigmoid(0) = 0.5
