@@ -58,7 +58,8 @@ def environment_stamp(device: str = "cpu") -> Dict[str, object]:
 
 
 def stamp_markdown(stamp: Dict[str, object]) -> str:
-    keys = ("date_utc", "device", "gpu", "cuda", "cpu_count", "torch_threads", "load_average_1_5_15min", "torch",
+    keys = ("date_utc", "device", "gpu", "cuda", "cpu_count", "torch_threads", "load_average_1_5_15min", "updated_utc",
+            "load_average_at_update", "torch",
             "nnunetv2", "dynamic_network_architectures", "timm", "thop", "python", "platform")
     return "\n".join(f"- **{k}**: {stamp[k]}" for k in keys if k in stamp)
 

@@ -266,7 +266,9 @@ def write_outputs(study: dict, out: Path) -> None:
     if md:
         lines += ["## bus-nnunet cv-report", ""]
         for name, text in md.items():
-            lines += [f"### {name}", "", text, ""]
+            # figures stay in the cv-report folder (work dir); keep the tables
+            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("!["))
+            lines += [f"### {name} (figures: {study['cv_report']['folder']})", "", text, ""]
     elif "cv_report" in study:
         lines += ["cv-report failed:", "", "```", study["cv_report"].get("log_tail", ""), "```"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

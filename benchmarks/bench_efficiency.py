@@ -162,7 +162,7 @@ def count_macs(network, example):
     return float(macs), f"thop {thop.__version__ if hasattr(thop, '__version__') else ''}".strip()
 
 
-def _synthetic_batch(trainer, batch: int, patch, in_ch: int, device):
+def _synthetic_batch(trainer, batch: int, patch, in_ch: int, device, case_ids):
     import torch
     import torch.nn.functional as F
     g = torch.Generator().manual_seed(0)
@@ -172,7 +172,9 @@ def _synthetic_batch(trainer, batch: int, patch, in_ch: int, device):
     if scales:
         target = [F.interpolate(target, size=[max(1, round(p * s)) for p, s in zip(patch, sc)], mode="nearest")
                   for sc in scales]
-    return {"data": data, "target": target}
+    # case identifiers as nnU-Net's dataloader gives them (trainers with a classification head read labels by key)
+    keys = [case_ids[i % len(case_ids)] for i in range(batch)]
+    return {"data": data, "target": target, "keys": keys}
 
 
 def measure(trainer_name: str, plan: dict, a) -> dict:
@@ -227,7 +229,8 @@ def measure(trainer_name: str, plan: dict, a) -> dict:
     # training step, data loading excluded
     trainer.set_deep_supervision_enabled(True)
     net.train()
-    batch = _synthetic_batch(trainer, a.batch, patch, in_ch, device)
+    case_ids = sorted(p.name[:-len(".png")] for p in (pre / "gt_segmentations").glob("*.png"))
+    batch = _synthetic_batch(trainer, a.batch, patch, in_ch, device, case_ids)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _rss_mib()
@@ -296,6 +299,7 @@ def run_worker(trainer: str, plan_file: Path, a) -> dict:
         return {"trainer": trainer, "skipped": f"worker failed (exit {proc.returncode}): {reason[:400]}"}
     res = json.loads(lines[-1])
     res["worker_seconds"] = round(time.time() - t, 1)
+    res["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return res
 
 
@@ -368,6 +372,8 @@ def parse_args(argv=None):
     p.add_argument("--workdir", type=Path, default=HERE / "work" / "efficiency", help="synthetic dataset folder")
     p.add_argument("--out", type=Path, default=HERE / "results" / "efficiency",
                    help="output prefix; writes OUT.json and OUT.md (default benchmarks/results/efficiency)")
+    p.add_argument("--update", action="store_true",
+                   help="keep OUT.json's other results and replace/add only the trainers measured now")
     p.add_argument("--note", action="append", default=[], help="extra note for the report (repeatable)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--plan-file", type=Path, help=argparse.SUPPRESS)
@@ -384,14 +390,25 @@ def main(argv=None) -> int:
     plan_file = a.workdir.resolve() / f"size{a.size}" / "plan.json"
     plan_file.write_text(json.dumps(plan))
     names, left_out = select_trainers(a.trainers)
-    stamp = environment_stamp(a.device)
-    results = []
+    stamp = {**environment_stamp(a.device), "torch_threads": a.threads}
+    results, previous_notes = [], []
+    if a.update and out.with_suffix(".json").exists():
+        previous = json.loads(out.with_suffix(".json").read_text())
+        results, previous_notes = previous["results"], previous.get("notes", [])
+        left_out = {**previous.get("left_out", {}), **left_out}
+        stamp = {**previous["environment"], "updated_utc": stamp["date_utc"],
+                 "load_average_at_update": stamp.get("load_average_1_5_15min")}
     for name in names:
         log(f"measuring {name}")
         res = run_worker(name, plan_file, a)
         log(f"{name}: " + (f"skipped ({res['skipped']})" if "skipped" in res
                            else f"step {res['train_step_synthetic']['median_s']:.3f} s"))
-        results.append(res)
+        left_out.pop(name, None)
+        index = next((i for i, r in enumerate(results) if r["trainer"] == name), None)
+        if index is None:
+            results.append(res)
+        else:
+            results[index] = res
         payload = {"environment": stamp, "settings": {k: str(v) if isinstance(v, Path) else v
                                                       for k, v in vars(a).items() if k not in ("worker", "plan_file")},
                    "results": results, "left_out": left_out,
@@ -410,7 +427,9 @@ def main(argv=None) -> int:
                        "(bus-nnunet's ultrasound TTA); nnU-Net's stock nnUNetTrainer mirrors both axes (4 passes).",
                        "CPU peak memory = the worker process's peak RSS (Python + torch + data), with its increase "
                        "over the RSS before the first training step in brackets.",
-                   ] + a.note,
+                   ] + [n for n in dict.fromkeys(previous_notes + a.note) if not n.startswith(("MACs count", "Training step =",
+                                                                                  "Data incl.", "Inference =",
+                                                                                  "CPU peak", "Wall times"))],
                    "unsnapped_patch_size": a.size}
         write_outputs(out, payload)  # after every trainer, so an interrupted run still leaves a table
     log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
