@@ -11,9 +11,9 @@ The recurrence (per batch ``b``, channel ``i``, state index ``n``; all in float3
 uses group ``i // channels_per_group`` (mamba_ssm's convention).
 
 The pure-PyTorch path splits the sequence into chunks of ``T ~ sqrt(L)`` steps: it scans every chunk
-in parallel from a zero state (``T`` vectorised steps), carries the chunk-end states across chunks
-(``L/T`` small steps) and adds ``exp(cumsum(delta*A))`` times the carried state back in.  All decays
-are exponentials of non-positive numbers, so nothing overflows.  The backward pass is the same
+in parallel from a zero state (``T`` vectorised steps, also accumulating the in-chunk decay products),
+carries the chunk-end states across chunks (``L/T`` small steps) and adds the accumulated decay times
+the carried state back in.  All decays are products of ``exp(delta*A) <= 1``, so nothing overflows.  The backward pass is the same
 linear scan run in reverse, so autograd never stores per-step graphs.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor, chunk: Optional[i
     """All states of ``h_l = exp(log_decay_l) * h_{l-1} + inputs_l`` (``h_0 = 0``) along dim -2.
 
     ``log_decay`` must be <= 0 (it is ``delta * A``); shapes ``(..., L, N)``.  Exact up to float
-    rounding: chunk-local scans plus a carried state scaled by the in-chunk cumulative decay.
+    rounding: chunk-local scans plus a carried state scaled by the in-chunk decay product.
     """
     *lead, length, n = inputs.shape
     t = chunk or _chunk_size(length)
@@ -54,25 +54,27 @@ def linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor, chunk: Optional[i
     if pad:  # trailing padding never influences earlier states
         log_decay = F.pad(log_decay, (0, 0, 0, pad))
         inputs = F.pad(inputs, (0, 0, 0, pad))
-    log_decay = log_decay.reshape(*lead, n_chunks, t, n)
-    inputs = inputs.reshape(*lead, n_chunks, t, n)
-    decay = log_decay.exp()
+    # step index first, so every step of the in-chunk loop touches contiguous memory
+    decay = log_decay.reshape(*lead, n_chunks, t, n).movedim(-2, 0).exp().contiguous()  # (T, ..., chunks, N)
+    inputs = inputs.reshape(*lead, n_chunks, t, n).movedim(-2, 0).contiguous()
 
-    local = torch.empty_like(inputs)
-    state = inputs[..., 0, :].clone()
-    local[..., 0, :] = state
+    state, running = inputs[0], decay[0]
+    states, products = [state], [running]  # products: decay from the chunk start to each step
     for step in range(1, t):  # every chunk at once, from a zero state
-        state = torch.addcmul(inputs[..., step, :], decay[..., step, :], state)
-        local[..., step, :] = state
+        state = torch.addcmul(inputs[step], decay[step], state)
+        running = running * decay[step]
+        states.append(state)
+        products.append(running)
+    local = torch.stack(states)
 
-    cumulative = log_decay.cumsum(dim=-2).exp()  # decay from the chunk start to each step
     if n_chunks > 1:
-        carried = torch.zeros_like(local[..., :, 0, :])  # state entering each chunk
+        cumulative = torch.stack(products)
+        carried = torch.zeros_like(local[0])  # state entering each chunk, (..., chunks, N)
         for c in range(1, n_chunks):
-            carried[..., c, :] = torch.addcmul(local[..., c - 1, t - 1, :], cumulative[..., c - 1, t - 1, :],
+            carried[..., c, :] = torch.addcmul(local[t - 1, ..., c - 1, :], cumulative[t - 1, ..., c - 1, :],
                                                carried[..., c - 1, :])
-        local = torch.addcmul(local, cumulative, carried.unsqueeze(-2))
-    return local.reshape(*lead, n_chunks * t, n)[..., :length, :]
+        local = torch.addcmul(local, cumulative, carried.unsqueeze(0))
+    return local.movedim(0, -2).reshape(*lead, n_chunks * t, n)[..., :length, :]
 
 
 def _expand_groups(x: torch.Tensor, channels: int) -> torch.Tensor:
