@@ -191,7 +191,9 @@ def test_scrnet_trainer_trains_and_predicts_through_nnunet_cli(planned_dataset, 
 
     ds = planned_dataset
     env = ds.results_env(tmp_path)
-    proc = _nnunet.train_cli(ds, env, "SCRNetTrainer")
+    # one training and one validation iteration: a 63 M-parameter network is slow on CPU
+    schedule = {**_nnunet.SMOKE_SCHEDULE, "BUS_NNUNET_NUM_ITERATIONS": "1"}
+    proc = _nnunet.train_cli(ds, env, "SCRNetTrainer", schedule=schedule)
     assert "network 'scrnet'" in proc.stdout
     folder = _nnunet.model_folder(env, "SCRNetTrainer")
     saved = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -199,7 +201,7 @@ def test_scrnet_trainer_trains_and_predicts_through_nnunet_cli(planned_dataset, 
     assert sum(v.numel() for k, v in saved["network_weights"].items()
                if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == 63_212_718
     out = tmp_path / "pred"
-    _nnunet.predict_cli(ds, env, "SCRNetTrainer", out)
+    _nnunet.predict_cli(ds, env, "SCRNetTrainer", out, extra=("--disable_tta",))
     preds = sorted(out.glob("*.png"))
     assert len(preds) == 2
     seg = np.array(Image.open(preds[0]))
