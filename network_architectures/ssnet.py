@@ -27,9 +27,12 @@ tiles, Hilbert distance map used as gather index); ``faithful_tiles=False`` scan
 in true Hilbert order.  Both variants have identical parameters.
 
 Complexity at 1x3x256x256 (``num_classes=1``, see :func:`complexity_reference`): 17,535,538
-trainable parameters; thop reports 16,210,955 "params" and 4,932,388,960 MACs -- the paper's
-16.21 M / 4.93 G.  thop skips raw ``nn.Parameter`` tensors (SSM parameters, GroupNorm, DCT
-coefficients, temperatures) and all einsums/scans.
+trainable parameters (this module, as the released code); thop reports 16,210,955 "params" (this
+module: identical) and 4,932,388,960 MACs for the released code -- the paper's 16.21 M / 4.93 G.
+thop on this module gives 4,931,318,848 MACs: 1.07 M (0.02 %) fewer, because a few cheap ops
+(bilinear upsampling, softmax, the tile-score mean) are functional calls here and modules there.
+thop skips raw ``nn.Parameter`` tensors (SSM parameters, GroupNorm, DCT coefficients,
+temperatures: 1,324,583 in all) and all einsums/scans.
 """
 from __future__ import annotations
 
@@ -51,14 +54,15 @@ __all__ = ["SSNet", "ssnet", "DTSBlock", "DynamicTilesScan", "SelectiveScan2D", 
 
 #: counts from the spec (section 5 / appendix B) at 1x3x256x256 with one output channel
 COMPLEXITY_256 = {"trainable_params": 17_535_538, "thop_params": 16_210_955, "thop_macs": 4_932_388_960,
-                  "backbone_params": 3_545_984, "backbone_tensors": 152}
+                  "thop_macs_this_module": 4_931_318_848, "backbone_params": 3_545_984, "backbone_tensors": 152}
 
 
 def complexity_reference() -> Dict[str, int]:
     """Parameter and MAC counts of SS-Net at 1x3x256x256 (``in_channels=3, num_classes=1``).
 
     ``trainable_params`` is ``sum(p.numel())``; ``thop_params`` / ``thop_macs`` are what
-    ``thop.profile`` reports and what the paper quotes (16.21 M, 4.93 G); thop omits 1,324,583 raw
+    ``thop.profile`` reports for the released code and what the paper quotes (16.21 M, 4.93 G);
+    ``thop_macs_this_module`` is thop on :class:`SSNet` (measured).  thop omits 1,324,583 raw
     parameters (SSM, GroupNorm, learnable DCT/temperature scalars).
     """
     return dict(COMPLEXITY_256)
