@@ -112,3 +112,22 @@ def test_cv_report_missing_trainer_is_user_error(trained, tmp_path):
                        env, check=False)
     assert proc.returncode == 1 and "no validation predictions" in proc.stderr
 
+
+def test_gradcam_on_trained_model(trained, tmp_path):
+    ds, env = trained
+    folder = _nnunet.model_folder(env, "nnUNetTrainerUS")
+    image = sorted((ds.raw / "imagesTs").glob("*_0000.png"))[0]
+    case = image.name[: -len("_0000.png")]
+    out = tmp_path / "cam"
+    proc = _nnunet.run(["bus-nnunet", "gradcam", folder, "-i", image, "-o", out, "-f", "1"], env)
+    # default target: the last full-resolution decoder convolution of nnU-Net's PlainConvUNet
+    assert "'decoder.stages.3.convs.1.conv'" in proc.stdout
+    cam = np.load(out / f"{case}_cam.npy")
+    assert cam.shape == (64, 64) and cam.min() >= 0 and cam.max() <= 1 and np.isfinite(cam).all()
+    from PIL import Image
+    overlay = np.array(Image.open(out / f"{case}_gradcam.png"))
+    assert overlay.shape == (64, 64, 3)
+    assert set(np.unique(np.array(Image.open(out / f"{case}_mask.png")))) <= {0, 255}
+    bad = _nnunet.run(["bus-nnunet", "gradcam", folder, "-i", image, "-o", tmp_path / "x", "--layer", "nope"],
+                      env, check=False)
+    assert bad.returncode == 1 and "layer 'nope'" in bad.stderr
