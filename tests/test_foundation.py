@@ -230,3 +230,27 @@ def test_us_trainer_mirrors_laterally_only_and_limits_rotation(planned_dataset, 
     assert {"SpeckleNoiseTransform", "GainTransform", "DepthAttenuationTransform"} <= set(kinds)
     mirrors = [t for t in transforms if isinstance(t, MirrorTransform)]
     assert len(mirrors) == 1 and tuple(mirrors[0].allowed_axes) == (1,)
+
+
+def test_train_step_clips_gradients_at_the_recipe_norm(tiny_network, planned_dataset, tmp_path, monkeypatch):
+    import json
+    from bus_nnunet.trainers.base import BusNetworkTrainer
+
+    for k, v in planned_dataset.results_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    pre = Path(planned_dataset.env["nnUNet_preprocessed"]) / "Dataset990_SyntheticUS"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+
+    class ClippedTrainer(BusNetworkTrainer):
+        network_name = tiny_network
+        deep_supervision = False
+        recipe = Recipe(optimizer="sgd", lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0, grad_clip=1e-3)
+
+    trainer = ClippedTrainer(plans, "2d", 0, json.loads((pre / "dataset.json").read_text()), torch.device("cpu"))
+    trainer.initialize()
+    before = [p.detach().clone() for p in trainer.network.parameters()]
+    batch = {"data": torch.randn(2, 1, 64, 64) * 10, "target": (torch.rand(2, 1, 64, 64) > 0.5).float()}
+    trainer.train_step(batch)
+    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(trainer.network.parameters(), before)))
+    assert step.item() == pytest.approx(1e-3, rel=1e-3)  # lr 1 x clipped gradient norm

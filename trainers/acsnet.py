@@ -26,7 +26,6 @@ so longer than the paper's 90 passes over ~520 images).  No deep supervision (si
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -121,9 +120,6 @@ class ACSNetTrainer(BusNetworkTrainer):
         except KeyError as e:
             raise UserError(f"manifest {self.manifest_path} gives no class for case {e.args[0]!r}") from None
 
-    def _autocast(self):
-        return torch.autocast(self.device.type) if self.device.type == "cuda" else nullcontext()
-
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
@@ -131,22 +127,12 @@ class ACSNetTrainer(BusNetworkTrainer):
                   else target.to(self.device, non_blocking=True))
         labels = self._labels_of(batch["keys"]).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast_context():
             seg, class_logits = self.network(data, return_classification=True)
             seg_loss = self.loss(seg, target)
             cls_loss = F.cross_entropy(class_logits.float(), labels)
             loss = unwrap_network(self.network).loss_weighting(seg_loss, cls_loss)
-        clip = self.recipe.grad_clip
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
-            self.optimizer.step()
+        self.backward_and_step(loss)
         return {"loss": loss.detach().cpu().numpy(), "seg_loss": seg_loss.detach().cpu().numpy(),
                 "cls_loss": cls_loss.detach().cpu().numpy()}
 
@@ -160,7 +146,7 @@ class ACSNetTrainer(BusNetworkTrainer):
     def validation_step(self, batch: dict) -> dict:
         outputs = super().validation_step(batch)
         data = batch["data"].to(self.device, non_blocking=True)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast_context():
             logits = unwrap_network(self.network).forward_classification(data)
         outputs["class_probabilities"] = torch.softmax(logits.float(), 1).cpu().numpy()
         outputs["class_labels"] = self._labels_of(batch["keys"]).numpy()

@@ -18,6 +18,7 @@ Schedule overrides (environment, for CPU smoke runs; logged when used):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional, Sequence, Tuple
 
@@ -230,6 +231,35 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
     def configure_optimizers(self):
         optimizer = build_optimizer(self.recipe, self.network.parameters())
         return optimizer, EpochLRScheduler(optimizer, self.recipe, self.num_epochs)
+
+    def autocast_context(self):
+        """nnU-Net's mixed precision: autocast on CUDA only (CPU autocast is slow, MPS unsupported)."""
+        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's training step, with the recipe's gradient-clipping norm (nnU-Net hard-codes 12)."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast_context():
+            loss = self.loss(self.network(data), target)
+        self.backward_and_step(loss)
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward pass, gradient clipping at ``recipe.grad_clip`` and optimiser step (AMP-aware)."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
+            self.optimizer.step()
 
     # -- pretrained weights --------------------------------------------------------------------------
     def initialize(self):
