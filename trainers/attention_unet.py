@@ -135,15 +135,9 @@ class AttentionUNetTrainer(BusNetworkTrainer):
     def _maybe_load_pretrained(self):
         network = unwrap_network(self.network)
         for encoder in self.encoder_names:
-            env = ENCODER_ENV[encoder]
-            path = os.environ.get(env)
-            if not path:
-                self.print_to_log_file(f"{type(self).__name__}: {encoder} randomly initialised "
-                                       f"(set {env}=/path/to/timm_checkpoint for ImageNet weights)")
+            path = self.pretrained_path(ENCODER_ENV[encoder], f"timm {encoder} checkpoint")
+            if path is None:
                 continue
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{env}={path}: no such file. Point it at a local timm {encoder} "
-                                        f"checkpoint or unset it to train from scratch.")
             report = network.load_encoder_checkpoint(encoder, path)
             self.print_to_log_file(f"{type(self).__name__}: pretrained {encoder} from {path}: {report}")
 

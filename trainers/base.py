@@ -266,19 +266,26 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
         super().initialize()
         self._maybe_load_pretrained()
 
+    def pretrained_path(self, env: str, what: str = "checkpoint") -> Optional[str]:
+        """The local file named by environment variable ``env``; None (logged: training from
+        scratch) when unset; FileNotFoundError naming the variable when it names no file."""
+        path = os.environ.get(env)
+        if not path:
+            self.print_to_log_file(f"{type(self).__name__}: no pretrained {what}, training from scratch "
+                                   f"(set {env}=/path/to/{what.replace(' ', '_')} to load one)")
+            return None
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{env}={path}: no such file. Point it at a local {what} "
+                                    f"or unset it to train from scratch.")
+        return path
+
     def _maybe_load_pretrained(self):
         if self.pretrained_env is None:
             return
-        path = os.environ.get(self.pretrained_env)
-        if not path:
-            self.print_to_log_file(f"{type(self).__name__}: no pretrained weights, training from scratch "
-                                   f"(set {self.pretrained_env}=/path/to/checkpoint to load them)")
-            return
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{self.pretrained_env}={path}: no such file. Point it at a local checkpoint "
-                                    f"or unset it to train from scratch.")
-        report = self.load_pretrained_weights(unwrap_network(self.network), path)
-        self.print_to_log_file(f"{type(self).__name__}: pretrained weights from {path}: {report}")
+        path = self.pretrained_path(self.pretrained_env)
+        if path is not None:
+            report = self.load_pretrained_weights(unwrap_network(self.network), path)
+            self.print_to_log_file(f"{type(self).__name__}: pretrained weights from {path}: {report}")
 
     def load_pretrained_weights(self, network: nn.Module, path: str) -> str:
         """Load a local checkpoint into ``network``; return a one-line report. Trainers with
