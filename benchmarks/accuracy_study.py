@@ -199,7 +199,9 @@ def main(argv=None) -> int:
         for fold in args.folds:
             model_dir = Path(env["nnUNet_results"]) / raw_name / f"{trainer}__{plans_name}__2d" / f"fold_{fold}"
             if (model_dir / "checkpoint_final.pth").exists() and (model_dir / "validation").is_dir():
-                record["folds"][fold] = {"status": "done earlier"}
+                earlier = model_dir / "benchmark_run.json"
+                record["folds"][fold] = {**(json.loads(earlier.read_text()) if earlier.exists() else {}),
+                                         "status": "done earlier"}
                 continue
             t = time.time()
             try:
@@ -213,6 +215,8 @@ def main(argv=None) -> int:
             record["folds"][fold] = {"status": status, "seconds": round(time.time() - t, 1)}
             if detail:
                 record["folds"][fold]["log_tail"] = detail
+            elif model_dir.is_dir():  # lets a resumed study report how long this fold took
+                (model_dir / "benchmark_run.json").write_text(json.dumps({**record["folds"][fold], **budget}))
             log(f"{trainer} fold {fold}: {status} in {time.time() - t:.0f} s")
         if all(f["status"] in ("ok", "done earlier") for f in record["folds"].values()):
             ok.append(trainer)
