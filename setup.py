@@ -136,7 +136,7 @@ setup(
         "pillow",
         "matplotlib",
         "tqdm",
-        "monai>=1.3",
+        "medpy>=0.5",
         "thop",
         "grad-cam>=1.5",
         "openpyxl",

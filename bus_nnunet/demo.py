@@ -27,7 +27,7 @@ DATASET_NAME = "Dataset599_DemoBUSI"
 #: full demo: ~6-9 minutes on 2 CPU cores; quick: a pipeline check of ~2 minutes
 PROFILES = {
     "full": {"counts": {"benign": 36, "malignant": 24, "normal": 8}, "size": (128, 128), "n_test": 12,
-             "epochs": 30, "iterations": 20, "val_iterations": 4},
+             "epochs": 12, "iterations": 20, "val_iterations": 4},
     "quick": {"counts": {"benign": 8, "malignant": 6, "normal": 2}, "size": (64, 64), "n_test": 3,
               "epochs": 1, "iterations": 3, "val_iterations": 1},
 }
