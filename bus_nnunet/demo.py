@@ -24,7 +24,7 @@ from bus_nnunet.io_utils import atomic_write_text, check_output_free
 DATASET_ID = 599
 DATASET_NAME = "Dataset599_DemoBUSI"
 
-#: full demo: ~6-9 minutes on 2 CPU cores; quick: a pipeline check of ~2 minutes
+#: full demo: 5-9 minutes on 2 CPU cores (8.5 min measured while a test suite shared the cores); quick: ~2 minutes
 PROFILES = {
     "full": {"counts": {"benign": 36, "malignant": 24, "normal": 8}, "size": (128, 128), "n_test": 12,
              "epochs": 12, "iterations": 20, "val_iterations": 4},
