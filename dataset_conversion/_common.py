@@ -20,7 +20,7 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -133,6 +133,17 @@ def unmatched_error(kind: str, paths: Sequence[Path], fix: str) -> UserError:
     shown = ", ".join(str(p) for p in list(paths)[:5])
     more = f" (and {len(paths) - 5} more)" if len(paths) > 5 else ""
     return UserError(f"{len(paths)} {kind}: {shown}{more}; {fix}")
+
+
+def require_pairs(images: Mapping, masks: Mapping, masks_without_image: str, images_without_mask: str,
+                  fix_image: str = "restore the missing file", fix_mask: str = "restore the missing file") -> None:
+    """Raise a UserError listing masks whose key has no image (then images without a mask); the
+    two descriptions name the dataset and file kinds, the fixes say what to restore."""
+    for kind, found, other, fix in ((masks_without_image, masks, images, fix_image),
+                                    (images_without_mask, images, masks, fix_mask)):
+        lonely = [found[k] for k in sorted(found) if k not in other]
+        if lonely:
+            raise unmatched_error(kind, lonely, fix)
 
 
 def read_table(path: Path, sheet=0):

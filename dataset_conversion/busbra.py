@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, find_child_dir,
-                                                   files_with_suffix, locate_root, read_table, unmatched_error)
+from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, files_with_suffix,
+                                                   find_child_dir, locate_root, read_table, require_pairs)
 from bus_nnunet.errors import UserError
 
 _IMAGE = re.compile(r"^bus_(\d+-[a-z])$", re.IGNORECASE)
@@ -26,11 +26,7 @@ def collect(source: Path, options) -> Collection:
               if (m := _IMAGE.match(p.stem))}
     masks = {m.group(1).lower(): p for p in files_with_suffix(find_child_dir(root, "Masks"), [".png"])
              if (m := _MASK.match(p.stem))}
-    for kind, found, other in (("BUS-BRA masks without an image", masks, images),
-                               ("BUS-BRA images without a mask", images, masks)):
-        lonely = [found[k] for k in sorted(found) if k not in other]
-        if lonely:
-            raise unmatched_error(kind, lonely, "restore the missing file")
+    require_pairs(images, masks, "BUS-BRA masks without an image", "BUS-BRA images without a mask")
     meta = {}
     data_csv = root / "bus_data.csv"
     if data_csv.is_file():

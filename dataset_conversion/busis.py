@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bus_nnunet.dataset_conversion._common import Case, Collection, DatasetInfo, cell, read_table, unmatched_error
+from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, read_table, require_pairs)
 from bus_nnunet.errors import UserError
 
 _IMAGE = re.compile(r"^case(\d+)$", re.IGNORECASE)
@@ -55,11 +55,7 @@ def collect(source: Path, options) -> Collection:
         target[number] = p
     if not images:
         raise UserError(f"{source} does not look like BUSIS (no caseNNNN.png files below it)")
-    for kind, found, other in (("BUSIS GT masks without an image", masks, images),
-                               ("BUSIS images without a caseNNNN_GT mask", images, masks)):
-        lonely = [found[k] for k in sorted(found) if k not in other]
-        if lonely:
-            raise unmatched_error(kind, lonely, "restore the missing file")
+    require_pairs(images, masks, "BUSIS GT masks without an image", "BUSIS images without a caseNNNN_GT mask")
     labels = _labels(Path(source), collection)
     for n in sorted(images):
         collection.cases.append(Case(case_id=f"busis_{n:04d}", image=images[n], masks=[masks[n]],

@@ -15,8 +15,8 @@ from typing import List
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, find_child_dir, files_with_suffix,
-                                                   locate_root, unmatched_error)
+from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, files_with_suffix, find_child_dir,
+                                                   locate_root, require_pairs)
 from bus_nnunet.errors import UserError
 
 
@@ -31,10 +31,7 @@ def _is_original(folder: Path) -> bool:
 def _collect_processed(root: Path) -> Collection:
     images = {int(p.stem): p for p in files_with_suffix(find_child_dir(root, "image"), [".png"]) if p.stem.isdigit()}
     masks = {int(p.stem): p for p in files_with_suffix(find_child_dir(root, "mask"), [".png"]) if p.stem.isdigit()}
-    for kind, found, other in (("DDTI masks without an image", masks, images), ("DDTI images without a mask", images, masks)):
-        lonely = [found[k] for k in sorted(found) if k not in other]
-        if lonely:
-            raise unmatched_error(kind, lonely, "restore the missing file")
+    require_pairs(images, masks, "DDTI masks without an image", "DDTI images without a mask")
     cases = [Case(case_id=f"ddti_{n:05d}", image=images[n], masks=[masks[n]], extra={"source_id": images[n].name})
              for n in sorted(images)]
     return Collection(cases=cases, notes=["processed DDTI: renumbered images, no patient ids; category.csv is forged "

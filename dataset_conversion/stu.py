@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, files_with_suffix, locate_root,
-                                                   unmatched_error)
+                                                   require_pairs, unmatched_error)
 
 _IMAGE = re.compile(r"^(?:Test_Image|image)_(\d+)$", re.IGNORECASE)
 _MASK = re.compile(r"^mask_(\d+)$", re.IGNORECASE)
@@ -31,10 +31,7 @@ def collect(source: Path, options) -> Collection:
     if unexpected:
         raise unmatched_error("files in the STU folder that are not Test_Image_N.png / mask_N.png", unexpected,
                               "move them elsewhere")
-    for kind, found, other in (("STU masks without an image", masks, images), ("STU images without a mask", images, masks)):
-        lonely = [found[k] for k in sorted(found) if k not in other]
-        if lonely:
-            raise unmatched_error(kind, lonely, "restore the missing file")
+    require_pairs(images, masks, "STU masks without an image", "STU images without a mask")
     cases = [Case(case_id=f"stu_{n:04d}", image=images[n], masks=[masks[n]], extra={"source_id": images[n].stem})
              for n in sorted(images)]
     return Collection(cases=cases, notes=["STU has no class labels or patient ids; masks larger than their "

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, find_child_dir, files_with_suffix,
-                                                   locate_root, unmatched_error)
+from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, files_with_suffix, find_child_dir,
+                                                   locate_root, require_pairs)
 from bus_nnunet.errors import UserError
 
 _EXT = (".jpg", ".jpeg", ".png")
@@ -30,10 +30,7 @@ def collect(source: Path, options) -> Collection:
         raise UserError(f"{root / 'thyroid-mask'} not found")
     images = {int(p.stem): p for p in files_with_suffix(find_child_dir(root, "thyroid-image"), _EXT) if p.stem.isdigit()}
     masks = {int(p.stem): p for p in files_with_suffix(mask_dir, _EXT) if p.stem.isdigit()}
-    for kind, found, other in (("TG3K masks without an image", masks, images), ("TG3K images without a mask", images, masks)):
-        lonely = [found[k] for k in sorted(found) if k not in other]
-        if lonely:
-            raise unmatched_error(kind, lonely, "restore the missing file")
+    require_pairs(images, masks, "TG3K masks without an image", "TG3K images without a mask")
     collection = Collection(cases=[])
     video, previous_size = 0, None
     for n in sorted(images):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, find_child_dir, files_with_suffix,
-                                                   locate_root, unmatched_error)
+from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, files_with_suffix, find_child_dir,
+                                                   locate_root, require_pairs)
 from bus_nnunet.errors import UserError
 
 _EXT = (".jpg", ".jpeg", ".png")
@@ -57,11 +57,7 @@ def collect(source: Path, options) -> Collection:
                 continue
             raise UserError(f"{root / (subset + '-mask')} not found (TN3K needs {subset}-image/ and {subset}-mask/)")
         images, masks = _numbered(image_dir), _numbered(mask_dir)
-        for kind, found, other in ((f"TN3K {subset} masks without an image", masks, images),
-                                   (f"TN3K {subset} images without a mask", images, masks)):
-            lonely = [found[k] for k in sorted(found) if k not in other]
-            if lonely:
-                raise unmatched_error(kind, lonely, "restore the missing file")
+        require_pairs(images, masks, f"TN3K {subset} masks without an image", f"TN3K {subset} images without a mask")
         labels = _labels(root / f"label4{subset}.csv")
         if labels is None:
             collection.notes.append(f"no label4{subset}.csv: {subset} classes left empty")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, find_child_dir,
-                                                   files_with_suffix, locate_root, read_table, unmatched_error)
+from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, files_with_suffix,
+                                                   find_child_dir, locate_root, read_table, require_pairs)
 from bus_nnunet.errors import UserError
 
 _ID = re.compile(r"^(\d+)$")
@@ -22,11 +22,8 @@ def collect(source: Path, options) -> Collection:
     collection = Collection(cases=[])
     images = {int(p.stem): p for p in files_with_suffix(find_child_dir(root, "original"), [".png"]) if _ID.match(p.stem)}
     masks = {int(p.stem): p for p in files_with_suffix(find_child_dir(root, "GT"), [".png"]) if _ID.match(p.stem)}
-    for kind, found, other, fix in (("UDIAT masks without an image", masks, images, "restore original/<id>.png"),
-                                    ("UDIAT images without a GT mask", images, masks, "restore GT/<id>.png")):
-        lonely = [found[k] for k in sorted(found) if k not in other]
-        if lonely:
-            raise unmatched_error(kind, lonely, fix)
+    require_pairs(images, masks, "UDIAT masks without an image", "UDIAT images without a GT mask",
+                  fix_image="restore original/<id>.png", fix_mask="restore GT/<id>.png")
     meta = {}
     xlsx = next((p for p in (root / "DatasetB.xlsx", root.parent / "DatasetB.xlsx") if p.is_file()), None)
     if xlsx is None:
