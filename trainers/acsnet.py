@@ -86,8 +86,7 @@ class ACSNetTrainer(BusNetworkTrainer):
         self.manifest_path = find_manifest(self.plans_manager.dataset_name)
         self.class_names, self.case_labels = classification_labels(self.manifest_path, self._training_case_ids())
         # saved with the model's plans.json: inference rebuilds the same classification head
-        self.configuration_manager.configuration[CLASSES_KEY] = list(self.class_names)
-        self.plans_manager.plans["configurations"][self.configuration_name][CLASSES_KEY] = list(self.class_names)
+        self.set_configuration_entry(CLASSES_KEY, list(self.class_names))
         counts = {n: sum(v == i for v in self.case_labels.values()) for i, n in enumerate(self.class_names)}
         self.print_to_log_file(f"classification labels from {self.manifest_path}: {counts}")
 

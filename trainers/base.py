@@ -149,9 +149,14 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
         old = tuple(int(s) for s in self.configuration_manager.patch_size)
         new = snap_patch_size(self.network_name, old)
         if new != old:
-            self.configuration_manager.configuration["patch_size"] = list(new)
-            self.plans_manager.plans["configurations"][self.configuration_name]["patch_size"] = list(new)
+            self.set_configuration_entry("patch_size", list(new))
             self.print_to_log_file(f"patch size {list(old)} -> {list(new)} (what {self.network_name} accepts)")
+
+    def set_configuration_entry(self, key: str, value) -> None:
+        """Set ``key`` in this run's configuration and in the plans saved with the model
+        (``plans.json`` in the results folder), so inference sees what training used."""
+        self.configuration_manager.configuration[key] = value
+        self.plans_manager.plans["configurations"][self.configuration_name][key] = value
 
     # -- network -------------------------------------------------------------------------------------
     @classmethod

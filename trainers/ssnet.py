@@ -12,7 +12,6 @@ Pretrained stages 1-2: point ``BUS_NNUNET_PVT_V2_B2`` at a local ``pvt_v2_b2.pth
 layout) or a saved timm ``pvt_v2_b2`` state dict.  The released ``start.py`` never calls
 ``load_from`` (spec section 7, #3); here the transfer happens whenever the variable is set.
 """
-import torch
 
 from bus_nnunet.recipes import Recipe
 from bus_nnunet.trainers.base import BusNetworkTrainer
@@ -31,10 +30,6 @@ class SSNetTrainer(BusNetworkTrainer):
     pretrained_env = "BUS_NNUNET_PVT_V2_B2"
     # argsort/gather/scatter with data-dependent indices: compiling brings little and is fragile
     allow_compile = False
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
 
     def load_pretrained_weights(self, network, path: str) -> str:
         """Partial transfer of PVTv2-b2 stages 1-2 (152 tensors) into ``network.backbone``."""
