@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bus_nnunet.network_architectures._layers import ConvBlock
 from bus_nnunet.network_architectures._registry import register_model
 
 __all__ = ["AnatomicalAttention", "AnatoSegNet", "anatosegnet", "load_resnet50_weights",
@@ -135,15 +136,6 @@ class AnatomicalAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, h * w, c).to(v.dtype)
         out = self.proj(out)
         return out.transpose(1, 2).reshape(b, c, h, w)
-
-
-class ConvBlock(nn.Sequential):
-    """Two (conv3x3 + BatchNorm + ReLU)."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class UpBlock(nn.Module):

@@ -54,19 +54,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bus_nnunet.network_architectures._layers import ConvBlock
 from bus_nnunet.network_architectures._registry import register_model
 
 __all__ = ["SCRNet", "SCRM", "SpatialGate", "ChannelRefinement", "FeatureAggregation", "CCAPM",
            "local_window_attention", "scrnet"]
-
-
-class ConvBlock(nn.Sequential):
-    """Two [conv3x3 (bias) + BN + ReLU] layers, as in the benchmark UNet."""
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__(
-            nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
-            nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 
 class UpBlock(nn.Sequential):
