@@ -4,8 +4,10 @@
 Per trainer (each in its own process, so a broken trainer is skipped with a note and peak
 memory is per network):
 
-* parameters (all / trainable) and MACs for one ``size x size`` image (thop; custom ops such as
-  attention matmuls or selective scans that thop has no rule for are not counted -- see notes)
+* parameters (all / trainable) and MACs for one ``size x size`` image, counted by
+  ``bus_nnunet.evaluation.profiling.count_macs`` (the counter of ``bus-nnunet profile``:
+  torch.utils.flop_counter, every convolution / linear / matmul / attention call), and by thop's
+  per-module rules (``count_macs_thop_rules``, the convention of the papers' "GFLOPs")
 * training step = ``trainer.train_step`` (forward + loss + backward + optimizer step, the trainer's
   own recipe optimizer, loss and deep supervision) at ``--batch x 1 x size x size``:
   - data loading EXCLUDED: synthetic tensors already in memory
@@ -29,7 +31,6 @@ unless ``--compile``, because compilation time would swamp a short benchmark).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -40,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment_stamp, markdown_table, run_command, stamp_markdown  # noqa: E402
+from bus_nnunet.evaluation.profiling import MACS_METHOD  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = ("nnUNetTrainer", "nnUNetTrainerUS")
@@ -144,34 +146,6 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def count_macs(network, example):
-    """MACs of one forward pass: bus_nnunet.evaluation.profiling when it offers it, else torch's own
-    FLOP counter (every aten conv/matmul/attention call, halved).  thop is recorded beside it: it
-    counts a module once per reference, so nnU-Net's U-Net (whose decoder holds the encoder) and any
-    network sharing modules come out several times too high (28.0 vs 3.55 GMACs at 128x128)."""
-    try:
-        from bus_nnunet.evaluation import profiling
-        for fname in ("count_macs", "compute_macs", "macs", "profile_macs"):
-            fn = getattr(profiling, fname, None)
-            if callable(fn):
-                value = fn(network, example)
-                value = value[0] if isinstance(value, (tuple, list)) else value
-                value = value.get("macs") if isinstance(value, dict) else value
-                return float(value), f"bus_nnunet.evaluation.profiling.{fname}"
-    except Exception:
-        pass
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        network(example)
-    return counter.get_total_flops() / 2, "torch.utils.flop_counter (FLOPs / 2)"
-
-
-def count_macs_thop(network, example):
-    import thop
-    macs, _ = thop.profile(copy.deepcopy(network), inputs=(example,), verbose=False)
-    return float(macs)
-
-
 def _synthetic_batch(trainer, batch: int, patch, in_ch: int, device, case_ids):
     import torch
     import torch.nn.functional as F
@@ -226,17 +200,15 @@ def measure(trainer_name: str, plan: dict, a) -> dict:
     })
     log(f"{trainer_name}: {result['params']:,} params, patch {patch}, DS {result['deep_supervision']}")
 
-    # MACs: one image, eval mode, single output
+    # MACs: one image, eval mode, single output (the counters of bus-nnunet profile)
+    from bus_nnunet.evaluation.profiling import count_macs, count_macs_thop_rules
     trainer.set_deep_supervision_enabled(False)
-    net.eval()
-    with torch.no_grad():
+    example = torch.randn(1, in_ch, *patch, device=device)
+    for key, counter in (("gmacs", count_macs), ("gmacs_thop_rules", count_macs_thop_rules)):
         try:
-            example = torch.randn(1, in_ch, *patch, device=device)
-            macs, tool = count_macs(getattr(net, "_orig_mod", net), example)
-            result.update({"gmacs": round(macs / 1e9, 3), "macs_tool": tool})
-            result["gmacs_thop"] = round(count_macs_thop(getattr(net, "_orig_mod", net), example) / 1e9, 3)
+            result[key] = round(counter(getattr(net, "_orig_mod", net), example) / 1e9, 3)
         except Exception as e:
-            result["gmacs_error"] = f"{type(e).__name__}: {e}"[:300]
+            result[key + "_error"] = f"{type(e).__name__}: {e}"[:300]
     if a.macs_only:
         return result
 
@@ -328,7 +300,7 @@ def summarise(results, baseline="nnUNetTrainer"):
     rows = []
     for r in results:
         if "skipped" in r:
-            rows.append([r["trainer"], "", "", "", "", "", "", "", "", f"skipped: {r['skipped']}"])
+            rows.append([r["trainer"], "", "", "", "", "", "", "", "", "", f"skipped: {r['skipped']}"])
             continue
         step = _ms(r, "train_step_synthetic")
         step_cpu = _ms(r, "train_step_synthetic", "cpu_median_s")
@@ -338,8 +310,8 @@ def summarise(results, baseline="nnUNetTrainer"):
                  f"{step / _ms(base, 'train_step_synthetic'):.2f})" if base and step else "")
         rows.append([
             r["trainer"], r["network"], f"{r['params'] / 1e6:.2f}",
-            f"{r['gmacs']}" + (" (thop)" if str(r.get("macs_tool", "")).startswith("thop") else "") if "gmacs" in r
-            else "n/a",
+            f"{r['gmacs']}" if "gmacs" in r else "n/a",
+            f"{r['gmacs_thop_rules']}" if "gmacs_thop_rules" in r else "n/a",
             f"{step:.0f} ({step_cpu:.0f})" if step else "", ratio,
             f"{step_dl:.0f} ({step_dl_cpu:.0f})" if step_dl else "n/a",
             f"{r['peak_memory_mib']:.0f}" + (f" (+{r['peak_memory_increase_mib']:.0f})"
@@ -347,7 +319,7 @@ def summarise(results, baseline="nnUNetTrainer"):
             f"{r['inference']['images_per_s']:.1f} / {r['inference_tta']['images_per_s']:.1f}",
             ("DS; " if r.get("deep_supervision") else "") + r.get("optimizer", "")
             + ("; " + r["train_step_with_dataloader_error"] if "train_step_with_dataloader_error" in r else "")
-            + ("; MACs: " + r["gmacs_error"] if "gmacs_error" in r else ""),
+            + "".join(f"; {key}: {r[key]}" for key in ("gmacs_error", "gmacs_thop_rules_error") if key in r),
         ])
     return rows
 
@@ -356,9 +328,9 @@ def write_outputs(out: Path, payload: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     a = payload["settings"]
-    header = ["trainer", "network", "params (M)", "GMACs (1 img)", "train step, data excl., wall (CPU) ms",
-              "x nnUNetTrainer, CPU (wall)", "train step, data incl., wall (CPU) ms", "peak mem MiB", "inference img/s (no TTA / lateral TTA)",
-              "notes"]
+    header = ["trainer", "network", "params (M)", "GMACs (1 img)", "GMACs, thop rules",
+              "train step, data excl., wall (CPU) ms", "x nnUNetTrainer, CPU (wall)",
+              "train step, data incl., wall (CPU) ms", "peak mem MiB", "inference img/s (no TTA / lateral TTA)", "notes"]
     lines = ["# Efficiency benchmark", "",
              f"Plan: nnU-Net 2d plan of a synthetic {a['size']}x{a['size']} dataset, batch {a['batch']}, "
              f"patch as each trainer uses it. Timings: median of {a['iters']} after {a['warmup']} warm-up "
@@ -427,7 +399,8 @@ def main(argv=None) -> int:
         index = next((i for i, r in enumerate(results) if r["trainer"] == name), None)
         if a.macs_only:
             if index is not None and "skipped" not in res:
-                for key in ("gmacs", "macs_tool", "gmacs_thop", "gmacs_error"):
+                for key in ("gmacs", "gmacs_error", "gmacs_thop_rules", "gmacs_thop_rules_error",
+                            "macs_tool", "gmacs_thop"):  # the last two: keys of older result files
                     results[index].pop(key, None)
                     if key in res:
                         results[index][key] = res[key]
@@ -441,11 +414,12 @@ def main(argv=None) -> int:
                    "notes": [
                        "Wall times on a shared CPU inflate with the load (see load_average); process CPU time "
                        "(in brackets) is the steadier measure of compute and the ratio column uses it.",
-                       "GMACs = one forward pass of one image counted by torch.utils.flop_counter (every aten "
-                       "convolution, matmul and attention call; FLOPs / 2). Elementwise work (activations, norms, "
-                       "the recurrences of a selective scan, deformable-conv sampling) is not counted. thop's "
-                       "figure is in the JSON (gmacs_thop); it counts shared modules once per reference and "
-                       "misses matmuls, e.g. 28.0 instead of 3.55 GMACs for nnU-Net's U-Net here.",
+                       "GMACs = one forward pass of one image, bus_nnunet.evaluation.profiling.count_macs "
+                       f"(as bus-nnunet profile): {MACS_METHOD}. 'thop rules' = thop's per-module rules with "
+                       "each distinct module hooked once (count_macs_thop_rules), the convention of the papers' "
+                       "'GFLOPs': it misses functional matmuls/einsums, counts norms and overcounts strided "
+                       "transposed convolutions; thop.profile itself also counts a module once per reference "
+                       "(28.0 instead of 4.0 G for nnU-Net's U-Net at 128x128).",
                        "Training step = nnUNetTrainer.train_step of each trainer: its recipe optimizer, its loss "
                        "with deep supervision when the trainer uses it, gradient clipping; AMP autocast on CUDA.",
                        "Data incl. = next() of the trainer's own nnU-Net dataloader (its augmentation; "

@@ -220,7 +220,66 @@ def test_count_macs_counts_each_call_once_per_module():
             return self.head(self.head(self.block(x)))  # head called twice
 
     # conv: 8*8 outputs * 4 channels * 9 taps * 1 input = 2304; head: 64*4*4 = 1024 per call
-    assert P.count_macs(Net(), (1, 1, 8, 8)) == 2304 + 2 * 1024
+    for counter in (P.count_macs, P.count_macs_thop_rules):
+        assert counter(Net(), (1, 1, 8, 8)) == 2304 + 2 * 1024
+
+
+def test_count_macs_by_hand_where_thop_rules_differ():
+    """count_macs (operator level) equals the hand count for ops that thop's module rules get
+    wrong or miss; count_macs_thop_rules keeps thop's convention (papers' "GFLOPs")."""
+    import torch
+    import torch.nn as nn
+    from torchvision.ops import deform_conv2d
+    from bus_nnunet.evaluation import profiling as P
+
+    class Attention(nn.Module):  # a Linear, then (q @ q^T) and (attn @ x) written as functional matmuls
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(32, 32, bias=False)
+
+        def forward(self, x):
+            q = self.q(x)
+            return (q @ q.transpose(1, 2)).softmax(-1) @ x
+
+    class Functional(nn.Module):  # F.conv2d and torchvision's deformable conv (zero offsets, mask 1)
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 3, 3, 3))
+
+        def forward(self, x):
+            y = nn.functional.conv2d(x, self.weight, padding=1)
+            b, _, h, w = x.shape
+            return y + deform_conv2d(x, x.new_zeros(b, 18, h, w), self.weight, padding=1, mask=x.new_ones(b, 9, h, w))
+
+    conv = 16 * 16 * 8 * 3 * 9  # 3->8 channels, 3x3, 16x16 outputs
+    cases = [  # (network, input, hand-counted MACs, thop's rules)
+        (nn.ConvTranspose2d(8, 4, 2, stride=2), (1, 8, 8, 8),
+         8 * 8 * 8 * 4 * 4,          # each input pixel and channel feeds 4 outputs x 4 taps
+         16 * 16 * 4 * 8 * 4),       # thop: per OUTPUT pixel, stride^2 = 4x too many
+        (nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()), (1, 3, 16, 16),
+         conv,                       # normalisation and ReLU are no multiply-accumulates
+         conv + 4 * 8 * 16 * 16),    # thop: 2 per element, doubled for the affine parameters
+        (Attention(), (1, 64, 32), 64 * 32 * 32 + 64 * 32 * 64 + 64 * 64 * 32,
+         64 * 32 * 32),              # thop: only the Linear
+        (Functional(), (1, 3, 16, 16), 2 * conv, 0),  # thop: no module, nothing counted
+    ]
+    for net, shape, hand, thop_rules in cases:
+        net.train()
+        assert P.count_macs(net, shape) == hand
+        assert P.count_macs(net, torch.randn(*shape)) == hand  # an example tensor works too
+        assert net.training  # the training flag is restored
+        assert P.count_macs_thop_rules(net, shape) == thop_rules
+
+
+def test_count_macs_thop_rules_reproduces_ssnet_published_figure():
+    """SS-Net's published 4.93 G are thop MACs of the released code at 1x3x256x256 (spec section 5);
+    thop's rules on our module differ only by functional upsampling/softmax calls (0.02 %)."""
+    from bus_nnunet.evaluation import profiling as P
+    from bus_nnunet.network_architectures.ssnet import complexity_reference, ssnet
+    net = ssnet(in_channels=3, num_classes=1, input_size=(256, 256))
+    macs = P.count_macs_thop_rules(net, (1, 3, 256, 256))
+    assert macs == complexity_reference()["thop_macs_this_module"] == 4_931_318_848
+    assert abs(macs / complexity_reference()["thop_macs"] - 1) < 3e-4
 
 
 def test_profile_nnunet_default_unet(tmp_path, capsys):
@@ -238,9 +297,16 @@ def test_profile_nnunet_default_unet(tmp_path, capsys):
     for lo, hi in zip(f[:-1], f[1:]):
         n += 4 * hi * lo + lo + 18 * lo * lo + lo + 2 * lo + 9 * lo * lo + lo + 2 * lo + 2 * lo + 2
     assert r["params_total"] == r["params_trainable"] == n == 1_928_262
-    encoder_conv_macs = sum((32 // 2 ** i) ** 2 * 9 * c * (cin_ + c)
-                            for i, (c, cin_) in enumerate(zip(f, [1] + f[:-1])))
-    assert r["macs"] > encoder_conv_macs and r["flops"] == 2 * r["macs"]
+    # MACs: encoder 3x3 convs, per decoder stage a 2x2 stride-2 transposed conv (one per input pixel
+    # and tap: s^2 * hi * lo at output size s) and two 3x3 convs (2*lo -> lo, lo -> lo), final 1x1 head
+    sizes = [32 // 2 ** i for i in range(4)]
+    encoder = sum(s ** 2 * 9 * c * (cin_ + c) for s, c, cin_ in zip(sizes, f, [1] + f[:-1]))
+    transposed = sum(s ** 2 * hi * lo for s, lo, hi in zip(sizes, f[:-1], f[1:]))
+    decoder = transposed + sum(s ** 2 * 27 * lo ** 2 for s, lo in zip(sizes, f[:-1]))
+    assert r["macs"] == encoder + decoder + 32 * 32 * 32 * 2 == 143_491_072 and r["flops"] == 2 * r["macs"]
+    # thop's rules: transposed convs 4x (per output pixel), 4 per InstanceNorm element, LeakyReLU 0
+    norm_elements = 2 * sum(s ** 2 * c for s, c in zip(sizes, f)) + 2 * sum(s ** 2 * c for s, c in zip(sizes, f[:-1]))
+    assert r["macs_thop_rules"] == r["macs"] + 3 * transposed + 4 * norm_elements
     assert r["forward_peak_bytes"] > 0 and r["train_step_peak_bytes"] > r["forward_peak_bytes"]
     assert r["latency_ms"] > 0 and "PlainConvUNet" in r["network"] and "RSS" in r["memory_method"]
     # the shared builder gives the same network for profiling and for benchmarks

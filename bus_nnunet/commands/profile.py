@@ -1,5 +1,12 @@
-"""``bus-nnunet profile``: parameters, MACs (thop; papers' "GFLOPs"), FLOPs (= 2 x MACs), peak
-memory of a forward pass and of a training step, and inference latency of a trainer's network.
+"""``bus-nnunet profile``: parameters, MACs, FLOPs (= 2 x MACs), MACs by thop's rules (what papers
+quote as "GFLOPs"), peak memory of a forward pass and of a training step, and inference latency
+of a trainer's network.
+
+MACs are counted by torch.utils.flop_counter: every convolution, linear layer, matmul/einsum and
+attention call (and torchvision's deformable convolution), once per call; elementwise work is not
+counted. The thop-rules column applies thop's per-module rules (each distinct module hooked once):
+it misses functional matmuls and einsums, counts norms and overcounts transposed convolutions, but
+reproduces published figures (SS-Net at 1x3x256x256: 4.93 G).
 
 Peak memory on CUDA: torch.cuda.max_memory_allocated above what was allocated before the step.
 On CPU: the increase of the process's peak resident set size (VmHWM) during the step, measured in
@@ -62,7 +69,8 @@ def run(args) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     print(f"\ninput {args.batch_size}x{args.channels}x{args.size[0]}x{args.size[1]}, {args.classes} classes, "
-          f"device {args.device}; MACs by thop (papers' 'GFLOPs'), FLOPs = 2 x MACs; memory: "
+          f"device {args.device}; MACs: {P.MACS_METHOD}; FLOPs = 2 x MACs; thop rules: the "
+          f"papers' 'GFLOPs' convention; memory: "
           f"{P.MEMORY_METHOD['cuda' if args.device.startswith('cuda') else 'cpu']}")
     for r in results:
         print(f"  {r.trainer}: {r.network}" + (f" [{'; '.join(r.notes)}]" if r.notes else ""))

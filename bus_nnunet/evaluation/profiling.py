@@ -2,10 +2,15 @@
 
 Conventions (stated in every report):
 
-* **MACs** are counted by ``thop`` (multiply-accumulates of convolutions, linear layers,
-  normalisation...). What segmentation papers call "GFLOPs" is almost always thop's MACs;
-  FLOPs = 2 x MACs. Operations thop has no rule for (attention matmuls written as ``@``, FFTs,
-  custom CUDA kernels) are not counted, so MACs are a lower bound for such networks.
+* **MACs** (:func:`count_macs`, :data:`MACS_METHOD`) are counted by ``torch.utils.flop_counter`` at
+  the operator level: every convolution (grouped, transposed), linear layer, matmul/bmm/einsum and
+  attention call, plus torchvision's deformable convolution; FLOPs = 2 x MACs. Elementwise work
+  (norms, activations, pooling, interpolation, selective-scan recurrences, grid sampling) is not
+  counted. A module is counted once per call, however often it is referenced.
+* **MACs by thop's rules** (:func:`count_macs_thop_rules`) are what segmentation papers quote as
+  "GFLOPs" (thop's MACs; e.g. SS-Net's 4.93 G): per-module rules, so functional ops (``@``,
+  einsum, ``F.conv2d``) count 0, norms count 2-4 per element and a stride-s transposed conv
+  s^2 times its MACs. Reported only to compare with published figures.
 * **Peak memory** on CUDA is ``torch.cuda.max_memory_allocated`` minus the memory allocated
   before the step (weights, input); on CPU it is the increase of the process's peak resident set
   size (``VmHWM``, reset via ``/proc/self/clear_refs`` just before the step) over the resident
@@ -42,6 +47,7 @@ class ProfileResult:
     params_trainable: int = 0
     macs: Optional[int] = None
     flops: Optional[int] = None
+    macs_thop_rules: Optional[int] = None
     forward_peak_bytes: Optional[int] = None
     train_step_peak_bytes: Optional[int] = None
     memory_method: str = ""
@@ -128,13 +134,67 @@ def count_parameters(net) -> Tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def count_macs(net, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one inference forward with thop's per-layer rules.
+MACS_METHOD = ("torch.utils.flop_counter (FLOPs / 2): every convolution incl. grouped and transposed, "
+               "linear, matmul/bmm/einsum and attention call, and torchvision's deformable convolution; "
+               "elementwise work (norms, activations, pooling, interpolation, selective-scan "
+               "recurrences, grid sampling) is not counted; a module counts once per call")
+
+
+def _example_input(net, example):
+    """``example`` as a tensor on the network's device (a shape gives a standard-normal tensor)."""
+    import torch
+    if isinstance(example, torch.Tensor):
+        return example
+    param = next(iter(net.parameters()), None)
+    return torch.randn(*[int(s) for s in example], device=param.device if param is not None else "cpu")
+
+
+def _deform_conv2d_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``torchvision::deform_conv2d``: those of the convolution with the same weight
+    (the bilinear sampling of the offsets is elementwise and, like interpolation, not counted)."""
+    import math
+    return 2 * out_shape[0] * out_shape[1] * math.prod(out_shape[2:]) * math.prod(weight_shape[1:])
+
+
+def count_macs(net, example) -> int:
+    """Multiply-accumulates of one inference forward of ``net`` on ``example`` (a tensor, or an
+    input shape such as ``(1, 1, 256, 256)``), counted by ``torch.utils.flop_counter``
+    (:data:`MACS_METHOD`).
+
+    Runs in eval mode without gradients on the network's device and restores its training flag.
+    Counting at the operator level makes it independent of how the network is written: a
+    module referenced twice (nnU-Net's decoder keeps the encoder) counts once per call, and
+    functional convolutions, ``@`` and einsum count like their module versions.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    custom = {}
+    try:
+        import torchvision.ops  # noqa: F401  (registers torch.ops.torchvision)
+        custom[torch.ops.torchvision.deform_conv2d] = _deform_conv2d_flops
+    except (ImportError, AttributeError):
+        pass
+    x = _example_input(net, example)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
+            net(x)
+    finally:
+        net.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+def count_macs_thop_rules(net, example) -> int:
+    """MACs by ``thop``'s per-module rules: the convention of published "GFLOPs" figures.
 
     thop's own ``profile`` walks ``named_children`` and hooks a module once per parent, so a
     module reachable twice (nnU-Net's decoder keeps a reference to the encoder; its conv blocks
-    list each conv twice) is counted twice. Here every distinct module gets one hook, and a
-    module called several times in a forward is counted once per call. Runs on a copy.
+    list each conv twice) is counted twice (28.0 instead of 4.0 G for nnU-Net's 2D U-Net at
+    128x128). Here every distinct module gets one hook, and a module called several times in a
+    forward is counted once per call. thop's rules themselves are kept: ops without a module
+    rule count 0, norms count per element, transposed convs count per output pixel. Runs on a
+    CPU copy of ``net``.
     """
     import torch
     from thop.profile import register_hooks
@@ -147,8 +207,9 @@ def count_macs(net, input_shape: Sequence[int]) -> int:
         module.register_buffer("total_ops", torch.zeros(1, dtype=torch.float64), persistent=False)
         handles.append(module.register_forward_hook(rule))
         counted.append(module)
+    x = _example_input(model, example).cpu()
     with torch.no_grad():
-        model(torch.randn(*input_shape))
+        model(x)
     for h in handles:
         h.remove()
     return int(sum(m.total_ops.item() for m in counted))
@@ -292,11 +353,12 @@ def profile_trainer(trainer: str, size: Sequence[int] = (256, 256), in_channels:
                         memory_method=MEMORY_METHOD["cuda" if device.startswith("cuda") else "cpu"])
     net, res.network = build_network(trainer, in_channels, num_classes, size, deep_supervision=False, plans=plans)
     res.params_total, res.params_trainable = count_parameters(net)
-    try:
-        res.macs = count_macs(net, (1, in_channels, *size)) * batch_size
-        res.flops = 2 * res.macs
-    except Exception as e:  # thop cannot trace some custom modules; keep the other numbers
-        res.notes.append(f"MACs unavailable: {type(e).__name__}: {e}")
+    for attr, counter in (("macs", count_macs), ("macs_thop_rules", count_macs_thop_rules)):
+        try:
+            setattr(res, attr, counter(net, (1, in_channels, *size)) * batch_size)
+        except Exception as e:  # e.g. thop not installed; keep the other numbers
+            res.notes.append(f"{attr} unavailable: {type(e).__name__}: {e}")
+    res.flops = None if res.macs is None else 2 * res.macs
     dev = torch.device(device)
     x = torch.randn(batch_size, in_channels, *size, device=dev)
     if memory:
@@ -319,19 +381,21 @@ def profile_trainer(trainer: str, size: Sequence[int] = (256, 256), in_channels:
 
 
 def format_results(results: Sequence[ProfileResult]) -> List[List[str]]:
-    """Table rows: trainer, params (M), GMACs, GFLOPs, forward / train-step peak MiB, latency ms."""
+    """Table rows: trainer, params (M), trainable (M), GMACs, GFLOPs, GMACs by thop's rules,
+    forward / train-step peak MiB, latency ms."""
     mib = lambda b: "-" if b is None else f"{b / 2 ** 20:.1f}"  # noqa: E731
     rows = []
     for r in results:
         rows.append([r.trainer, f"{r.params_total / 1e6:.3f}", f"{r.params_trainable / 1e6:.3f}",
                      "-" if r.macs is None else f"{r.macs / 1e9:.3f}", "-" if r.flops is None else f"{r.flops / 1e9:.3f}",
+                     "-" if r.macs_thop_rules is None else f"{r.macs_thop_rules / 1e9:.3f}",
                      mib(r.forward_peak_bytes), mib(r.train_step_peak_bytes),
                      "-" if r.latency_ms is None else f"{r.latency_ms:.2f}"])
     return rows
 
 
-TABLE_HEADER = ["trainer", "params (M)", "trainable (M)", "GMACs (thop)", "GFLOPs (2xMACs)", "fwd peak MiB",
-                "train-step peak MiB", "latency ms"]
+TABLE_HEADER = ["trainer", "params (M)", "trainable (M)", "GMACs", "GFLOPs (2xMACs)", "GMACs (thop rules)",
+                "fwd peak MiB", "train-step peak MiB", "latency ms"]
 
 
 if __name__ == "__main__":  # subprocess entry of peak_memory_cpu
