@@ -18,8 +18,8 @@ report; the study never stops for one trainer.
 
 CPU smoke study (default)::
 
-    python benchmarks/accuracy_study.py --trainers nnUNetTrainer nnUNetTrainerUS AttUNet_... \\
-        --folds 0 1 --epochs 3 --iterations 15 --max-size 128
+    python benchmarks/accuracy_study.py      # = --folds 0 1 --epochs 2 --iterations 10 --val-iterations 1
+                                             #   --max-size 128 --batch-size 2, the default trainers
 
 GPU study (the real comparison; 5 folds, each trainer's full schedule)::
 
@@ -39,7 +39,10 @@ from _common import environment_stamp, markdown_table, run_command, stamp_markdo
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SOURCES = {"breast": HERE.parent.parent / "shared" / "data" / "BrEaST"}
-DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerUS")
+#: the accuracy bar (nnU-Net's default U-Net, with and without ultrasound augmentation) and one
+#: trainer per published network, cheapest first so an interrupted smoke study still compares some
+DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerUS", "AttUNet_CBAM_BCE_Trainer", "SSNetTrainer", "ACSNetTrainer",
+                    "AnatoSegNetTrainer", "SCRNetTrainer")
 
 
 def log(msg: str) -> None:
@@ -93,12 +96,12 @@ def parse_args(argv=None):
                                                                "../shared/data/BrEaST)")
     p.add_argument("--id", type=int, default=501, dest="dataset_id", help="nnU-Net dataset id (default 501)")
     p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS),
-                   help="trainer class names, or 'all' for every bus-nnunet base trainer + nnUNetTrainer "
-                        "(default: nnUNetTrainer nnUNetTrainerUS)")
+                   help="trainer class names, or 'all' for every bus-nnunet trainer + nnUNetTrainer "
+                        f"(default: {' '.join(DEFAULT_TRAINERS)})")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1], help="folds (default 0 1)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per trainer (default 3; ignored with --full)")
-    p.add_argument("--iterations", type=int, default=15, help="training iterations per epoch (default 15)")
-    p.add_argument("--val-iterations", type=int, default=2, help="validation iterations per epoch (default 2)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per trainer (default 2; ignored with --full)")
+    p.add_argument("--iterations", type=int, default=10, help="training iterations per epoch (default 10)")
+    p.add_argument("--val-iterations", type=int, default=1, help="validation iterations per epoch (default 1)")
     p.add_argument("--max-size", type=int, default=128,
                    help="downscale a copy of the source so the longer image side is <= this (default 128, the "
                         "CPU smoke setting; 0 = original images)")
@@ -200,8 +203,12 @@ def main(argv=None) -> int:
             model_dir = Path(env["nnUNet_results"]) / raw_name / f"{trainer}__{plans_name}__2d" / f"fold_{fold}"
             if (model_dir / "checkpoint_final.pth").exists() and (model_dir / "validation").is_dir():
                 earlier = model_dir / "benchmark_run.json"
-                record["folds"][fold] = {**(json.loads(earlier.read_text()) if earlier.exists() else {}),
-                                         "status": "done earlier"}
+                earlier = json.loads(earlier.read_text()) if earlier.exists() else {}
+                earlier_budget = {k: earlier.get(k) for k in budget}
+                if earlier and earlier_budget != budget:  # never mix budgets in one comparison
+                    sys.exit(f"{model_dir} was trained with {earlier_budget}, this study uses {budget}: "
+                             f"use another --workdir, or delete that folder to retrain it")
+                record["folds"][fold] = {**earlier, "status": "done earlier"}
                 continue
             t = time.time()
             try:
