@@ -4,13 +4,20 @@ SS-Net makes 42 scan calls per forward (21 DTS blocks x {tile scorer K=2, pixel 
 sequence lengths 16..4096 and d_state 8 at 256x256 (spec section 3; reference_timings.md).  For
 each distinct call shape this times forward + backward of both implementations (median of
 ``--repeats`` after one warm-up), scales by how often SS-Net makes that call and prints a table.
-``--train-step`` also times one full SS-Net training step (AdamW, batch ``--batch``), to compare
-with reference_timings.md (released SS-Net, step loop: 9.21 s per bs2 step at 256 on 2 cores).
+Inputs follow SS-Net's initialisation (A = -[1..8], delta = softplus of dt in [1e-3, 0.1] plus a
+projection), so the scan picks the chunk length it picks inside SS-Net (printed as ``T``).
+``--train-step`` also times one full SS-Net training step (AdamW, batch ``--batch``) with our scan
+and with the step loop swapped in, to compare with reference_timings.md (released SS-Net, step
+loop: 9.21 s per bs2 step at 256 on 2 cores).
 
     python benchmarks/bench_selective_scan.py [--batch 2] [--size 256] [--threads 2] [--out PATH]
 """
 import argparse
+import datetime
 import json
+import math
+import os
+import platform
 import statistics
 import sys
 import time
@@ -18,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+import bus_nnunet.network_architectures.selective_scan as scan_module
 from bus_nnunet.network_architectures.selective_scan import selective_scan, selective_scan_reference
 
 D_STATE = 8
@@ -37,13 +45,22 @@ def ssnet_scan_calls(size: int = 256):
 
 
 def make_inputs(batch, k, d, length):
+    """u, delta, A, B, C, D, delta_bias as SS-Net's SelectiveScan2D initialises them."""
     g = torch.Generator().manual_seed(0)
     kd = k * d
-    tensors = [torch.randn(batch, kd, length, generator=g), torch.randn(batch, kd, length, generator=g) * 0.5 - 2,
-               -torch.exp(torch.randn(kd, D_STATE, generator=g) * 0.3),
+    dt = torch.exp(torch.rand(kd, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    tensors = [torch.randn(batch, kd, length, generator=g),
+               torch.randn(batch, kd, length, generator=g) * 0.5,  # dt projection of the input
+               -torch.arange(1, D_STATE + 1, dtype=torch.float32).repeat(kd, 1),
                torch.randn(batch, k, D_STATE, length, generator=g), torch.randn(batch, k, D_STATE, length, generator=g),
-               torch.ones(kd), torch.randn(kd, generator=g) * 0.1]
+               torch.ones(kd), dt + torch.log(-torch.expm1(-dt))]  # softplus^-1(dt)
     return [t.requires_grad_() for t in tensors]
+
+
+def chunk_length(inputs):
+    """The chunk length our scan uses for these inputs."""
+    u, delta, A, *_ = scan_module._prepare(*(t.detach() for t in inputs[:6]), inputs[6].detach(), True)
+    return scan_module._chunk_size(float((delta.amax(-1) * A.abs().amax(-1)).amax()), u.shape[-1])
 
 
 def time_fwd_bwd(fn, inputs, repeats):
@@ -59,9 +76,12 @@ def time_fwd_bwd(fn, inputs, repeats):
     return statistics.median(once() for _ in range(repeats))
 
 
-def time_train_step(batch, size, repeats):
-    from bus_nnunet.network_architectures import create_model
+def time_train_step(batch, size, repeats, step_loop=False):
+    """Median seconds of one SS-Net training step; ``step_loop`` swaps the reference loop in."""
+    from bus_nnunet.network_architectures import create_model, ssnet
+    torch.manual_seed(0)
     model = create_model("ssnet", in_channels=3, num_classes=2, input_size=size).train()
+    scan = selective_scan_reference if step_loop else (lambda *a, **k: selective_scan(*a, **k, backend="torch"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.rand(batch, 3, size, size)
     target = torch.randint(0, 2, (batch, size, size))
@@ -73,8 +93,12 @@ def time_train_step(batch, size, repeats):
         opt.step()
         return time.perf_counter() - start
 
-    once()
-    return statistics.median(once() for _ in range(repeats))
+    original, ssnet.selective_scan = ssnet.selective_scan, scan
+    try:
+        once()
+        return statistics.median(once() for _ in range(repeats))
+    finally:
+        ssnet.selective_scan = original
 
 
 def main(argv=None):
@@ -90,29 +114,37 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     rows = []
-    header = f"{'call':<12}{'x':>3}{'K*D':>6}{'L':>6}{'ours ms':>10}{'loop ms':>10}{'speed-up':>9}"
+    header = f"{'call':<12}{'x':>3}{'K*D':>6}{'L':>6}{'T':>4}{'ours ms':>10}{'loop ms':>10}{'speed-up':>9}"
     print(header)
     print("-" * len(header))
     for name, count, k, d, length in ssnet_scan_calls(args.size):
         inputs = make_inputs(args.batch, k, d, length)
         ours = time_fwd_bwd(lambda *a: selective_scan(*a, backend="torch"), inputs, args.repeats)
         loop = None if args.skip_loop else time_fwd_bwd(selective_scan_reference, inputs, args.repeats)
-        rows.append({"call": name, "count": count, "channels": k * d, "length": length, "ours_s": ours, "loop_s": loop})
-        print(f"{name:<12}{count:>3}{k * d:>6}{length:>6}{ours * 1e3:>10.1f}"
+        chunk = chunk_length(inputs)
+        rows.append({"call": name, "count": count, "channels": k * d, "length": length, "chunk": chunk,
+                     "ours_s": ours, "loop_s": loop})
+        print(f"{name:<12}{count:>3}{k * d:>6}{length:>6}{chunk:>4}{ours * 1e3:>10.1f}"
               f"{'' if loop is None else f'{loop * 1e3:10.1f}{loop / ours:8.1f}x'}", flush=True)
     total_ours = sum(r["ours_s"] * r["count"] for r in rows)
     total_loop = None if args.skip_loop else sum(r["loop_s"] * r["count"] for r in rows)
     print("-" * len(header))
     print(f"all 42 calls, fwd+bwd: ours {total_ours:.2f} s" +
           ("" if total_loop is None else f", loop {total_loop:.2f} s ({total_loop / total_ours:.1f}x)"))
-    result = {"batch": args.batch, "size": args.size, "threads": args.threads, "repeats": args.repeats,
+    result = {"benchmark": "selective_scan", "date": datetime.date.today().isoformat(),
+              "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+              "batch": args.batch, "size": args.size, "threads": args.threads, "repeats": args.repeats,
               "d_state": D_STATE, "calls": rows, "total_ours_s": total_ours, "total_loop_s": total_loop,
-              "torch": torch.__version__}
+              "torch": torch.__version__, "python": platform.python_version()}
     if args.train_step:
-        step = time_train_step(args.batch, args.size, max(1, args.repeats))
-        result["train_step_s"] = step
-        print(f"SS-Net training step, batch {args.batch} at {args.size}: {step:.2f} s "
-              f"(reference_timings.md, released code with step loop: 9.21 s at bs2/256)")
+        repeats = max(1, args.repeats)
+        result["train_step_s"] = time_train_step(args.batch, args.size, repeats)
+        print(f"SS-Net training step, batch {args.batch} at {args.size}: ours {result['train_step_s']:.2f} s", end="",
+              flush=True)
+        if not args.skip_loop:
+            result["train_step_loop_s"] = time_train_step(args.batch, args.size, repeats, step_loop=True)
+            print(f", step loop {result['train_step_loop_s']:.2f} s", end="")
+        print(" (reference_timings.md, released code with step loop: 9.21 s at bs2/256)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -10,11 +10,16 @@ The recurrence (per batch ``b``, channel ``i``, state index ``n``; all in float3
 ``B`` and ``C`` have shape ``(batch, groups, d_state, L)``; channel ``i`` of ``groups * channels_per_group``
 uses group ``i // channels_per_group`` (mamba_ssm's convention).
 
-The pure-PyTorch path splits the sequence into chunks of ``T ~ sqrt(L)`` steps: it scans every chunk
-in parallel from a zero state (``T`` vectorised steps, also accumulating the in-chunk decay products),
-carries the chunk-end states across chunks (``L/T`` small steps) and adds the accumulated decay times
-the carried state back in.  All decays are products of ``exp(delta*A) <= 1``, so nothing overflows.  The backward pass is the same
-linear scan run in reverse, so autograd never stores per-step graphs.
+The pure-PyTorch path works on ``(b, channels, d_state, L)`` tensors cut into chunks of ``T`` steps.
+Inside a chunk the recurrence has the closed form ``h_t = E_t * cumsum_s(x_s / E_s)`` with
+``E_t = exp(cumsum(delta * A))`` the decay since the chunk start, so a whole chunk is a handful of
+vectorised passes (``cumsum``, ``exp``, multiply) instead of ``T`` dependent steps.  ``T`` is chosen
+per call so that a chunk never decays by more than ``exp(-40)`` (``T * max|delta * A| <= 40``): then
+``1 / E_s <= e^40`` stays far from float32 overflow and the result is exact up to rounding.  Chunk-end
+states are carried across chunks by one small step per chunk.  The backward pass is the transposed
+scan (a reverse cumsum, done as a matmul with a triangular matrix) plus reductions; every big tensor
+is written into a reused buffer because first-touch page faults of fresh allocations cost as much as
+the arithmetic on CPU.  ``benchmarks/bench_selective_scan.py`` compares it with the step loop.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ import torch.nn.functional as F
 
 __all__ = ["selective_scan", "selective_scan_reference", "linear_scan", "mamba_kernel_available"]
 
+MAX_CHUNK_DECAY = 40.0  # a chunk may decay by at most exp(-40): 1/E <= 2.4e17, far from float32 overflow
+MAX_CHUNK = 32  # the backward's reverse cumsum is a (T x T) matmul: cost grows with T
+
 
 def mamba_kernel_available() -> bool:
     """Whether ``mamba_ssm``'s CUDA selective-scan kernel can be imported."""
@@ -36,100 +44,144 @@ def mamba_kernel_available() -> bool:
     return True
 
 
-def _chunk_size(length: int) -> int:
-    """Power of two near sqrt(L): balances in-chunk steps against cross-chunk steps."""
-    return max(1, 2 ** round(math.log2(max(1.0, math.sqrt(length)))))
+def _chunk_size(max_step_decay: float, length: int) -> int:
+    """Largest power of two ``T <= MAX_CHUNK`` with ``T * max_step_decay <= MAX_CHUNK_DECAY``
+    (1 when a single step may decay more: chunks of one step need no division)."""
+    cap = min(MAX_CHUNK, 1 << max(0, math.ceil(math.log2(max(length, 1)))))
+    if not max_step_decay > 0:  # zero (or nan: let it propagate through the widest chunk)
+        return cap
+    if max_step_decay > MAX_CHUNK_DECAY:
+        return 1
+    return min(cap, 2 ** int(math.floor(math.log2(MAX_CHUNK_DECAY / max_step_decay))))
 
 
-def linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
-    """All states of ``h_l = exp(log_decay_l) * h_{l-1} + inputs_l`` (``h_0 = 0``) along dim -2.
+def _carry(local_end: torch.Tensor, chunk_decay: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """State entering each chunk, ``carried[k] = local_end[k-1] + chunk_decay[k-1] * carried[k-1]``
+    (from the right when ``reverse``).  Inputs ``(..., n_chunks)``; one small step per chunk."""
+    ends = local_end.movedim(-1, 0).contiguous()
+    decay = chunk_decay.movedim(-1, 0).contiguous()
+    carried = torch.zeros_like(ends)
+    source = 1 if reverse else -1
+    for k in (range(len(ends) - 2, -1, -1) if reverse else range(1, len(ends))):
+        torch.addcmul(ends[k + source], decay[k + source], carried[k + source], out=carried[k])
+    return carried.movedim(0, -1)
 
-    ``log_decay`` must be <= 0 (it is ``delta * A``); shapes ``(..., L, N)``.  Exact up to float
-    rounding: chunk-local scans plus a carried state scaled by the in-chunk decay product.
+
+def _scan_chunks_(log_decay: torch.Tensor, inputs: torch.Tensor, chunk: int, reverse: bool = False) -> torch.Tensor:
+    """Linear scan along the last dim of ``(..., n_chunks * chunk)`` tensors, overwriting both.
+
+    Forward: ``h_t = exp(log_decay_t) * h_{t-1} + inputs_t``.  Reverse (the transposed scan used by
+    backward): ``g_t = inputs_t + exp(log_decay_{t+1}) * g_{t+1}``.  Needs ``chunk * max|log_decay|
+    <= MAX_CHUNK_DECAY`` unless ``chunk == 1``.  Returns the states (``inputs``' storage when forward).
     """
-    *lead, length, n = inputs.shape
-    t = chunk or _chunk_size(length)
-    n_chunks = -(-length // t)
-    pad = n_chunks * t - length
-    if pad:  # trailing padding never influences earlier states
-        log_decay = F.pad(log_decay, (0, 0, 0, pad))
-        inputs = F.pad(inputs, (0, 0, 0, pad))
-    # step index first, so every step of the in-chunk loop touches contiguous memory
-    decay = log_decay.reshape(*lead, n_chunks, t, n).movedim(-2, 0).exp().contiguous()  # (T, ..., chunks, N)
-    inputs = inputs.reshape(*lead, n_chunks, t, n).movedim(-2, 0).contiguous()
-
-    state, running = inputs[0], decay[0]
-    states, products = [state], [running]  # products: decay from the chunk start to each step
-    for step in range(1, t):  # every chunk at once, from a zero state
-        state = torch.addcmul(inputs[step], decay[step], state)
-        running = running * decay[step]
-        states.append(state)
-        products.append(running)
-    local = torch.stack(states)
-
+    *lead, length = inputs.shape
+    n_chunks = length // chunk
+    cum = log_decay.view(*lead, n_chunks, chunk).cumsum_(-1)  # log decay since the chunk start
+    x = inputs.view(*lead, n_chunks, chunk)
+    if not reverse:
+        decay = cum.exp_()  # E_t in [e^-40, 1]
+        states = x if chunk == 1 else x.div_(decay).cumsum_(-1).mul_(decay)
+        if n_chunks > 1:
+            states.addcmul_(decay, _carry(states[..., -1], decay[..., -1]).unsqueeze(-1))
+        return inputs
+    chunk_total = cum[..., -1:].clone()
+    to_end = cum.neg_().add_(chunk_total).exp_()  # decay from step t to the chunk end, in [e^-40, 1]
+    if chunk == 1:
+        states = x
+    else:  # reverse cumsum within each chunk: z @ lower-triangular ones
+        ones = torch.ones(chunk, chunk, dtype=x.dtype, device=x.device).tril_()
+        states = torch.matmul(x.div_(to_end), ones).mul_(to_end)
     if n_chunks > 1:
-        cumulative = torch.stack(products)
-        carried = torch.zeros_like(local[0])  # state entering each chunk, (..., chunks, N)
-        for c in range(1, n_chunks):
-            carried[..., c, :] = torch.addcmul(local[t - 1, ..., c - 1, :], cumulative[t - 1, ..., c - 1, :],
-                                               carried[..., c - 1, :])
-        local = torch.addcmul(local, cumulative, carried.unsqueeze(0))
-    return local.movedim(0, -2).reshape(*lead, n_chunks * t, n)[..., :length, :]
+        chunk_decay = chunk_total.squeeze(-1).exp_()
+        start_total = states[..., 0] * (chunk_decay / to_end[..., 0])  # decay of the first step times g_0
+        states.addcmul_(to_end, _carry(start_total, chunk_decay, reverse=True).unsqueeze(-1))
+    return states.view(*lead, length)
 
 
-def _expand_groups(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """``(b, G, N, L)`` -> ``(b, channels, L, N)``: each group's values repeated to its channels."""
-    b, groups, n, length = x.shape
-    per_group = channels // groups
-    return x.transpose(-1, -2).unsqueeze(2).expand(b, groups, per_group, length, n).reshape(b, channels, length, n)
+def linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor, chunk: Optional[int] = None,
+                reverse: bool = False) -> torch.Tensor:
+    """All states of ``h_l = exp(log_decay_l) * h_{l-1} + inputs_l`` (``h_0 = 0``) along the last dim.
+
+    ``log_decay`` must be <= 0 (it is ``delta * A``); shapes ``(..., L)``.  ``reverse=True`` runs the
+    transposed scan ``g_l = inputs_l + exp(log_decay_{l+1}) * g_{l+1}`` from the end.  ``chunk``
+    overrides the automatic chunk length (it must respect ``chunk * max|log_decay| <= 40``).
+    """
+    length = inputs.shape[-1]
+    t = chunk or _chunk_size(float(log_decay.detach().neg().max()) if log_decay.numel() else 0.0, length)
+    pad = -length % t  # trailing zero decay/input never changes earlier states (and adds 0 in reverse)
+
+    def working_copy(x):  # the scan overwrites its arguments, never the caller's tensors
+        x = x.detach().float()
+        return F.pad(x, (0, pad)).contiguous() if pad else x.clone(memory_format=torch.contiguous_format)
+
+    return _scan_chunks_(working_copy(log_decay), working_copy(inputs), t, reverse)[..., :length]
 
 
-def _sum_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Inverse of :func:`_expand_groups` for gradients: ``(b, channels, L, N)`` -> ``(b, G, N, L)``."""
-    b, channels, length, n = x.shape
-    return x.reshape(b, groups, channels // groups, length, n).sum(2).transpose(-1, -2)
+def _padded_empty(like: torch.Tensor, shape, length: int, padded: int) -> torch.Tensor:
+    """A ``(*shape, padded)`` buffer whose padding (beyond ``length``) is zero."""
+    return like.new_zeros(*shape, padded) if padded > length else like.new_empty(*shape, padded)
 
 
 class _SelectiveScanFunction(torch.autograd.Function):
-    """Selective scan on already-softplus'ed ``delta`` with an explicit (reverse-scan) backward."""
+    """Selective scan on already-softplus'ed ``delta`` with an explicit (transposed-scan) backward."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D):
-        channels, groups = u.shape[1], B.shape[1]
-        b_full = _expand_groups(B, channels)
-        c_full = _expand_groups(C, channels)
-        log_decay = delta.unsqueeze(-1) * A.unsqueeze(1)  # (b, ch, L, N), <= 0
-        h = linear_scan(log_decay, (delta * u).unsqueeze(-1) * b_full)
-        y = torch.einsum("bcln,bcln->bcl", h, c_full)
+        batch, channels, length = u.shape
+        groups, n = B.shape[1], B.shape[2]
+        per_group = channels // groups
+        chunk = _chunk_size(float((delta.amax(-1) * A.abs().amax(-1)).amax()) if u.numel() else 0.0, length)
+        padded = length + (-length % chunk)
+        grouped = (batch, groups, per_group, n, length)  # channel i = group * per_group + p
+
+        decay = _padded_empty(u, (batch, channels, n), length, padded)
+        h = _padded_empty(u, (batch, channels, n), length, padded)
+        torch.mul(delta.unsqueeze(2), A.unsqueeze(-1), out=decay[..., :length])
+        torch.mul((delta * u).view(batch, groups, per_group, 1, length), B.unsqueeze(2),
+                  out=h[..., :length].view(grouped))
+        h = _scan_chunks_(decay, h, chunk)[..., :length]
+        terms = torch.mul(h.view(grouped), C.unsqueeze(2), out=decay[..., :length].view(grouped))  # reuse
+        y = terms.sum(3).view(batch, channels, length)
         if D is not None:
             y = y + D.unsqueeze(-1) * u
         ctx.save_for_backward(u, delta, A, B, C, D, h)
-        ctx.groups = groups
+        ctx.chunk = chunk
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         u, delta, A, B, C, D, h = ctx.saved_tensors
+        batch, channels, length = u.shape
+        groups, n = B.shape[1], B.shape[2]
+        per_group = channels // groups
+        padded = length + (-length % ctx.chunk)
+        grouped = (batch, groups, per_group, n, length)
         grad_y = grad_y.contiguous()
-        channels = u.shape[1]
-        b_full = _expand_groups(B, channels)
-        c_full = _expand_groups(C, channels)
-        log_decay = delta.unsqueeze(-1) * A.unsqueeze(1)
-        decay = log_decay.exp()
-        # dL/dh_l = grad_y_l * C_l + exp(delta_{l+1} A) * dL/dh_{l+1}: a linear scan run backwards
-        next_log_decay = torch.zeros_like(log_decay)
-        next_log_decay[:, :, :-1] = log_decay[:, :, 1:]
-        grad_h = linear_scan(next_log_decay.flip(2), (grad_y.unsqueeze(-1) * c_full).flip(2)).flip(2)
-        h_prev = torch.zeros_like(h)
-        h_prev[:, :, 1:] = h[:, :, :-1]
-        grad_log_decay = grad_h * h_prev * decay  # through exp(delta * A)
-        grad_delta = torch.einsum("bcln,cn->bcl", grad_log_decay, A)
-        grad_bu = torch.einsum("bcln,bcln->bcl", grad_h, b_full)  # d/d(delta * u)
-        grad_delta = grad_delta + grad_bu * u
-        grad_u = grad_bu * delta
-        grad_A = torch.einsum("bcln,bcl->cn", grad_log_decay, delta)
-        grad_B = _sum_groups(grad_h * (delta * u).unsqueeze(-1), ctx.groups)
-        grad_C = _sum_groups(grad_y.unsqueeze(-1) * h, ctx.groups)
+
+        # dL/dh_l = C_l * grad_y_l + exp(delta_{l+1} A) * dL/dh_{l+1}: the transposed scan
+        work = _padded_empty(u, (batch, channels, n), length, padded)
+        grad_h = _padded_empty(u, (batch, channels, n), length, padded)
+        torch.mul(delta.unsqueeze(2), A.unsqueeze(-1), out=work[..., :length])
+        torch.mul(grad_y.view(batch, groups, per_group, 1, length), C.unsqueeze(2),
+                  out=grad_h[..., :length].view(grouped))
+        grad_h = _scan_chunks_(work, grad_h, ctx.chunk, reverse=True)[..., :length]
+
+        # through the decay exp(delta * A): dL/d(delta A)_l = dL/dh_l * h_{l-1} * exp(delta_l A)
+        work = work[..., :length]
+        grad_log_decay = torch.mul(delta.unsqueeze(2), A.unsqueeze(-1), out=work).exp_()
+        grad_log_decay[..., 1:].mul_(grad_h[..., 1:]).mul_(h[..., :-1])
+        grad_log_decay[..., 0] = 0  # h_0 = 0
+        grad_A = torch.matmul(grad_log_decay, delta.unsqueeze(-1)).sum(0).squeeze(-1)
+        grad_delta = torch.matmul(A.unsqueeze(1), grad_log_decay).squeeze(2)
+
+        # through the input delta * u * B and the readout C . h (``work`` reused as scratch)
+        scratch = work.view(grouped)
+        grad_drive = torch.mul(grad_h.view(grouped), B.unsqueeze(2), out=scratch).sum(3).view(batch, channels, length)
+        grad_delta += grad_drive * u
+        grad_u = grad_drive * delta
+        drive = (delta * u).view(batch, groups, per_group, 1, length)
+        grad_B = torch.mul(grad_h.view(grouped), drive, out=scratch).sum(2)
+        grad_C = torch.mul(h.view(grouped), grad_y.view(batch, groups, per_group, 1, length), out=scratch).sum(2)
         grad_D = None
         if D is not None:
             grad_u = grad_u + D.unsqueeze(-1) * grad_y
@@ -184,8 +236,9 @@ def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_s
     and the "loop" of the benchmark.  Slices are taken once (``unbind``) to keep backward linear."""
     u, delta, A, B, C, D = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
     channels = u.shape[1]
-    b_full = _expand_groups(B, channels)  # (b, ch, L, N)
-    c_full = _expand_groups(C, channels)
+    group_of_channel = torch.arange(channels, device=u.device) // (channels // B.shape[1])
+    b_full = B[:, group_of_channel].transpose(-1, -2)  # (b, ch, L, N)
+    c_full = C[:, group_of_channel].transpose(-1, -2)
     decay = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))
     drive = (delta * u).unsqueeze(-1) * b_full
     h = u.new_zeros(u.shape[0], channels, A.shape[1])

@@ -111,11 +111,11 @@ def test_released_tile_scan_permutation_and_corrected_variant():
 
 
 # -- selective scan ----------------------------------------------------------------------------------
-def _scan_inputs(batch, groups, channels, length, d_state=8, seed=0):
+def _scan_inputs(batch, groups, channels, length, d_state=8, seed=0, delta_shift=-1.0):
     g = torch.Generator().manual_seed(seed)
     kd = groups * channels
     return [torch.randn(batch, kd, length, generator=g),                      # u
-            torch.randn(batch, kd, length, generator=g) * 0.5 - 1,            # delta (pre-softplus)
+            torch.randn(batch, kd, length, generator=g) * 0.5 + delta_shift,  # delta (pre-softplus)
             -torch.exp(torch.randn(kd, d_state, generator=g) * 0.5 + 0.5),    # A < 0
             torch.randn(batch, groups, d_state, length, generator=g),         # B
             torch.randn(batch, groups, d_state, length, generator=g),         # C
@@ -123,9 +123,14 @@ def _scan_inputs(batch, groups, channels, length, d_state=8, seed=0):
             torch.randn(kd, generator=g) * 0.5]                               # delta_bias
 
 
-@pytest.mark.parametrize("batch,groups,channels,length", [(2, 2, 6, 37), (1, 1, 16, 300), (2, 2, 4, 4)])
-def test_selective_scan_matches_step_loop(batch, groups, channels, length):
-    inputs = [t.requires_grad_() for t in _scan_inputs(batch, groups, channels, length)]
+# delta_shift sets how fast states decay, hence the scan's chunk length: -3 -> 32 steps, -2 -> 16,
+# -1 -> 4, 1.5 -> 2 steps decaying by up to exp(-37) (near the exp(-40) limit), 12 -> single steps
+# that decay below float32's range (chunks of one step)
+@pytest.mark.parametrize("batch,groups,channels,length,delta_shift", [
+    (2, 2, 6, 37, -1.0), (1, 1, 16, 300, -1.0), (2, 2, 4, 4, -1.0), (2, 1, 4, 1000, -3.0),
+    (1, 1, 8, 100, -2.0), (2, 2, 4, 61, 1.5), (2, 2, 4, 50, 12.0)])
+def test_selective_scan_matches_step_loop(batch, groups, channels, length, delta_shift):
+    inputs = [t.requires_grad_() for t in _scan_inputs(batch, groups, channels, length, delta_shift=delta_shift)]
     ours = selective_scan(*inputs, backend="torch")
     ref = selective_scan_reference(*inputs)
     grad_out = torch.randn_like(ref)
@@ -143,11 +148,17 @@ def test_selective_scan_matches_step_loop(batch, groups, channels, length):
 
 
 def test_linear_scan_against_hand_values():
-    # h1 = 1, h2 = 0.5*1 + 2 = 2.5, h3 = 0.25*2.5 + 0 = 0.625 (any chunking)
-    log_a = torch.log(torch.tensor([1.0, 0.5, 0.25])).view(1, 3, 1)
-    x = torch.tensor([1.0, 2.0, 0.0]).view(1, 3, 1)
-    for chunk in (1, 2, 3, 4):
-        assert torch.allclose(linear_scan(log_a, x, chunk=chunk).flatten(), torch.tensor([1.0, 2.5, 0.625]))
+    log_a = torch.log(torch.tensor([1.0, 0.5, 0.25])).view(1, 3)
+    x = torch.tensor([1.0, 2.0, 0.0]).view(1, 3)
+    for chunk in (None, 1, 2, 3, 4):
+        # forward: h1 = 1, h2 = 0.5*1 + 2 = 2.5, h3 = 0.25*2.5 + 0 = 0.625
+        assert torch.allclose(linear_scan(log_a, x, chunk=chunk), torch.tensor([[1.0, 2.5, 0.625]]))
+        # transposed: g3 = 0, g2 = 2 + 0.25*0 = 2, g1 = 1 + 0.5*2 = 2
+        assert torch.allclose(linear_scan(log_a, x, chunk=chunk, reverse=True), torch.tensor([[2.0, 2.0, 0.0]]))
+    assert torch.equal(x, torch.tensor([[1.0, 2.0, 0.0]]))  # the caller's tensors are left alone
+    # a step that decays below float32's range resets the state exactly: h = [3, 1e-30*3 + 5 -> 5]
+    assert torch.allclose(linear_scan(torch.tensor([[0.0, -200.0]]), torch.tensor([[3.0, 5.0]])),
+                          torch.tensor([[3.0, 5.0]]))
 
 
 # -- partial transfer --------------------------------------------------------------------------------
