@@ -132,6 +132,41 @@ def test_paired_comparison_matches_scipy():
     assert math.isnan(S.paired_comparison(a, a)["p_value"])
 
 
+def test_wilcoxon_zeros_and_ties_by_hand():
+    # every difference zero: the test is undefined, and says so
+    res = S.wilcoxon_signed_rank(np.zeros(12))
+    assert math.isnan(res["p_value"]) and res["n_nonzero"] == 0 and "zero" in res["p_method"]
+    # zeros are discarded; |d| = 0.25, 0.5, 0.5, 0.5, 1.0 get ranks 1, 3, 3, 3, 5 (ties share 2-4);
+    # W+ = 3 + 3 + 3 + 5 = 14 of 15. Of the 2^5 sign patterns only {all} (15) and {all but the 1}
+    # (14) reach W+ >= 14, so p = 2 * 2/32 = 0.125 (the normal approximation would say 0.074)
+    d = [0.0, 0.0, 0.5, 0.5, 0.5, 1.0, -0.25]
+    res = S.wilcoxon_signed_rank(d)
+    assert res["p_value"] == pytest.approx(0.125) and res["p_method"] == "exact"
+    assert (res["n_nonzero"], res["n_positive"], res["n_negative"], res["statistic"]) == (5, 4, 1, 1.0)
+    assert S.wilcoxon_signed_rank(d + [0.0] * 40)["p_value"] == pytest.approx(0.125)  # more ties at 0: same test
+    # 20 images all better by the same 0.25 (one tied rank): only 1 of 2^20 sign patterns is as
+    # extreme on each side, p = 2 / 2^20 (scipy's default falls back to the normal approximation, 7.7e-6)
+    assert S.wilcoxon_signed_rank(np.full(20, 0.25))["p_value"] == pytest.approx(2 / 2 ** 20)
+    # a paired comparison reports how many pairs decide the test and which way
+    cmp = S.paired_comparison([1, 1, 0, 0.5, 0.2], [0, 1, 0, 0.25, 0.4], n_resamples=200)
+    assert (cmp["n_pairs"], cmp["n_nonzero"], cmp["n_a_better"], cmp["n_b_better"]) == (5, 3, 2, 1)
+
+
+def test_wilcoxon_exact_matches_scipy_where_scipy_is_exact():
+    from scipy.stats import PermutationMethod, wilcoxon
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        d = rng.integers(-3, 5, 12).astype(float)  # ties and zeros: scipy enumerates all sign flips
+        assert S.wilcoxon_signed_rank(d)["p_value"] == pytest.approx(
+            wilcoxon(d, method=PermutationMethod()).pvalue)
+    d = rng.normal(0.2, 1.0, 40)  # no ties: scipy's exact distribution
+    assert S.wilcoxon_signed_rank(d)["p_value"] == pytest.approx(wilcoxon(d, method="exact").pvalue)
+    d = np.round(rng.normal(0.02, 0.1, S.WILCOXON_EXACT_MAX + 50), 2)  # large n: normal approximation
+    res = S.wilcoxon_signed_rank(d)
+    assert res["p_method"].startswith("normal")
+    assert res["p_value"] == pytest.approx(wilcoxon(d[d != 0], method="asymptotic").pvalue)
+
+
 def test_bootstrap_ci_brackets_mean_and_shrinks_with_n():
     rng = np.random.default_rng(1)
     small = S.bootstrap_ci(rng.normal(0.8, 0.1, 20), n_resamples=2000)
