@@ -29,9 +29,12 @@ Choices the paper leaves open (the spec's default reading; alternatives as keywo
 7.  Feature-initialise block: conv1x1 + one ConvMixer block (depthwise 7x7, GELU, BN).
 8.  "Linear embedding": separate conv1x1 q/k/v embeddings on the FI outputs of the attention path.
 9.  Cross-attention: ACmix's local 7x7 window attention, 4 heads, scale d^-1/2, relative
-    position from a conv1x1 on a [-1, 1] coordinate grid, reflection padding.  Memory-light: the
-    49 offsets are visited with padded slices (never unfolded into B x C x 49 x H x W tensors) and
-    the attention is recomputed in the backward pass (``torch.utils.checkpoint``) while training.
+    position from a conv1x1 on a [-1, 1] coordinate grid, reflection padding.  Memory-light
+    (spec A.9): k and v are padded once and the 49 offsets are strided views of them (never
+    unfolded into B x C x 49 x H x W tensors); a hand-written backward accumulates the key and
+    value gradients in place into one padded buffer each, and with ``checkpoint_attention`` (the
+    default) the attention weights are recomputed there instead of being stored.  Peak memory at
+    batch 8, 256 x 256 is measured in ``benchmarks/results/scrnet_memory.md``.
     ACmix adds ``q . pe_p`` to every logit of a pixel; softmax cancels that constant, so it is left
     out (the result is identical).
 10. ``W_conv`` and ``W_cross`` learnable scalars initialised to 0.5 (ACmix).
@@ -52,7 +55,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from bus_nnunet.network_architectures._layers import ConvBlock
 from bus_nnunet.network_architectures._registry import register_model
@@ -150,26 +152,141 @@ class FeatureInit(nn.Sequential):
         super().__init__(nn.Conv2d(channels, channels, 1), ConvMixerBlock(channels, kernel))
 
 
+# Per-offset products below this many elements (batch x heads x H x W) reduce over the head
+# dimension with one temporary (kernel launches dominate at small planes); larger CPU planes
+# accumulate channel by channel in place: no temporary, no page faults, about 2x faster at 256 x 256.
+_CHANNEL_LOOP_MIN_PLANE = 32768
+
+
+def _window_offsets(window: int):
+    return [(i, j) for i in range(window) for j in range(window)]
+
+
+def _window_dots(a: torch.Tensor, padded: torch.Tensor, out: torch.Tensor, window: int,
+                 loop_channels: bool) -> torch.Tensor:
+    """``out[n] = sum_c a[:, c] * shift_n(padded)[:, c]`` for every window offset n.
+    a: N x d x H x W; padded: N x d x (H + window - 1) x (W + window - 1); out: window^2 x N x H x W."""
+    _, d, h, w = a.shape
+    scratch = None if loop_channels else torch.empty_like(a)
+    for n, (i, j) in enumerate(_window_offsets(window)):
+        shifted = padded[:, :, i:i + h, j:j + w]
+        if loop_channels:
+            torch.mul(a[:, 0], shifted[:, 0], out=out[n])
+            for c in range(1, d):
+                out[n].addcmul_(a[:, c], shifted[:, c])
+        else:
+            torch.sum(torch.mul(a, shifted, out=scratch), dim=1, out=out[n])
+    return out
+
+
+class _WindowAttentionInputs:
+    """Scaled queries and reflection-padded keys/values in the compute dtype (at least float32),
+    head-split to (B * heads) x d x H x W, shared by the forward and the backward pass."""
+
+    def __init__(self, q, k, v, heads: int, window: int):
+        b, c, h, w = q.shape
+        self.shape, self.heads, self.window, self.pad = (b, c, h, w), heads, window, window // 2
+        self.dtype = torch.promote_types(q.dtype, torch.float32)
+        self.head_shape = (b * heads, c // heads, h, w)
+        self.scale = (c // heads) ** -0.5
+        self.loop_channels = q.device.type == "cpu" and b * heads * h * w >= _CHANNEL_LOOP_MIN_PLANE
+        self.q = q.reshape(self.head_shape).to(self.dtype) * self.scale
+        self.k = self._padded(k)
+        self.v = self._padded(v)
+
+    def _padded(self, t):
+        return F.pad(t.reshape(self.head_shape).to(self.dtype), (self.pad,) * 4, mode="reflect")
+
+    def shifted(self, padded, n):
+        i, j = divmod(n, self.window)
+        return padded[:, :, i:i + self.head_shape[2], j:j + self.head_shape[3]]
+
+    def weights(self) -> torch.Tensor:
+        """Softmax over the window offsets of q . k_shifted: window^2 x (B * heads) x H x W."""
+        logits = self.q.new_empty((self.window ** 2, *self.head_shape[:1], *self.head_shape[2:]))
+        _window_dots(self.q, self.k, logits, self.window, self.loop_channels)
+        logits.sub_(logits.amax(0, keepdim=True)).exp_()  # softmax in place
+        return logits.div_(logits.sum(0, keepdim=True))
+
+    def unpad(self, padded_grad):
+        """Gradient w.r.t. the unpadded tensor (reflected border gradients folded back), B x C x H x W."""
+        grad = torch.ops.aten.reflection_pad2d_backward(padded_grad, padded_grad.new_empty(self.head_shape),
+                                                        [self.pad] * 4)
+        return grad.reshape(self.shape)
+
+
+def _window_attention_output(inputs: _WindowAttentionInputs, attn: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(inputs.q)
+    for n in range(attn.shape[0]):
+        out.addcmul_(attn[n].unsqueeze(1), inputs.shifted(inputs.v, n))
+    return out.reshape(inputs.shape)
+
+
+class _LocalWindowAttention(torch.autograd.Function):
+    """Window attention with a hand-written backward: the gradients of the shifted keys and values
+    are accumulated in place into one padded buffer each (autograd would allocate a padded
+    zero tensor per offset).  With ``recompute_weights`` only q, k, v are kept for the backward
+    pass and the attention weights are recomputed there (activation checkpointing of the logits)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads, window, recompute_weights):
+        inputs = _WindowAttentionInputs(q, k, v, heads, window)
+        attn = inputs.weights()
+        out = _window_attention_output(inputs, attn).to(v.dtype)
+        ctx.heads, ctx.window = heads, window
+        ctx.save_for_backward(q, k, v, None if recompute_weights else attn)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, attn = ctx.saved_tensors
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        inputs = _WindowAttentionInputs(q, k, v, ctx.heads, ctx.window)
+        if attn is None:
+            attn = inputs.weights()
+        grad = grad_out.reshape(inputs.head_shape).to(inputs.dtype).contiguous()
+        grad_q = grad_k = grad_v = None
+        if need_v:  # out = sum_n attn_n * shift_n(v)
+            padded = torch.zeros_like(inputs.v)
+            for n in range(attn.shape[0]):
+                inputs.shifted(padded, n).addcmul_(attn[n].unsqueeze(1), grad)
+            grad_v = inputs.unpad(padded).to(v.dtype)
+            del padded
+        if need_q or need_k:
+            # d out / d attn_n, then the softmax backward in place: attn * (g - sum(attn * g))
+            grad_logits = _window_dots(grad, inputs.v, torch.empty_like(attn), ctx.window, inputs.loop_channels)
+            inputs.v = None
+            grad_logits.sub_((attn * grad_logits).sum(0, keepdim=True)).mul_(attn)
+            del attn
+            if need_q:  # logits_n = q_scaled . shift_n(k)
+                grad_scaled_q = torch.zeros_like(inputs.q)
+                for n in range(grad_logits.shape[0]):
+                    grad_scaled_q.addcmul_(grad_logits[n].unsqueeze(1), inputs.shifted(inputs.k, n))
+                grad_q = grad_scaled_q.mul_(inputs.scale).reshape(inputs.shape).to(q.dtype)
+            if need_k:
+                padded = torch.zeros_like(inputs.k)
+                for n in range(grad_logits.shape[0]):
+                    inputs.shifted(padded, n).addcmul_(grad_logits[n].unsqueeze(1), inputs.q)
+                grad_k = inputs.unpad(padded).to(k.dtype)
+        return grad_q, grad_k, grad_v, None, None, None
+
+
 def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                           window: int = 7) -> torch.Tensor:
+                           window: int = 7, recompute_weights: bool = True) -> torch.Tensor:
     """Multi-head attention of every pixel of ``q`` over the ``window x window`` neighbourhood of
-    ``k``/``v`` (reflection padded), without unfolding: one padded slice per offset, so extra memory
-    is the B x heads x window^2 x H x W logits rather than B x C x window^2 x H x W copies of k and v.
-    q, k, v: B x C x H x W (relative position already folded into k).  Softmax runs in at least float32."""
-    b, c, h, w = q.shape
-    d = c // heads
-    pad = window // 2
-    q = q.reshape(b * heads, d, h, w) * d ** -0.5
-    k = F.pad(k.reshape(b * heads, d, h, w), (pad,) * 4, mode="reflect")
-    v = F.pad(v.reshape(b * heads, d, h, w), (pad,) * 4, mode="reflect")
-    offsets = [(i, j) for i in range(window) for j in range(window)]
-    logits = torch.stack([(q * k[:, :, i:i + h, j:j + w]).sum(1) for i, j in offsets], dim=1)
-    attn = torch.softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(v.dtype)
-    out = None
-    for n, (i, j) in enumerate(offsets):
-        term = attn[:, n:n + 1] * v[:, :, i:i + h, j:j + w]
-        out = term if out is None else out + term
-    return out.reshape(b, c, h, w)
+    ``k``/``v`` (reflection padded).  q, k, v: B x C x H x W (relative position already folded
+    into k); returns B x C x H x W in v's dtype.
+
+    Memory-light (spec A.9): k and v are padded once and each of the window^2 offsets is a strided
+    view of them, so nothing of size B x C x window^2 x H x W (ACmix's unfolded k and v) exists;
+    the largest extra tensors are the B x heads x window^2 x H x W logits.  The products run in at
+    least float32 (bfloat16/half inputs are upcast inside).  While gradients are needed, the
+    backward pass is hand-written (see ``_LocalWindowAttention``) and, with ``recompute_weights``,
+    the attention weights are recomputed there instead of being kept from the forward pass."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _LocalWindowAttention.apply(q, k, v, heads, window, recompute_weights)
+    inputs = _WindowAttentionInputs(q, k, v, heads, window)
+    return _window_attention_output(inputs, inputs.weights()).to(v.dtype)
 
 
 def _coordinate_grid(h: int, w: int, device, dtype) -> torch.Tensor:
@@ -183,7 +300,9 @@ class CCAPM(nn.Module):
     """Convolution & Cross-Attention Parallel Module (ACmix with cross attention, paper eq. 7-9).
 
     Query from ``f1``, key and value from ``f2``; a shift-conv path on all three FI outputs runs in
-    parallel and the two are mixed by learnable scalars.
+    parallel and the two are mixed by learnable scalars.  ``checkpoint_attention``: recompute the
+    attention weights in the backward pass instead of keeping them (B x heads x 49 x H x W per
+    CCAPM); the results are the same either way.
     """
 
     def __init__(self, channels: int, heads: int = 4, window: int = 7, shift_kernel: int = 3,
@@ -231,10 +350,7 @@ class CCAPM(nn.Module):
         q, k, v = self.embed_q(q0), self.embed_k(k0), self.embed_v(v0)
         pe = self.position(_coordinate_grid(h, w, q.device, self.position.weight.dtype)).to(k.dtype)
         k = (k.reshape(b, heads, d, h, w) - pe.unsqueeze(1)).reshape(b, c, h, w)
-        if self.checkpoint_attention and self.training and torch.is_grad_enabled():
-            y_cross = checkpoint(local_window_attention, q, k, v, heads, self.window, use_reentrant=False)
-        else:
-            y_cross = local_window_attention(q, k, v, heads, self.window)
+        y_cross = local_window_attention(q, k, v, heads, self.window, recompute_weights=self.checkpoint_attention)
         return self.weight_conv * y_conv + self.weight_cross * y_cross
 
 

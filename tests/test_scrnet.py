@@ -1,5 +1,6 @@
 """SCRNet: shapes, spec parameter counts, the spatial gate on a hand-made input, the memory-light
-window attention against ACmix's unfold formulation, the w/o-FAM ablation and nnU-Net CLI training."""
+window attention (outputs and gradients, alone and inside the whole network) against ACmix's unfold
+formulation and the size of its largest tensor, the w/o-FAM ablation and nnU-Net CLI training."""
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bus_nnunet.network_architectures import create_model, model_info, snap_patch_size
+from bus_nnunet.network_architectures import scrnet as scrnet_module
 from bus_nnunet.network_architectures.scrnet import (CCAPM, SCRM, SCRNet, ChannelRefinement, SpatialGate,
                                                      local_window_attention)
 
@@ -139,6 +141,12 @@ def _acmix_unfold_attention(q, k, v, pe, heads, window):
     return (att.unsqueeze(1) * v_u).sum(2).reshape(b, c, h, w)
 
 
+def _unfold_attention(q, k, v, heads, window=7, recompute_weights=True):
+    """The reference for ``local_window_attention`` (relative position folded into k): ACmix's
+    unfold formulation with zero pe, differentiated by autograd."""
+    return _acmix_unfold_attention(q, k, v, q.new_zeros(1, q.shape[1] // heads, *q.shape[2:]), heads, window)
+
+
 def test_window_attention_equals_acmix_unfold():
     b, c, h, w, heads = 2, 16, 9, 11, 4
     q, k, v = (torch.randn(b, c, h, w, dtype=torch.float64) for _ in range(3))
@@ -146,6 +154,77 @@ def test_window_attention_equals_acmix_unfold():
     reference = _acmix_unfold_attention(q, k, v, pe, heads, 7)
     k_rel = (k.view(b, heads, c // heads, h, w) - pe.unsqueeze(1)).view(b, c, h, w)
     torch.testing.assert_close(local_window_attention(q, k_rel, v, heads, 7), reference)
+
+
+@pytest.mark.parametrize("channel_loop", [True, False], ids=["channel-loop", "one-temporary"])
+@pytest.mark.parametrize("recompute_weights", [True, False], ids=["recompute", "keep-weights"])
+@pytest.mark.parametrize("b,c,h,w,heads", [(2, 16, 9, 11, 4), (3, 32, 13, 7, 4), (1, 8, 8, 8, 2)])
+def test_window_attention_gradients_equal_unfold_reference(monkeypatch, channel_loop, recompute_weights,
+                                                           b, c, h, w, heads):
+    # both ways of reducing over the head dimension (CPU planes above/below the threshold; CUDA)
+    monkeypatch.setattr(scrnet_module, "_CHANNEL_LOOP_MIN_PLANE", 0 if channel_loop else 10 ** 12)
+    generator = torch.Generator().manual_seed(b * 100 + h * 10 + w)
+    q, k, v, grad_out = (torch.randn(b, c, h, w, dtype=torch.float64, generator=generator) for _ in range(4))
+    results = []
+    for attention in (local_window_attention, _unfold_attention):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = attention(*inputs, heads, 7, recompute_weights=recompute_weights)
+        out.backward(grad_out)
+        results.append([out.detach()] + [t.grad for t in inputs])
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference)
+    with torch.no_grad():  # inference path (no autograd function)
+        torch.testing.assert_close(local_window_attention(q, k, v, heads), results[1][0])
+
+
+def test_window_attention_float32_and_bfloat16_close_to_float64():
+    q, k, v = (torch.randn(2, 16, 12, 10, dtype=torch.float64) for _ in range(3))
+    reference = _unfold_attention(q, k, v, 4)
+    out32 = local_window_attention(q.float(), k.float(), v.float(), 4)
+    torch.testing.assert_close(out32.double(), reference, atol=1e-5, rtol=1e-5)
+    out16 = local_window_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 4)
+    assert out16.dtype == torch.bfloat16
+    torch.testing.assert_close(out16.double(), reference, atol=2e-2, rtol=2e-2)  # input rounding only
+
+
+def test_window_attention_never_materialises_the_unfolded_window():
+    """Spec A.9: no tensor of B x C x 49 x H x W (ACmix's unfolded k/v) in the forward or backward
+    pass; the largest allowed are the B x heads x 49 x H x W weights and the padded k/v."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestTensor(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    b, c, h, w, heads = 2, 64, 16, 16, 4
+    q, k, v = (torch.randn(b, c, h, w, requires_grad=True) for _ in range(3))
+    with LargestTensor() as mode:
+        local_window_attention(q, k, v, heads).square().sum().backward()
+    allowed = max(b * heads * 49 * h * w, b * c * (h + 6) * (w + 6))
+    assert 0 < mode.largest <= allowed < b * c * 49 * h * w // 8
+    assert q.grad is not None and k.grad is not None and v.grad is not None
+
+
+def test_scrnet_with_reference_attention_gives_same_outputs_and_gradients(monkeypatch):
+    """Whole network (train mode: batch statistics, non-square input, batch 2) in float64: the
+    memory-light attention and the unfold reference give the same logits and parameter gradients."""
+    x = torch.randn(2, 1, 64, 80, dtype=torch.float64)
+    results = []
+    for attention in (local_window_attention, _unfold_attention):
+        monkeypatch.setattr(scrnet_module, "local_window_attention", attention)
+        torch.manual_seed(0)
+        net = SCRNet(in_channels=1, num_classes=2, widths=SMALL_WIDTHS).double().train()
+        out = net(x)
+        out.square().mean().backward()
+        results.append([out.detach()] + [p.grad for p in net.parameters()])
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference)
 
 
 def test_checkpointed_attention_gives_same_gradients():
