@@ -96,9 +96,10 @@ def test_cv_report_paired_statistics_on_known_results(nnunet_env, tmp_path):
     assert report["trainers"]["B"]["dice_ci95"]["low"] == pytest.approx(0.75)
     dice = next(c for c in report["comparisons"] if c["metric"] == "dice")
     assert dice["n_pairs"] == 6 and dice["mean_difference"] == pytest.approx(0.25)
-    from scipy.stats import wilcoxon
-    expected_p = wilcoxon(np.ones(6), np.full(6, 0.75)).pvalue
-    assert dice["p_value"] == pytest.approx(expected_p)
+    # six tied differences, all positive: 1 of the 2^6 sign patterns on each side is as extreme
+    expected_p = 2 / 2 ** 6
+    assert dice["p_value"] == pytest.approx(expected_p) and dice["p_method"] == "exact"
+    assert (dice["n_nonzero"], dice["n_a_better"], dice["n_b_better"]) == (6, 6, 0)
     # three metrics compared, one pair each: Holm on a single p-value leaves it unchanged
     assert dice["p_holm"] == pytest.approx(expected_p)
     hd = next(c for c in report["comparisons"] if c["metric"] == "hd95")
