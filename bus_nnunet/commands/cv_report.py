@@ -61,7 +61,12 @@ def run(args) -> int:
     if comparisons:
         md += ["## Paired comparisons (same images)", "",
                "Two-sided Wilcoxon signed-rank test on per-image scores, Holm-corrected within each metric; "
-               "bootstrap 95% CI of the mean difference.", "",
+               "images both trainers score the same are left out of the test (metrics.json: n_nonzero, "
+               "n_a_better, n_b_better); exact p up to 400 remaining pairs, tie-corrected normal "
+               "approximation above. Bootstrap 95% CI of the mean difference. The test asks whether one "
+               "trainer scores higher on more images, the CI where the mean difference lies: a small p "
+               "with a CI that includes 0 means many small differences one way and a few large ones the "
+               "other.", "",
                R.markdown_table(R.COMPARISON_HEADER, R.comparison_table_rows(comparisons)), ""]
     per_fold_rows = [[t, str(fold), str(s["per_fold"][fold]["n_cases"]),
                       F.fmt(s["per_fold"][fold]["per_image"]["dice"]["mean"]),
