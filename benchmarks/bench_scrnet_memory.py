@@ -1,43 +1,54 @@
 """Peak memory of SCRNet's attention path and of a whole SCRNet training step (CPU, max RSS).
 
 Spec A.9: ACmix's unfold formulation would materialise B x C x 49 x H x W copies of k and v
-(about 6.6 GB each at level 1 for batch 8, 256 x 256), over 100 GB summed over the 5 levels.
-SCRNet here visits the 49 window offsets with padded slices and recomputes the attention in the
-backward pass.  This benchmark measures, each in a fresh subprocess (so ``ru_maxrss`` is that
-measurement's own peak):
+(about 6.1 GiB each at level 1 for batch 8, 256 x 256), over 100 GB summed over the 5 levels.
+SCRNet here pads k and v once, visits the 49 window offsets as strided views, accumulates the
+key/value gradients in place in a hand-written backward and recomputes the attention weights
+there (``network_architectures/scrnet.py``).  This benchmark measures, each in a fresh subprocess
+(so ``ru_maxrss`` is that measurement's own peak):
 
-1. ``attention``: the cross-attention of one CCAPM (forward + backward) at every encoder level of a
-   256 x 256 input (level shapes 64 x 256^2 ... 1024 x 16^2), measured at ``--attention-batch``
-   (default 2: batch 8 at level 1 takes minutes on a busy 2-core machine) and scaled linearly to
-   ``--batch`` (every tensor of the path is per sample), next to the size of the unfolded k and v
-   tensors the naive formulation would need at ``--batch`` (computed, not run);
-2. ``training_step``: a whole SCRNet training step (forward, backward, Adam step) at small sizes,
-   and the linear extrapolation to batch 8 at 256 x 256.  Activations of a convolutional network
-   with local attention grow linearly with batch x pixels, so peak = fixed + slope * B * H * W,
-   fitted on the measured points.  ``--full-batch 8 --full-size 256`` measures that size directly
-   (about 20 GB of RAM in float32; only on a machine that has it free).
+1. ``attention``: the attention path of one CCAPM (``CCAPM.cross_attention``: q/k/v embeddings,
+   relative position, window attention; forward + backward) at every encoder level of a
+   ``--size`` input (level shapes 64 x 256^2 ... 1024 x 16^2), measured DIRECTLY at ``--batch``
+   (default 8, the paper's batch).  ``--attention-batch N`` measures at N instead and scales
+   linearly to ``--batch`` (marked "scaled" in the results).  Next to it, the size of the unfolded
+   k and v tensors the naive formulation would need (computed, not run).
+2. ``training_step``: a whole SCRNet training step (forward, cross-entropy, backward, Adam step;
+   3 input channels, 2 classes) at small sizes and the linear extrapolation to ``--batch`` x
+   ``--size``: peak = fixed + slope * B * H * W, fitted on the measured points.
+   ``--full-batch 8`` measures ``8 x --size`` directly (about 15 GiB in float32).  It is launched
+   only when ``MemAvailable`` is at least ``--min-available-gib`` (waiting up to
+   ``--wait-minutes``, re-checking every minute); otherwise the results say it was not run and why.
 
 Peak RSS counts everything the process holds above the baseline taken after the model, optimiser
 and inputs are built (weights are in the baseline; gradients, Adam states and activations are not).
-Writes JSON (``--out``) and prints a table.  Default run: about 2 minutes on 2 CPU cores.
+Seconds are wall times of one pass, indicative only on a shared machine (the load average before
+and after each measurement is recorded).  Writes JSON (``--out``) and a Markdown summary (``--md``;
+text below its ``NOTES_MARKER`` line is kept when the file is rewritten), and prints a table.
+Default run (batch 8, 256 x 256 attention + the two small steps): about 3 minutes on 2 CPU cores.
 
-    python benchmarks/bench_scrnet_memory.py [--out benchmarks/results/scrnet_memory.json]
+    python benchmarks/bench_scrnet_memory.py [--full-batch 8] [--out ...json] [--md ...md]
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E402
+
 WIDTHS = (64, 128, 256, 512, 1024)
 GIB = 1024 ** 3
-DEFAULT_OUT = Path(__file__).parent / "results" / "scrnet_memory.json"
+DEFAULT_OUT = HERE / "results" / "scrnet_memory.json"
+NOTES_MARKER = "<!-- notes: kept when bench_scrnet_memory.py rewrites this file -->"
 
 
 def _current_rss_bytes() -> int:
@@ -49,6 +60,18 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def _mem_available_gib() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / GIB
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def _load() -> list:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 # -- workers (run in a fresh interpreter) -----------------------------------------------------------
 def _worker_attention(level: int, batch: int, size: int, threads: int) -> dict:
     import torch
@@ -57,27 +80,20 @@ def _worker_attention(level: int, batch: int, size: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     channels, side = WIDTHS[level], size // 2 ** level
     module = CCAPM(channels).train()
-    # the attention path only: embeddings, relative position, window attention (checkpointed)
     q0, k0, v0 = (torch.randn(batch, channels, side, side, requires_grad=True) for _ in range(3))
-
-    def attention_path():
-        from torch.utils.checkpoint import checkpoint
-        from bus_nnunet.network_architectures.scrnet import _coordinate_grid, local_window_attention
-        b, c, h, w = q0.shape
-        q, k, v = module.embed_q(q0), module.embed_k(k0), module.embed_v(v0)
-        pe = module.position(_coordinate_grid(h, w, q.device, q.dtype))
-        k = (k.reshape(b, module.heads, module.head_dim, h, w) - pe.unsqueeze(1)).reshape(b, c, h, w)
-        return checkpoint(local_window_attention, q, k, v, module.heads, module.window, use_reentrant=False)
-
     baseline = _current_rss_bytes()
+    load_before = _load()
     start = time.perf_counter()
-    out = attention_path()
+    out = module.cross_attention(q0, k0, v0)
+    forward_seconds = time.perf_counter() - start
     out.square().mean().backward()
     seconds = time.perf_counter() - start
     return {"level": level + 1, "channels": channels, "side": side, "batch": batch,
-            "peak_above_baseline_gib": (_peak_rss_bytes() - baseline) / GIB, "seconds": seconds,
+            "peak_above_baseline_gib": (_peak_rss_bytes() - baseline) / GIB,
+            "forward_seconds": forward_seconds, "seconds": seconds,
+            "load_average_before_after": [load_before, _load()],
             "input_tensor_gib": batch * channels * side * side * 4 / GIB,
-            # ACmix's unfold: k and v (and their sum with pe) as B x C x 49 x H x W float32 tensors
+            # ACmix's unfold: k and v as B x C x 49 x H x W float32 tensors
             "naive_unfold_kv_gib": 2 * batch * channels * 49 * side * side * 4 / GIB}
 
 
@@ -92,6 +108,7 @@ def _worker_training_step(batch: int, size: int, threads: int, amp: bool) -> dic
     x = torch.randn(batch, 3, size, size)
     target = torch.randint(0, 2, (batch, size, size))
     baseline = _current_rss_bytes()
+    load_before = _load()
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         logits = net(x)
@@ -99,8 +116,10 @@ def _worker_training_step(batch: int, size: int, threads: int, amp: bool) -> dic
     loss.backward()
     optimizer.step()
     seconds = time.perf_counter() - start
-    return {"batch": batch, "size": size, "amp_bf16": amp,
-            "peak_above_baseline_gib": (_peak_rss_bytes() - baseline) / GIB, "seconds": seconds,
+    return {"batch": batch, "size": size, "amp_bf16": amp, "measured": True,
+            "peak_above_baseline_gib": (_peak_rss_bytes() - baseline) / GIB,
+            "peak_rss_gib": _peak_rss_bytes() / GIB, "seconds": seconds,
+            "load_average_before_after": [load_before, _load()],
             "parameters": sum(p.numel() for p in net.parameters())}
 
 
@@ -124,20 +143,90 @@ def _fit_linear(points):
     return my - slope * mx, slope
 
 
+def _wait_for_memory(need_gib: float, wait_minutes: float):
+    """(available GiB, None) once MemAvailable >= need_gib, else (last value, reason) after waiting."""
+    deadline = time.monotonic() + 60 * wait_minutes
+    checks = []
+    while True:
+        available = _mem_available_gib()
+        checks.append(round(available, 1))
+        if available >= need_gib:
+            return available, None
+        if time.monotonic() >= deadline:
+            return available, (f"MemAvailable stayed below {need_gib:g} GiB for {wait_minutes:g} min "
+                               f"(checked every minute: {checks} GiB); not launched")
+        print(f"waiting for {need_gib:g} GiB available (now {available:.1f} GiB)", file=sys.stderr)
+        time.sleep(60)
+
+
+def _scrnet_commit() -> str:
+    """Last commit of network_architectures/scrnet.py (+ "-modified" for uncommitted changes)."""
+    path = str(HERE.parent / "network_architectures" / "scrnet.py")
+    try:
+        commit = subprocess.run(["git", "-C", str(HERE), "log", "-1", "--format=%h", "--", path],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(HERE), "diff", "--quiet", "HEAD", "--", path]).returncode != 0
+        return commit + ("-modified" if dirty else "") if commit else "unknown"
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _markdown(result: dict, notes: str) -> str:
+    env = result["environment"]
+    att_batch = result["target_batch"]
+    lines = ["# SCRNet memory (CPU, peak RSS above baseline)", "",
+             f"Written by `benchmarks/bench_scrnet_memory.py` (scrnet.py at commit {result['scrnet_commit']}); "
+             f"raw numbers in `scrnet_memory.json`.  Each measurement in a fresh process.  Seconds are "
+             f"single passes on a shared 2-core machine (other engineers' jobs running; load averages "
+             f"in the JSON): indicative only.", "", stamp_markdown(env), "",
+             f"## Attention path of one CCAPM at batch {att_batch}, {result['size']} x {result['size']} input",
+             "", "Embeddings + relative position + 7x7 window attention, forward + backward.", ""]
+    rows = [[a["level"], a["channels"], f"{a['side']}x{a['side']}", a["batch"],
+             f"{a['scaled_peak_gib']:.2f}", "measured" if a["batch"] == att_batch else f"scaled from batch {a['batch']}",
+             f"{a['naive_unfold_kv_gib']:.2f}", f"{a['seconds']:.1f}"] for a in result["attention_path_per_level"]]
+    lines += [markdown_table(["level", "C", "H x W", "batch run", f"peak GiB at batch {att_batch}", "how",
+                              f"naive unfolded k+v GiB (computed)", "fwd+bwd s"], rows), ""]
+    lines += [f"Naive unfolded k and v summed over 5 levels x 2 CCAPMs: "
+              f"{result['naive_unfold_kv_total_gib']:.1f} GiB.", "",
+              "## Whole training step (forward, CE, backward, Adam step; 3 in / 2 classes, float32)", ""]
+    rows = [[s["batch"], f"{s['size']}x{s['size']}", f"{s['peak_above_baseline_gib']:.2f}", "measured",
+             f"{s['seconds']:.1f}"] for s in result["training_step_points"]]
+    ext = result["training_step_extrapolated"]
+    fit = result["training_step_fit"]
+    rows.append([ext["batch"], f"{ext['size']}x{ext['size']}", f"{ext['peak_above_baseline_gib']:.2f}",
+                 f"extrapolated (fixed {fit['fixed_gib']:.2f} GiB + {fit['gib_per_megapixel_sample']:.2f} GiB "
+                 f"per megapixel-sample)", ""])
+    direct = result["training_step_direct"]
+    if direct and direct.get("measured"):
+        rows.append([direct["batch"], f"{direct['size']}x{direct['size']}",
+                     f"{direct['peak_above_baseline_gib']:.2f}",
+                     f"measured (process peak RSS {direct['peak_rss_gib']:.2f} GiB)", f"{direct['seconds']:.1f}"])
+    elif direct:
+        rows.append([direct["batch"], f"{direct['size']}x{direct['size']}", "", f"not run: {direct['reason']}", ""])
+    lines += [markdown_table(["batch", "H x W", "peak GiB above baseline", "how", "s"], rows), ""]
+    lines += [NOTES_MARKER, notes.rstrip() + "\n" if notes.strip() else ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=8, help="batch for the attention-path measurement and the "
+    parser.add_argument("--md", type=Path, default=None,
+                        help="Markdown summary (default: the JSON path with .md)")
+    parser.add_argument("--batch", type=int, default=8, help="batch of the attention-path measurement and the "
                                                             "extrapolation target (paper: 8)")
     parser.add_argument("--size", type=int, default=256, help="input side (paper: 256)")
-    parser.add_argument("--attention-batch", type=int, default=2,
-                        help="batch at which the attention path is measured (scaled to --batch); "
-                             "set it to --batch to measure batch 8 directly")
+    parser.add_argument("--attention-batch", type=int, default=None,
+                        help="measure the attention path at this batch and scale it to --batch "
+                             "(default: measure at --batch directly)")
     parser.add_argument("--step-points", default="1x64,1x128",
                         help="measured training-step points BATCHxSIDE, comma separated (default: %(default)s)")
     parser.add_argument("--full-batch", type=int, default=0, help="also measure a training step at this batch "
-                                                                  "and --size directly (needs ~2.5 GB per image "
-                                                                  "at 256 x 256 float32)")
+                                                                  "and --size directly (~15 GiB at 8 x 256^2)")
+    parser.add_argument("--min-available-gib", type=float, default=20.0,
+                        help="launch --full-batch only with this much MemAvailable (default: %(default)s)")
+    parser.add_argument("--wait-minutes", type=float, default=30.0,
+                        help="how long to wait for that memory (default: %(default)s)")
     parser.add_argument("--amp", action="store_true", help="training steps under CPU bfloat16 autocast")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -150,17 +239,24 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
 
+    import torch
+    torch.set_num_threads(args.threads)
+    environment = environment_stamp("cpu")
+    environment["mem_total_gib"] = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB, 1)
+    environment["mem_available_gib_at_start"] = round(_mem_available_gib(), 1)
     started = time.perf_counter()
+    attention_batch = args.attention_batch or args.batch
     attention = []
     for level in range(len(WIDTHS)):
-        measured = _run_worker("attention", level=level, batch=args.attention_batch, size=args.size,
+        measured = _run_worker("attention", level=level, batch=attention_batch, size=args.size,
                                threads=args.threads)
-        scale = args.batch / args.attention_batch
+        scale = args.batch / attention_batch
         measured["scaled_batch"] = args.batch
         measured["scaled_peak_gib"] = measured["peak_above_baseline_gib"] * scale
         measured["naive_unfold_kv_gib"] *= scale
         attention.append(measured)
-        print(f"attention level {level + 1}: {measured['peak_above_baseline_gib']:.2f} GiB", file=sys.stderr)
+        print(f"attention level {level + 1} batch {attention_batch}: {measured['peak_above_baseline_gib']:.2f} GiB, "
+              f"{measured['seconds']:.1f} s", file=sys.stderr)
     steps = []
     for point in args.step_points.split(","):
         batch, side = (int(v) for v in point.lower().split("x"))
@@ -170,18 +266,28 @@ def main(argv=None) -> int:
     extrapolated = fixed + slope * args.batch * args.size ** 2
     direct = None
     if args.full_batch:
-        direct = _run_worker("step", batch=args.full_batch, size=args.size, threads=args.threads, amp=args.amp)
+        available, reason = _wait_for_memory(args.min_available_gib, args.wait_minutes)
+        if reason:
+            direct = {"batch": args.full_batch, "size": args.size, "measured": False, "reason": reason}
+        else:
+            direct = _run_worker("step", batch=args.full_batch, size=args.size, threads=args.threads, amp=args.amp)
+            direct["mem_available_gib_before"] = round(available, 1)
+        print(f"training step {args.full_batch}x{args.size}: "
+              f"{direct.get('peak_above_baseline_gib', direct.get('reason'))}", file=sys.stderr)
 
+    environment["updated_utc"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    environment["load_average_at_update"] = _load()
     result = {
-        "benchmark": "scrnet_memory", "device": "cpu", "measure": "max RSS above baseline, fresh subprocess",
-        "torch_threads": args.threads, "python": platform.python_version(),
+        "benchmark": "scrnet_memory", "measure": "max RSS above baseline, fresh subprocess",
+        "scrnet_commit": _scrnet_commit(), "environment": environment, "size": args.size, "target_batch": args.batch,
         "attention_path_per_level": attention,
+        "attention_path_measured_directly": attention_batch == args.batch,
         "attention_path_peak_max_gib_at_batch": max(a["scaled_peak_gib"] for a in attention),
         "naive_unfold_kv_total_gib": sum(a["naive_unfold_kv_gib"] for a in attention) * 2,  # two CCAPMs per SCRM
         "training_step_points": steps,
         "training_step_fit": {"fixed_gib": fixed, "gib_per_megapixel_sample": slope * 1e6},
         "training_step_extrapolated": {"batch": args.batch, "size": args.size, "amp_bf16": args.amp,
-                                       "peak_above_baseline_gib": extrapolated},
+                                       "measured": False, "peak_above_baseline_gib": extrapolated},
         "training_step_direct": direct,
         "parameters": steps[0]["parameters"],
         "wall_seconds": time.perf_counter() - started,
@@ -190,6 +296,13 @@ def main(argv=None) -> int:
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(args.out)
+    md_path = args.md or args.out.with_suffix(".md")
+    notes = ""
+    if md_path.exists() and NOTES_MARKER in md_path.read_text():
+        notes = md_path.read_text().split(NOTES_MARKER, 1)[1]
+    tmp = md_path.with_suffix(md_path.suffix + ".tmp")
+    tmp.write_text(_markdown(result, notes))
+    tmp.replace(md_path)
 
     print(f"SCRNet memory (CPU max RSS above baseline; {result['parameters']:,} parameters, 3 in / 2 out)")
     print(f"{'level':>5} {'C':>5} {'side':>5} {'batch':>5} {'measured GiB':>13} {'at batch ' + str(args.batch):>13} "
@@ -199,11 +312,13 @@ def main(argv=None) -> int:
               f"{a['scaled_peak_gib']:>13.2f} {a['naive_unfold_kv_gib']:>14.2f} {a['seconds']:>7.1f}")
     print(f"naive unfold k,v summed over 5 levels x 2 CCAPMs: {result['naive_unfold_kv_total_gib']:.1f} GiB")
     print(f"{'training step':>24} {'peak GiB':>10} {'s':>7}")
-    for s in steps + ([direct] if direct else []):
+    for s in steps + ([direct] if direct and direct["measured"] else []):
         print(f"{s['batch']:>14} x {s['size']:>3}^2    {s['peak_above_baseline_gib']:>10.2f} {s['seconds']:>7.1f}")
+    if direct and not direct["measured"]:
+        print(f"{args.full_batch} x {args.size}^2 not run: {direct['reason']}")
     print(f"{'extrapolated':>14} {args.batch} x {args.size}^2  {extrapolated:>10.2f}"
           f"   (fixed {fixed:.2f} GiB + {slope * 1e6:.2f} GiB per megapixel-sample)")
-    print(f"wrote {args.out} ({result['wall_seconds']:.0f} s)")
+    print(f"wrote {args.out} and {md_path} ({result['wall_seconds']:.0f} s)")
     return 0
 
 

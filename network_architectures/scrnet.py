@@ -345,13 +345,16 @@ class CCAPM(nn.Module):
         stacked = torch.cat([t.reshape(b, heads, d, h * w) for t in (q0, k0, v0)], dim=1)
         maps = self.fc(stacked).permute(0, 2, 1, 3).reshape(b, d * self.shift_kernel ** 2, h, w)
         y_conv = self.shift(maps)
+        return self.weight_conv * y_conv + self.weight_cross * self.cross_attention(q0, k0, v0)
 
-        # cross-attention path: local window attention with relative position (k - pe, see module doc)
+    def cross_attention(self, q0: torch.Tensor, k0: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
+        """The attention path on the FI outputs: q/k/v embeddings, relative position (k - pe, see
+        the module docstring) and the local window attention."""
+        b, c, h, w = q0.shape
         q, k, v = self.embed_q(q0), self.embed_k(k0), self.embed_v(v0)
         pe = self.position(_coordinate_grid(h, w, q.device, self.position.weight.dtype)).to(k.dtype)
-        k = (k.reshape(b, heads, d, h, w) - pe.unsqueeze(1)).reshape(b, c, h, w)
-        y_cross = local_window_attention(q, k, v, heads, self.window, recompute_weights=self.checkpoint_attention)
-        return self.weight_conv * y_conv + self.weight_cross * y_cross
+        k = (k.reshape(b, self.heads, self.head_dim, h, w) - pe.unsqueeze(1)).reshape(b, c, h, w)
+        return local_window_attention(q, k, v, self.heads, self.window, recompute_weights=self.checkpoint_attention)
 
 
 class FeatureAggregation(nn.Module):
