@@ -3,14 +3,18 @@
 SS-Net makes 42 scan calls per forward (21 DTS blocks x {tile scorer K=2, pixel scan K=1}), with
 sequence lengths 16..4096 and d_state 8 at 256x256 (spec section 3; reference_timings.md).  For
 each distinct call shape this times forward + backward of both implementations (median of
-``--repeats`` after one warm-up), scales by how often SS-Net makes that call and prints a table.
+``--repeats`` after one warm-up, the two alternating so that load changes hit both alike), scales
+by how often SS-Net makes that call and prints a table.
 Inputs follow SS-Net's initialisation (A = -[1..8], delta = softplus of dt in [1e-3, 0.1] plus a
 projection), so the scan picks the chunk length it picks inside SS-Net (printed as ``T``).
 ``--train-step`` also times one full SS-Net training step (AdamW, batch ``--batch``) with our scan
 and with the step loop swapped in, to compare with reference_timings.md (released SS-Net, step
 loop: 9.21 s per bs2 step at 256 on 2 cores).
 
-    python benchmarks/bench_selective_scan.py [--batch 2] [--size 256] [--threads 2] [--out PATH]
+    python benchmarks/bench_selective_scan.py [--batch 2] [--size 256] [--threads 2] [--train-step]
+
+On a machine shared with other jobs use ``--threads 1``: with 2 threads every parallel op waits
+for a thread the scheduler has parked, which slows the many mid-sized ops of both scans ~10x.
 """
 import argparse
 import datetime
@@ -60,45 +64,53 @@ def make_inputs(batch, k, d, length):
 def chunk_length(inputs):
     """The chunk length our scan uses for these inputs."""
     u, delta, A, *_ = scan_module._prepare(*(t.detach() for t in inputs[:6]), inputs[6].detach(), True)
-    return scan_module._chunk_size(float((delta.amax(-1) * A.abs().amax(-1)).amax()), u.shape[-1])
+    return scan_module._chunk_size(delta * A.abs().amax(-1, keepdim=True))
 
 
-def time_fwd_bwd(fn, inputs, repeats):
+def interleaved_medians(runs, repeats):
+    """Median seconds of each zero-argument callable in ``runs`` (name -> fn), after one warm-up
+    each; the callables alternate, so a change in machine load hits all of them alike."""
+    for fn in runs.values():
+        fn()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def fwd_bwd(fn, inputs):
     def once():
-        start = time.perf_counter()
-        y = fn(*inputs)
-        y.sum().backward()
+        fn(*inputs).sum().backward()
         for t in inputs:
             t.grad = None
-        return time.perf_counter() - start
-
-    once()  # warm-up
-    return statistics.median(once() for _ in range(repeats))
+    return once
 
 
-def time_train_step(batch, size, repeats, step_loop=False):
-    """Median seconds of one SS-Net training step; ``step_loop`` swaps the reference loop in."""
+def train_steps(batch, size):
+    """One SS-Net training step with our scan and one with the step loop swapped in (same model)."""
     from bus_nnunet.network_architectures import create_model, ssnet
     torch.manual_seed(0)
     model = create_model("ssnet", in_channels=3, num_classes=2, input_size=size).train()
-    scan = selective_scan_reference if step_loop else (lambda *a, **k: selective_scan(*a, **k, backend="torch"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.rand(batch, 3, size, size)
     target = torch.randint(0, 2, (batch, size, size))
 
-    def once():
-        start = time.perf_counter()
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), target).backward()
-        opt.step()
-        return time.perf_counter() - start
+    def step_with(scan):
+        def once():
+            original, ssnet.selective_scan = ssnet.selective_scan, scan
+            try:
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), target).backward()
+                opt.step()
+            finally:
+                ssnet.selective_scan = original
+        return once
 
-    original, ssnet.selective_scan = ssnet.selective_scan, scan
-    try:
-        once()
-        return statistics.median(once() for _ in range(repeats))
-    finally:
-        ssnet.selective_scan = original
+    return {"ours": step_with(lambda *a, **k: selective_scan(*a, **k, backend="torch")),
+            "loop": step_with(selective_scan_reference)}
 
 
 def main(argv=None):
@@ -119,8 +131,11 @@ def main(argv=None):
     print("-" * len(header))
     for name, count, k, d, length in ssnet_scan_calls(args.size):
         inputs = make_inputs(args.batch, k, d, length)
-        ours = time_fwd_bwd(lambda *a: selective_scan(*a, backend="torch"), inputs, args.repeats)
-        loop = None if args.skip_loop else time_fwd_bwd(selective_scan_reference, inputs, args.repeats)
+        runs = {"ours": fwd_bwd(lambda *a: selective_scan(*a, backend="torch"), inputs)}
+        if not args.skip_loop:
+            runs["loop"] = fwd_bwd(selective_scan_reference, inputs)
+        medians = interleaved_medians(runs, args.repeats)
+        ours, loop = medians["ours"], medians.get("loop")
         chunk = chunk_length(inputs)
         rows.append({"call": name, "count": count, "channels": k * d, "length": length, "chunk": chunk,
                      "ours_s": ours, "loop_s": loop})
@@ -137,14 +152,14 @@ def main(argv=None):
               "d_state": D_STATE, "calls": rows, "total_ours_s": total_ours, "total_loop_s": total_loop,
               "torch": torch.__version__, "python": platform.python_version()}
     if args.train_step:
-        repeats = max(1, args.repeats)
-        result["train_step_s"] = time_train_step(args.batch, args.size, repeats)
-        print(f"SS-Net training step, batch {args.batch} at {args.size}: ours {result['train_step_s']:.2f} s", end="",
-              flush=True)
-        if not args.skip_loop:
-            result["train_step_loop_s"] = time_train_step(args.batch, args.size, repeats, step_loop=True)
-            print(f", step loop {result['train_step_loop_s']:.2f} s", end="")
-        print(" (reference_timings.md, released code with step loop: 9.21 s at bs2/256)")
+        runs = train_steps(args.batch, args.size)
+        if args.skip_loop:
+            del runs["loop"]
+        medians = interleaved_medians(runs, max(1, args.repeats))
+        result["train_step_s"], result["train_step_loop_s"] = medians["ours"], medians.get("loop")
+        print(f"SS-Net training step, batch {args.batch} at {args.size}: ours {medians['ours']:.2f} s" +
+              (f", step loop {medians['loop']:.2f} s" if "loop" in medians else "") +
+              " (reference_timings.md, released code with step loop: 9.21 s at bs2/256)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -13,8 +13,9 @@ uses group ``i // channels_per_group`` (mamba_ssm's convention).
 The pure-PyTorch path works on ``(b, channels, d_state, L)`` tensors cut into chunks of ``T`` steps.
 Inside a chunk the recurrence has the closed form ``h_t = E_t * cumsum_s(x_s / E_s)`` with
 ``E_t = exp(cumsum(delta * A))`` the decay since the chunk start, so a whole chunk is a handful of
-vectorised passes (``cumsum``, ``exp``, multiply) instead of ``T`` dependent steps.  ``T`` is chosen
-per call so that a chunk never decays by more than ``exp(-40)`` (``T * max|delta * A| <= 40``): then
+vectorised passes (``cumsum``, ``exp``, multiply) instead of ``T`` dependent steps.  ``T`` (at most 32)
+is chosen per call so that no chunk decays by more than ``exp(-40)`` (every chunk's sum of
+``delta * max|A|`` is <= 40): then
 ``1 / E_s <= e^40`` stays far from float32 overflow and the result is exact up to rounding.  Chunk-end
 states are carried across chunks by one small step per chunk.  The backward pass is the transposed
 scan (a reverse cumsum, done as a matmul with a triangular matrix) plus reductions; every big tensor
@@ -44,15 +45,19 @@ def mamba_kernel_available() -> bool:
     return True
 
 
-def _chunk_size(max_step_decay: float, length: int) -> int:
-    """Largest power of two ``T <= MAX_CHUNK`` with ``T * max_step_decay <= MAX_CHUNK_DECAY``
-    (1 when a single step may decay more: chunks of one step need no division)."""
-    cap = min(MAX_CHUNK, 1 << max(0, math.ceil(math.log2(max(length, 1)))))
-    if not max_step_decay > 0:  # zero (or nan: let it propagate through the widest chunk)
-        return cap
-    if max_step_decay > MAX_CHUNK_DECAY:
-        return 1
-    return min(cap, 2 ** int(math.floor(math.log2(MAX_CHUNK_DECAY / max_step_decay))))
+def _chunk_size(step_decay: torch.Tensor) -> int:
+    """Largest power of two ``T <= MAX_CHUNK`` whose chunks of ``step_decay`` (``-log`` of each
+    step's decay factor, ``(..., L)``, >= 0) all sum to at most ``MAX_CHUNK_DECAY``; 1 when even
+    two steps decay more (chunks of one step need no division)."""
+    length = step_decay.shape[-1]
+    longest = min(MAX_CHUNK, 1 << max(0, math.ceil(math.log2(max(length, 1)))))
+    t = longest
+    while t > 1:
+        chunk_sums = F.pad(step_decay, (0, -length % t)).unflatten(-1, (-1, t)).sum(-1)
+        if chunk_sums.numel() == 0 or float(chunk_sums.max()) <= MAX_CHUNK_DECAY:  # nan -> shorter chunks
+            return t
+        t //= 2
+    return 1
 
 
 def _carry(local_end: torch.Tensor, chunk_decay: torch.Tensor, reverse: bool = False) -> torch.Tensor:
@@ -107,7 +112,7 @@ def linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor, chunk: Optional[i
     overrides the automatic chunk length (it must respect ``chunk * max|log_decay| <= 40``).
     """
     length = inputs.shape[-1]
-    t = chunk or _chunk_size(float(log_decay.detach().neg().max()) if log_decay.numel() else 0.0, length)
+    t = chunk or _chunk_size(log_decay.detach().neg())
     pad = -length % t  # trailing zero decay/input never changes earlier states (and adds 0 in reverse)
 
     def working_copy(x):  # the scan overwrites its arguments, never the caller's tensors
@@ -130,7 +135,8 @@ class _SelectiveScanFunction(torch.autograd.Function):
         batch, channels, length = u.shape
         groups, n = B.shape[1], B.shape[2]
         per_group = channels // groups
-        chunk = _chunk_size(float((delta.amax(-1) * A.abs().amax(-1)).amax()) if u.numel() else 0.0, length)
+        # -log decay of one step is delta * |A[i, n]| <= delta * max_n |A[i, n]|
+        chunk = _chunk_size(delta * A.abs().amax(-1, keepdim=True))
         padded = length + (-length % chunk)
         grouped = (batch, groups, per_group, n, length)  # channel i = group * per_group + p
 

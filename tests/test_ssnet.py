@@ -123,12 +123,12 @@ def _scan_inputs(batch, groups, channels, length, d_state=8, seed=0, delta_shift
             torch.randn(kd, generator=g) * 0.5]                               # delta_bias
 
 
-# delta_shift sets how fast states decay, hence the scan's chunk length: -3 -> 32 steps, -2 -> 16,
-# -1 -> 4, 1.5 -> 2 steps decaying by up to exp(-37) (near the exp(-40) limit), 12 -> single steps
-# that decay below float32's range (chunks of one step)
+# delta_shift sets how fast states decay, hence the scan's chunk length and how close a chunk's
+# decay comes to the exp(-40) limit: -3/-2 -> 32 steps (decay up to e^-25), -1 -> 8 steps (e^-31),
+# 1 -> 4 steps (e^-34), 1.5 -> 2 steps (e^-33), 12 -> single steps that decay below float32's range
 @pytest.mark.parametrize("batch,groups,channels,length,delta_shift", [
     (2, 2, 6, 37, -1.0), (1, 1, 16, 300, -1.0), (2, 2, 4, 4, -1.0), (2, 1, 4, 1000, -3.0),
-    (1, 1, 8, 100, -2.0), (2, 2, 4, 61, 1.5), (2, 2, 4, 50, 12.0)])
+    (1, 1, 8, 100, -2.0), (1, 1, 8, 100, 1.0), (2, 2, 4, 61, 1.5), (2, 2, 4, 50, 12.0)])
 def test_selective_scan_matches_step_loop(batch, groups, channels, length, delta_shift):
     inputs = [t.requires_grad_() for t in _scan_inputs(batch, groups, channels, length, delta_shift=delta_shift)]
     ours = selective_scan(*inputs, backend="torch")
