@@ -273,13 +273,27 @@ def write_outputs(study: dict, out: Path) -> None:
             if "log_tail" in f:
                 lines += [f"<details><summary>{trainer} fold {fold} log tail</summary>", "", "```",
                           f["log_tail"][-1200:], "```", "</details>", ""]
+    comparisons = study.get("cv_report_json", {}).get("metrics.json", {}).get("comparisons", [])
+    dice = [c for c in comparisons if c["metric"] == "dice"]
+    if dice:
+        sig = lambda v: "-" if v is None or v != v else f"{v:.3g}"  # noqa: E731  (NaN: undefined)
+        lines += ["## Paired Dice comparisons: which images decide", "",
+                  "From the cv-report below: `a > b` / `b > a` count the images on which one trainer scores "
+                  "higher (images with equal Dice are left out of the Wilcoxon test); p to three significant "
+                  "digits.", "",
+                  markdown_table(["pair (a vs b)", "images", "a > b", "b > a", "mean a-b [95% CI]", "Wilcoxon p",
+                                  "Holm p", "p method"],
+                                 [[f"{c['trainer_a']} vs {c['trainer_b']}", c["n_pairs"], c.get("n_a_better", "?"),
+                                   c.get("n_b_better", "?"),
+                                   f"{c['mean_difference']:.4f} [{c['ci_low']:.4f}, {c['ci_high']:.4f}]",
+                                   sig(c["p_value"]), sig(c["p_holm"]), c.get("p_method", "")] for c in dice]), ""]
     md = study.get("cv_report", {}).get("markdown", {})
     if md:
         lines += ["## bus-nnunet cv-report", ""]
         for name, text in md.items():
             # figures stay in the cv-report folder (work dir); keep the tables
-            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("!["))
-            lines += [f"### {name} (figures: {study['cv_report']['folder']})", "", text, ""]
+            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(("![", "## Figures")))
+            lines += [f"### {name} (figures: {study['cv_report']['folder']})", "", text.rstrip(), ""]
     elif "cv_report" in study:
         lines += ["cv-report failed:", "", "```", study["cv_report"].get("log_tail", ""), "```"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
