@@ -8,24 +8,30 @@ there (``network_architectures/scrnet.py``).  This benchmark measures, each in a
 (so ``ru_maxrss`` is that measurement's own peak):
 
 1. ``attention``: the attention path of one CCAPM (``CCAPM.cross_attention``: q/k/v embeddings,
-   relative position, window attention; forward + backward) at every encoder level of a
+   relative position, window attention; forward + backward, float32) at every encoder level of a
    ``--size`` input (level shapes 64 x 256^2 ... 1024 x 16^2), measured DIRECTLY at ``--batch``
    (default 8, the paper's batch).  ``--attention-batch N`` measures at N instead and scales
    linearly to ``--batch`` (marked "scaled" in the results).  Next to it, the size of the unfolded
    k and v tensors the naive formulation would need (computed, not run).
 2. ``training_step``: a whole SCRNet training step (forward, cross-entropy, backward, Adam step;
-   3 input channels, 2 classes) at small sizes and the linear extrapolation to ``--batch`` x
-   ``--size``: peak = fixed + slope * B * H * W, fitted on the measured points.
-   ``--full-batch 8`` measures ``8 x --size`` directly (about 15 GiB in float32).  It is launched
-   only when ``MemAvailable`` is at least ``--min-available-gib`` (waiting up to
-   ``--wait-minutes``, re-checking every minute); otherwise the results say it was not run and why.
+   3 input channels, 2 classes) in each of ``--precisions`` (float32, and bf16 = CPU bfloat16
+   autocast, the analogue of nnU-Net's mixed-precision training that spec A.9 recommends) at the
+   ``--step-points`` (default 1 and 2 images of 256 x 256) and the linear extrapolation to
+   ``--batch`` x ``--size``: peak = fixed + slope * B * H * W, fitted on those points.
+   ``--full-batch 8`` also measures ``8 x --size`` directly.  It is launched only when
+   ``MemAvailable`` is at least ``--min-available-gib`` and 1.1 x the extrapolated process peak
+   (waiting up to ``--wait-minutes``, re-checking every minute; not at all when that is over 90 %
+   of the machine's RAM); otherwise, or when the worker is killed (out of memory), the results say
+   it was not measured and why.
 
 Peak RSS counts everything the process holds above the baseline taken after the model, optimiser
 and inputs are built (weights are in the baseline; gradients, Adam states and activations are not).
 Seconds are wall times of one pass, indicative only on a shared machine (the load average before
-and after each measurement is recorded).  Writes JSON (``--out``) and a Markdown summary (``--md``;
-text below its ``NOTES_MARKER`` line is kept when the file is rewritten), and prints a table.
-Default run (batch 8, 256 x 256 attention + the two small steps): about 3 minutes on 2 CPU cores.
+and after each measurement is recorded).  Writes JSON (``--out``) and a Markdown summary (``--md``),
+and prints a table; hand-written notes (the JSON's ``notes`` key, the Markdown below its
+``NOTES_MARKER`` line) are kept when the files are rewritten.
+Default run (batch 8, 256 x 256 attention + 2 x 2 step points): about 4 minutes on 2 CPU cores;
+with ``--full-batch 8`` add about 2 minutes per precision that fits.
 
     python benchmarks/bench_scrnet_memory.py [--full-batch 8] [--out ...json] [--md ...md]
 """
@@ -180,32 +186,83 @@ def _markdown(result: dict, notes: str) -> str:
              f"single passes on a shared 2-core machine (other engineers' jobs running; load averages "
              f"in the JSON): indicative only.", "", stamp_markdown(env), "",
              f"## Attention path of one CCAPM at batch {att_batch}, {result['size']} x {result['size']} input",
-             "", "Embeddings + relative position + 7x7 window attention, forward + backward.", ""]
+             "", "Embeddings + relative position + 7x7 window attention, forward + backward, float32.", ""]
     rows = [[a["level"], a["channels"], f"{a['side']}x{a['side']}", a["batch"],
              f"{a['scaled_peak_gib']:.2f}", "measured" if a["batch"] == att_batch else f"scaled from batch {a['batch']}",
              f"{a['naive_unfold_kv_gib']:.2f}", f"{a['seconds']:.1f}"] for a in result["attention_path_per_level"]]
     lines += [markdown_table(["level", "C", "H x W", "batch run", f"peak GiB at batch {att_batch}", "how",
-                              f"naive unfolded k+v GiB (computed)", "fwd+bwd s"], rows), ""]
+                              "naive unfolded k+v GiB (computed)", "fwd+bwd s"], rows), ""]
     lines += [f"Naive unfolded k and v summed over 5 levels x 2 CCAPMs: "
               f"{result['naive_unfold_kv_total_gib']:.1f} GiB.", "",
-              "## Whole training step (forward, CE, backward, Adam step; 3 in / 2 classes, float32)", ""]
-    rows = [[s["batch"], f"{s['size']}x{s['size']}", f"{s['peak_above_baseline_gib']:.2f}", "measured",
-             f"{s['seconds']:.1f}"] for s in result["training_step_points"]]
-    ext = result["training_step_extrapolated"]
-    fit = result["training_step_fit"]
-    rows.append([ext["batch"], f"{ext['size']}x{ext['size']}", f"{ext['peak_above_baseline_gib']:.2f}",
-                 f"extrapolated (fixed {fit['fixed_gib']:.2f} GiB + {fit['gib_per_megapixel_sample']:.2f} GiB "
-                 f"per megapixel-sample)", ""])
-    direct = result["training_step_direct"]
-    if direct and direct.get("measured"):
-        rows.append([direct["batch"], f"{direct['size']}x{direct['size']}",
-                     f"{direct['peak_above_baseline_gib']:.2f}",
-                     f"measured (process peak RSS {direct['peak_rss_gib']:.2f} GiB)", f"{direct['seconds']:.1f}"])
-    elif direct:
-        rows.append([direct["batch"], f"{direct['size']}x{direct['size']}", "", f"not run: {direct['reason']}", ""])
-    lines += [markdown_table(["batch", "H x W", "peak GiB above baseline", "how", "s"], rows), ""]
-    lines += [NOTES_MARKER, notes.rstrip() + "\n" if notes.strip() else ""]
+              "## Whole training step (forward, CE, backward, Adam step; 3 in / 2 classes)", ""]
+    rows = []
+    for name, t in result["training_step"].items():
+        for s in t["points"]:
+            rows.append([name, s["batch"], f"{s['size']}x{s['size']}", f"{s['peak_above_baseline_gib']:.2f}",
+                         f"measured (process peak {s['peak_rss_gib']:.2f} GiB)", f"{s['seconds']:.1f}"])
+        ext, fit = t["extrapolated"], t["fit"]
+        rows.append([name, ext["batch"], f"{ext['size']}x{ext['size']}", f"{ext['peak_above_baseline_gib']:.2f}",
+                     f"extrapolated (fixed {fit['fixed_gib']:.2f} GiB + {fit['gib_per_megapixel_sample']:.2f} GiB "
+                     f"per megapixel-sample)", ""])
+        direct = t["direct"]
+        if direct and direct["measured"]:
+            rows.append([name, direct["batch"], f"{direct['size']}x{direct['size']}",
+                         f"{direct['peak_above_baseline_gib']:.2f}",
+                         f"measured (process peak {direct['peak_rss_gib']:.2f} GiB)", f"{direct['seconds']:.1f}"])
+        elif direct:
+            rows.append([name, direct["batch"], f"{direct['size']}x{direct['size']}", "",
+                         f"not measured: {direct['reason']}", ""])
+    lines += [markdown_table(["precision", "batch", "H x W", "peak GiB above baseline", "how", "s"], rows), ""]
+    lines += [NOTES_MARKER, "", notes.strip() + "\n"] if notes.strip() else [NOTES_MARKER, ""]
     return "\n".join(lines)
+
+
+PRECISIONS = {"float32": "float32", "bf16": "bf16_autocast"}
+
+
+def _training_steps(args, amp: bool) -> dict:
+    """Measured step points, their linear fit, the extrapolation to --batch x --size and the
+    guarded direct measurement at --full-batch x --size."""
+    label = "bf16 autocast" if amp else "float32"
+    points = []
+    for point in args.step_points.split(","):
+        batch, side = (int(v) for v in point.lower().split("x"))
+        points.append(_run_worker("step", batch=batch, size=side, threads=args.threads, amp=amp))
+        print(f"training step {label} {batch}x{side}: {points[-1]['peak_above_baseline_gib']:.2f} GiB, "
+              f"{points[-1]['seconds']:.1f} s", file=sys.stderr)
+    fixed, slope = _fit_linear(points)
+    baseline = max(p["peak_rss_gib"] - p["peak_above_baseline_gib"] for p in points)
+
+    def predicted(batch):
+        return fixed + slope * batch * args.size ** 2
+
+    direct = None
+    if args.full_batch:
+        process_peak = predicted(args.full_batch) + baseline
+        need = max(args.min_available_gib, 1.1 * process_peak)
+        direct = {"batch": args.full_batch, "size": args.size, "amp_bf16": amp, "measured": False,
+                  "predicted_process_peak_gib": process_peak}
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB
+        if need > 0.9 * total:  # the rest is the kernel's and other processes': it would never be available
+            direct["reason"] = (f"needs about {process_peak:.1f} GiB (extrapolated process peak) + 10 %, "
+                                f"more than 90 % of this machine's {total:.1f} GiB")
+        else:
+            available, reason = _wait_for_memory(need, args.wait_minutes)
+            if reason:
+                direct["reason"] = reason
+            else:
+                try:
+                    direct = _run_worker("step", batch=args.full_batch, size=args.size, threads=args.threads,
+                                         amp=amp)
+                    direct["mem_available_gib_before"] = round(available, 1)
+                except RuntimeError as error:  # e.g. killed by the kernel's OOM killer (exit -9)
+                    direct["reason"] = f"worker failed with {available:.1f} GiB available: {str(error)[:300]}"
+        print(f"training step {label} {args.full_batch}x{args.size}: "
+              f"{direct.get('peak_above_baseline_gib', direct.get('reason'))}", file=sys.stderr)
+    return {"points": points, "fit": {"fixed_gib": fixed, "gib_per_megapixel_sample": slope * 1e6},
+            "extrapolated": {"batch": args.batch, "size": args.size, "measured": False,
+                             "peak_above_baseline_gib": predicted(args.batch)},
+            "direct": direct}
 
 
 def main(argv=None) -> int:
@@ -219,15 +276,17 @@ def main(argv=None) -> int:
     parser.add_argument("--attention-batch", type=int, default=None,
                         help="measure the attention path at this batch and scale it to --batch "
                              "(default: measure at --batch directly)")
-    parser.add_argument("--step-points", default="1x64,1x128",
+    parser.add_argument("--step-points", default="1x256,2x256",
                         help="measured training-step points BATCHxSIDE, comma separated (default: %(default)s)")
     parser.add_argument("--full-batch", type=int, default=0, help="also measure a training step at this batch "
-                                                                  "and --size directly (~15 GiB at 8 x 256^2)")
+                                                                  "and --size directly (guarded, see above)")
     parser.add_argument("--min-available-gib", type=float, default=20.0,
                         help="launch --full-batch only with this much MemAvailable (default: %(default)s)")
     parser.add_argument("--wait-minutes", type=float, default=30.0,
                         help="how long to wait for that memory (default: %(default)s)")
-    parser.add_argument("--amp", action="store_true", help="training steps under CPU bfloat16 autocast")
+    parser.add_argument("--precisions", default="float32,bf16",
+                        help="training-step precisions: float32 and/or bf16 (CPU bfloat16 autocast); "
+                             "default: %(default)s")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -257,41 +316,28 @@ def main(argv=None) -> int:
         attention.append(measured)
         print(f"attention level {level + 1} batch {attention_batch}: {measured['peak_above_baseline_gib']:.2f} GiB, "
               f"{measured['seconds']:.1f} s", file=sys.stderr)
-    steps = []
-    for point in args.step_points.split(","):
-        batch, side = (int(v) for v in point.lower().split("x"))
-        steps.append(_run_worker("step", batch=batch, size=side, threads=args.threads, amp=args.amp))
-        print(f"training step {batch}x{side}: {steps[-1]['peak_above_baseline_gib']:.2f} GiB", file=sys.stderr)
-    fixed, slope = _fit_linear(steps)
-    extrapolated = fixed + slope * args.batch * args.size ** 2
-    direct = None
-    if args.full_batch:
-        available, reason = _wait_for_memory(args.min_available_gib, args.wait_minutes)
-        if reason:
-            direct = {"batch": args.full_batch, "size": args.size, "measured": False, "reason": reason}
-        else:
-            direct = _run_worker("step", batch=args.full_batch, size=args.size, threads=args.threads, amp=args.amp)
-            direct["mem_available_gib_before"] = round(available, 1)
-        print(f"training step {args.full_batch}x{args.size}: "
-              f"{direct.get('peak_above_baseline_gib', direct.get('reason'))}", file=sys.stderr)
+    training = {}
+    for precision in args.precisions.split(","):
+        if precision not in PRECISIONS:
+            parser.error(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+        training[PRECISIONS[precision]] = _training_steps(args, amp=precision == "bf16")
 
     environment["updated_utc"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     environment["load_average_at_update"] = _load()
     result = {
         "benchmark": "scrnet_memory", "measure": "max RSS above baseline, fresh subprocess",
-        "scrnet_commit": _scrnet_commit(), "environment": environment, "size": args.size, "target_batch": args.batch,
+        "scrnet_commit": _scrnet_commit(), "environment": environment, "size": args.size,
+        "target_batch": args.batch,
         "attention_path_per_level": attention,
         "attention_path_measured_directly": attention_batch == args.batch,
         "attention_path_peak_max_gib_at_batch": max(a["scaled_peak_gib"] for a in attention),
         "naive_unfold_kv_total_gib": sum(a["naive_unfold_kv_gib"] for a in attention) * 2,  # two CCAPMs per SCRM
-        "training_step_points": steps,
-        "training_step_fit": {"fixed_gib": fixed, "gib_per_megapixel_sample": slope * 1e6},
-        "training_step_extrapolated": {"batch": args.batch, "size": args.size, "amp_bf16": args.amp,
-                                       "measured": False, "peak_above_baseline_gib": extrapolated},
-        "training_step_direct": direct,
-        "parameters": steps[0]["parameters"],
+        "training_step": training,
+        "parameters": next(iter(training.values()))["points"][0]["parameters"],
         "wall_seconds": time.perf_counter() - started,
     }
+    if args.out.exists():  # measurements recorded by hand next to the script's (see NOTES_MARKER)
+        result["notes"] = json.loads(args.out.read_text()).get("notes", {})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -311,13 +357,16 @@ def main(argv=None) -> int:
         print(f"{a['level']:>5} {a['channels']:>5} {a['side']:>5} {a['batch']:>5} {a['peak_above_baseline_gib']:>13.2f} "
               f"{a['scaled_peak_gib']:>13.2f} {a['naive_unfold_kv_gib']:>14.2f} {a['seconds']:>7.1f}")
     print(f"naive unfold k,v summed over 5 levels x 2 CCAPMs: {result['naive_unfold_kv_total_gib']:.1f} GiB")
-    print(f"{'training step':>24} {'peak GiB':>10} {'s':>7}")
-    for s in steps + ([direct] if direct and direct["measured"] else []):
-        print(f"{s['batch']:>14} x {s['size']:>3}^2    {s['peak_above_baseline_gib']:>10.2f} {s['seconds']:>7.1f}")
-    if direct and not direct["measured"]:
-        print(f"{args.full_batch} x {args.size}^2 not run: {direct['reason']}")
-    print(f"{'extrapolated':>14} {args.batch} x {args.size}^2  {extrapolated:>10.2f}"
-          f"   (fixed {fixed:.2f} GiB + {slope * 1e6:.2f} GiB per megapixel-sample)")
+    for name, t in training.items():
+        print(f"training step, {name}: {'peak GiB':>10} {'s':>7}")
+        for point in t["points"] + ([t["direct"]] if t["direct"] and t["direct"]["measured"] else []):
+            print(f"{point['batch']:>14} x {point['size']:>3}^2    {point['peak_above_baseline_gib']:>10.2f} "
+                  f"{point['seconds']:>7.1f}")
+        if t["direct"] and not t["direct"]["measured"]:
+            print(f"{t['direct']['batch']:>14} x {t['direct']['size']:>3}^2    not measured: {t['direct']['reason']}")
+        fit = t["fit"]
+        print(f"{'extrapolated':>14} {args.batch} x {args.size}^2  {t['extrapolated']['peak_above_baseline_gib']:>10.2f}"
+              f"   (fixed {fit['fixed_gib']:.2f} GiB + {fit['gib_per_megapixel_sample']:.2f} GiB per megapixel-sample)")
     print(f"wrote {args.out} and {md_path} ({result['wall_seconds']:.0f} s)")
     return 0
 
