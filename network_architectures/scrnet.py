@@ -152,9 +152,10 @@ class FeatureInit(nn.Sequential):
         super().__init__(nn.Conv2d(channels, channels, 1), ConvMixerBlock(channels, kernel))
 
 
-# Per-offset products below this many elements (batch x heads x H x W) reduce over the head
-# dimension with one temporary (kernel launches dominate at small planes); larger CPU planes
-# accumulate channel by channel in place: no temporary, no page faults, about 2x faster at 256 x 256.
+# Per-offset products below this many elements (batch x heads x H x W), and all of them off the
+# CPU, reduce over the head dimension with one temporary (kernel launches dominate there); larger
+# CPU planes accumulate channel by channel in place, without a temporary (large fresh CPU buffers
+# are paid for in page faults): about 2x faster at 256 x 256.
 _CHANNEL_LOOP_MIN_PLANE = 32768
 
 
