@@ -104,7 +104,14 @@ def test_cv_report_paired_statistics_on_known_results(nnunet_env, tmp_path):
     assert dice["p_holm"] == pytest.approx(expected_p)
     hd = next(c for c in report["comparisons"] if c["metric"] == "hd95")
     assert hd["mean_difference"] == pytest.approx(-1.0)  # perfect vs one-pixel shift
-    assert "A vs B" in (out / "report.md").read_text()
+    report_md = (out / "report.md").read_text()
+    dice_row = next(line for line in report_md.splitlines() if line.startswith("| dice | A vs B"))
+    assert "| 6 / 0 |" in dice_row and "| 0.0312 |" in dice_row  # win split, p = 2/64 printed
+
+
+def test_p_values_are_never_printed_as_zero():
+    from bus_nnunet.evaluation.cv_report import format_p
+    assert format_p(2.8e-11) == "<0.0001" and format_p(0.03125) == "0.0312" and format_p(float("nan")) == "-"
 
 
 def test_cv_report_missing_trainer_is_user_error(trained, tmp_path):

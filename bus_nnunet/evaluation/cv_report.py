@@ -163,13 +163,24 @@ def latex_table(header, rows, caption: str) -> str:
     return "\n".join(lines)
 
 
+def format_p(p) -> str:
+    """A p-value for a table: 4 decimals, ``<0.0001`` below that (never a misleading 0.0000),
+    ``-`` when undefined."""
+    if p is None or not np.isfinite(p):
+        return "-"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
 def comparison_table_rows(comparisons) -> List[List[str]]:
     return [[c["metric"], f"{c['trainer_a']} vs {c['trainer_b']}", str(c["n_pairs"]),
+             f"{c['n_a_better']} / {c['n_b_better']}",
              f"{F.fmt(c['mean_difference'])} [{F.fmt(c['ci_low'])}, {F.fmt(c['ci_high'])}]",
-             F.fmt(c["p_value"]), F.fmt(c["p_holm"])] for c in comparisons]
+             format_p(c["p_value"]), format_p(c["p_holm"])] for c in comparisons]
 
 
-COMPARISON_HEADER = ["metric", "pair (a vs b)", "n", "mean a-b [95% CI]", "Wilcoxon p", "Holm p"]
+# "a > b / a < b": images on which a scores higher / lower (ties left out of the test); which of
+# the two is better depends on the metric (Dice: higher, HD95: lower)
+COMPARISON_HEADER = ["metric", "pair (a vs b)", "n", "a > b / a < b", "mean a-b [95% CI]", "Wilcoxon p", "Holm p"]
 
 
 # ----------------------------------------------------------------------------------------- figures
