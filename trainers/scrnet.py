@@ -15,9 +15,11 @@ class SCRNetTrainer(BusNetworkTrainer):
     is a step decay x0.2 every 40 epochs (1e-4 / 2e-5 / 4e-6 for 40 / 40 / 20 % of training).
     Epochs here are nnU-Net epochs of 250 iterations; the ``_<N>epochs`` variants change the length.
 
-    torch.compile is off: each SCRM visits the 7x7 attention window offset by offset with
-    activation checkpointing (the memory-light formulation), which compiles slowly and is untested
-    under compilation.
+    torch.compile is off: each SCRM's 7x7 window attention is a hand-written autograd function
+    (window offsets as views of k and v padded once, attention weights recomputed in backward: the
+    memory-light formulation), untested under compilation.  Memory at batch 8, 256x256
+    (benchmarks/results/scrnet_memory.md): attention path <= 2.2 GiB per CCAPM; whole step 12 GiB
+    under bf16 autocast, ~21.8 GiB in float32.
     """
 
     network_name = "scrnet"
