@@ -315,6 +315,9 @@ def test_count_macs_thop_rules_reproduces_ssnet_published_figure():
     macs = P.count_macs_thop_rules(net, (1, 3, 256, 256))
     assert macs == complexity_reference()["thop_macs_this_module"] == 4_931_318_848
     assert abs(macs / complexity_reference()["thop_macs"] - 1) < 3e-4
+    # and the paper's 16.21 M "params": thop leaves out the raw SSM/scalar parameters
+    assert P.count_params_thop_rules(net) == complexity_reference()["thop_params"] == 16_210_955
+    assert sum(p.numel() for p in net.parameters()) == complexity_reference()["trainable_params"]
 
 
 def test_profile_nnunet_default_unet(tmp_path, capsys):

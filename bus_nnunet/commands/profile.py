@@ -1,12 +1,12 @@
-"""``bus-nnunet profile``: parameters, MACs, FLOPs (= 2 x MACs), MACs by thop's rules (what papers
-quote as "GFLOPs"), peak memory of a forward pass and of a training step, and inference latency
-of a trainer's network.
+"""``bus-nnunet profile``: parameters, MACs, FLOPs (= 2 x MACs), parameters and MACs by thop's
+rules (what papers quote as "Params" and "GFLOPs"), peak memory of a forward pass and of a
+training step, and inference latency of a trainer's network.
 
 MACs are counted by torch.utils.flop_counter: every convolution, linear layer, matmul/einsum and
 attention call (and torchvision's deformable convolution), once per call; elementwise work is not
-counted. The thop-rules column applies thop's per-module rules (each distinct module hooked once):
+counted. The thop-rules columns apply thop's per-module rules (each distinct module hooked once):
 it misses functional matmuls and einsums, counts norms and overcounts transposed convolutions, but
-reproduces published figures (SS-Net at 1x3x256x256: 4.93 G).
+reproduces published figures (SS-Net at 1x3x256x256: 4.93 G MACs, 16.21 M params of 17.54 M).
 
 Peak memory on CUDA: torch.cuda.max_memory_allocated above what was allocated before the step.
 On CPU: the increase of the process's peak resident set size (VmHWM) during the step, measured in

@@ -45,6 +45,7 @@ class ProfileResult:
     device: str
     params_total: int = 0
     params_trainable: int = 0
+    params_thop_rules: Optional[int] = None
     macs: Optional[int] = None
     flops: Optional[int] = None
     macs_thop_rules: Optional[int] = None
@@ -215,6 +216,29 @@ def count_macs_thop_rules(net, example) -> int:
     return int(sum(m.total_ops.item() for m in counted))
 
 
+def count_params_thop_rules(net) -> int:
+    """Parameters as ``thop.profile`` reports them (the "Params" of papers that profile with thop).
+
+    thop counts a module it has a rule for with all its parameters; any other module only
+    through its sub-modules, so raw ``nn.Parameter`` tensors held by modules without a rule (SSM
+    matrices, learnable scalars, norms written by hand) are left out: SS-Net reports 16,210,955
+    of its 17,535,538 trainable parameters (spec section 5). Each distinct module counts once.
+    """
+    import torch.nn as nn
+    from thop.profile import register_hooks
+    seen = set()
+
+    def count(module) -> int:
+        if id(module) in seen:
+            return 0
+        seen.add(id(module))
+        if type(module) in register_hooks and not isinstance(module, (nn.Sequential, nn.ModuleList)):
+            return sum(p.numel() for p in module.parameters())
+        return sum(count(child) for child in module.children())
+
+    return count(net)
+
+
 def _first_output(out):
     return out[0] if isinstance(out, (list, tuple)) else out
 
@@ -353,6 +377,10 @@ def profile_trainer(trainer: str, size: Sequence[int] = (256, 256), in_channels:
                         memory_method=MEMORY_METHOD["cuda" if device.startswith("cuda") else "cpu"])
     net, res.network = build_network(trainer, in_channels, num_classes, size, deep_supervision=False, plans=plans)
     res.params_total, res.params_trainable = count_parameters(net)
+    try:
+        res.params_thop_rules = count_params_thop_rules(net)
+    except ImportError as e:  # thop not installed; keep the other numbers
+        res.notes.append(f"params_thop_rules unavailable: {e}")
     for attr, counter in (("macs", count_macs), ("macs_thop_rules", count_macs_thop_rules)):
         try:
             setattr(res, attr, counter(net, (1, in_channels, *size)) * batch_size)
@@ -381,12 +409,13 @@ def profile_trainer(trainer: str, size: Sequence[int] = (256, 256), in_channels:
 
 
 def format_results(results: Sequence[ProfileResult]) -> List[List[str]]:
-    """Table rows: trainer, params (M), trainable (M), GMACs, GFLOPs, GMACs by thop's rules,
-    forward / train-step peak MiB, latency ms."""
+    """Table rows: trainer, params (M), trainable (M), params by thop's rules (M), GMACs, GFLOPs,
+    GMACs by thop's rules, forward / train-step peak MiB, latency ms."""
     mib = lambda b: "-" if b is None else f"{b / 2 ** 20:.1f}"  # noqa: E731
     rows = []
     for r in results:
         rows.append([r.trainer, f"{r.params_total / 1e6:.3f}", f"{r.params_trainable / 1e6:.3f}",
+                     "-" if r.params_thop_rules is None else f"{r.params_thop_rules / 1e6:.3f}",
                      "-" if r.macs is None else f"{r.macs / 1e9:.3f}", "-" if r.flops is None else f"{r.flops / 1e9:.3f}",
                      "-" if r.macs_thop_rules is None else f"{r.macs_thop_rules / 1e9:.3f}",
                      mib(r.forward_peak_bytes), mib(r.train_step_peak_bytes),
@@ -394,7 +423,7 @@ def format_results(results: Sequence[ProfileResult]) -> List[List[str]]:
     return rows
 
 
-TABLE_HEADER = ["trainer", "params (M)", "trainable (M)", "GMACs", "GFLOPs (2xMACs)", "GMACs (thop rules)",
+TABLE_HEADER = ["trainer", "params (M)", "trainable (M)", "params, thop rules (M)", "GMACs", "GFLOPs (2xMACs)", "GMACs (thop rules)",
                 "fwd peak MiB", "train-step peak MiB", "latency ms"]
 
 
