@@ -1,6 +1,5 @@
 """Helpers that drive the real nnU-Net command-line tools on tiny synthetic data (CPU smoke runs)."""
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -67,6 +66,20 @@ def train_cli(ds: PlannedDataset, env: dict, trainer: str, fold=0, extra=(), sch
 def predict_cli(ds: PlannedDataset, env: dict, trainer: str, out: Path, folds=(0,), extra=()):
     return run(["nnUNetv2_predict", "-i", ds.raw / "imagesTs", "-o", out, "-d", ds.dataset_id, "-c", "2d",
                 "-tr", trainer, "-f", *folds, "-device", "cpu", "-npp", "0", "-nps", "0", *extra], env)
+
+
+def predict_and_check_masks(ds: PlannedDataset, env: dict, trainer: str, out: Path, extra=()) -> list:
+    """``nnUNetv2_predict`` on the planned dataset's two 64x64 test images; asserts both come back
+    as 0/1 masks of the input size and returns the prediction files."""
+    import numpy as np
+    from PIL import Image
+    predict_cli(ds, env, trainer, out, extra=extra)
+    preds = sorted(out.glob("*.png"))
+    assert len(preds) == 2
+    for pred in preds:
+        seg = np.array(Image.open(pred))
+        assert seg.shape == (64, 64) and set(np.unique(seg)) <= {0, 1}
+    return preds
 
 
 def model_folder(env: dict, trainer: str, dataset_id=DATASET_ID) -> Path:

@@ -8,7 +8,6 @@
   ``nnUNetv2_plan_and_preprocess`` once per session; trainer tests train on it with
   ``_nnunet.train_cli`` (each test gets its own results folder).
 """
-import os
 import sys
 from pathlib import Path
 

@@ -191,8 +191,6 @@ def test_frozen_trainer_refuses_random_encoders():
 def test_frozen_cbam_trainer_trains_and_predicts_with_local_weights(planned_dataset, timm_checkpoints, tmp_path):
     """nnUNetv2_train finds the trainer, loads the three local timm checkpoints into the frozen
     encoders, trains without changing them (parameters or BN statistics), and nnUNetv2_predict runs."""
-    import numpy as np
-    from PIL import Image
     from timm.models import adapt_input_conv
 
     ds, trainer = planned_dataset, "AttUNet_CBAM_Dice_FrozenTrainer"
@@ -216,11 +214,7 @@ def test_frozen_cbam_trainer_trains_and_predicts_with_local_weights(planned_data
     assert len(saved["optimizer_state"]["param_groups"][0]["params"]) == n_trainable
 
     out = tmp_path / "pred"
-    _nnunet.predict_cli(ds, env, trainer, out)
-    preds = sorted(out.glob("*.png"))
-    assert len(preds) == 2
-    seg = np.array(Image.open(preds[0]))
-    assert seg.shape == (64, 64) and set(np.unique(seg)) <= {0, 1}
+    _nnunet.predict_and_check_masks(ds, env, trainer, out)
 
 
 def test_frozen_trainer_without_weights_refused_by_nnunet_train(planned_dataset, tmp_path):

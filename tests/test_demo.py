@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 
 def test_demo_quick_runs_end_to_end_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "demo"

@@ -3,7 +3,6 @@ window attention (outputs and gradients, alone and inside the whole network) aga
 formulation and the size of its largest tensor, the w/o-FAM ablation and nnU-Net CLI training."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -266,7 +265,6 @@ def test_without_fam_sums_the_refined_features():
 # -- nnU-Net CLI --------------------------------------------------------------------------------------
 def test_scrnet_trainer_trains_and_predicts_through_nnunet_cli(planned_dataset, tmp_path):
     import _nnunet
-    from PIL import Image
 
     ds = planned_dataset
     env = ds.results_env(tmp_path)
@@ -280,8 +278,4 @@ def test_scrnet_trainer_trains_and_predicts_through_nnunet_cli(planned_dataset, 
     assert sum(v.numel() for k, v in saved["network_weights"].items()
                if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == 63_212_718
     out = tmp_path / "pred"
-    _nnunet.predict_cli(ds, env, "SCRNetTrainer", out, extra=("--disable_tta",))
-    preds = sorted(out.glob("*.png"))
-    assert len(preds) == 2
-    seg = np.array(Image.open(preds[0]))
-    assert seg.shape == (64, 64) and set(np.unique(seg)) <= {0, 1}
+    _nnunet.predict_and_check_masks(ds, env, "SCRNetTrainer", out, extra=("--disable_tta",))
