@@ -39,12 +39,9 @@ SIZE = 256
 
 
 def build(name: str):
-    import torch
-    if name == "nnunet":
-        from dynamic_network_architectures.architectures.unet import PlainConvUNet
-        return PlainConvUNet(1, 7, [32, 64, 128, 256, 512, 512, 512], torch.nn.Conv2d, 3, [1, 2, 2, 2, 2, 2, 2],
-                             [2] * 7, 2, [2] * 6, True, torch.nn.InstanceNorm2d, {"eps": 1e-5, "affine": True},
-                             None, None, torch.nn.LeakyReLU, {"inplace": True}, deep_supervision=True)
+    if name == "nnunet":  # nnU-Net's default 2D plan at 256x256: 7 stages 32..512, deep supervision
+        from bus_nnunet.evaluation.profiling import default_plain_unet_2d
+        return default_plain_unet_2d(1, 2, (SIZE, SIZE), deep_supervision=True)
     from bus_nnunet.network_architectures import create_model, model_info
     kwargs = {"input_size": (SIZE, SIZE)} if model_info(name).takes_input_size else {}
     return create_model(name, in_channels=IN_CHANNELS.get(name, 3), num_classes=2, **kwargs)

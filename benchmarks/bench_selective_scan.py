@@ -64,7 +64,7 @@ def make_inputs(batch, k, d, length):
 def chunk_length(inputs):
     """The chunk length our scan uses for these inputs."""
     u, delta, A, *_ = scan_module._prepare(*(t.detach() for t in inputs[:6]), inputs[6].detach(), True)
-    return scan_module._chunk_size(delta * A.abs().amax(-1, keepdim=True))
+    return scan_module._selective_chunk_size(delta, A)
 
 
 def interleaved_medians(runs, repeats):

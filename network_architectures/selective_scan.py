@@ -60,6 +60,12 @@ def _chunk_size(step_decay: torch.Tensor) -> int:
     return 1
 
 
+def _selective_chunk_size(delta: torch.Tensor, A: torch.Tensor) -> int:
+    """Chunk length of a selective scan: -log decay of one step is delta * |A[i, n]|, bounded by
+    delta * max_n |A[i, n]|."""
+    return _chunk_size(delta * A.abs().amax(-1, keepdim=True))
+
+
 def _carry(local_end: torch.Tensor, chunk_decay: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """State entering each chunk, ``carried[k] = local_end[k-1] + chunk_decay[k-1] * carried[k-1]``
     (from the right when ``reverse``).  Inputs ``(..., n_chunks)``; one small step per chunk."""
@@ -135,8 +141,7 @@ class _SelectiveScanFunction(torch.autograd.Function):
         batch, channels, length = u.shape
         groups, n = B.shape[1], B.shape[2]
         per_group = channels // groups
-        # -log decay of one step is delta * |A[i, n]| <= delta * max_n |A[i, n]|
-        chunk = _chunk_size(delta * A.abs().amax(-1, keepdim=True))
+        chunk = _selective_chunk_size(delta, A)
         padded = length + (-length % chunk)
         grouped = (batch, groups, per_group, n, length)  # channel i = group * per_group + p
 
