@@ -50,8 +50,7 @@ def _chunk_size(step_decay: torch.Tensor) -> int:
     step's decay factor, ``(..., L)``, >= 0) all sum to at most ``MAX_CHUNK_DECAY``; 1 when even
     two steps decay more (chunks of one step need no division)."""
     length = step_decay.shape[-1]
-    longest = min(MAX_CHUNK, 1 << max(0, math.ceil(math.log2(max(length, 1)))))
-    t = longest
+    t = min(MAX_CHUNK, 1 << max(0, math.ceil(math.log2(max(length, 1)))))
     while t > 1:
         chunk_sums = F.pad(step_decay, (0, -length % t)).unflatten(-1, (-1, t)).sum(-1)
         if chunk_sums.numel() == 0 or float(chunk_sums.max()) <= MAX_CHUNK_DECAY:  # nan -> shorter chunks
@@ -82,8 +81,8 @@ def _scan_chunks_(log_decay: torch.Tensor, inputs: torch.Tensor, chunk: int, rev
     """Linear scan along the last dim of ``(..., n_chunks * chunk)`` tensors, overwriting both.
 
     Forward: ``h_t = exp(log_decay_t) * h_{t-1} + inputs_t``.  Reverse (the transposed scan used by
-    backward): ``g_t = inputs_t + exp(log_decay_{t+1}) * g_{t+1}``.  Needs ``chunk * max|log_decay|
-    <= MAX_CHUNK_DECAY`` unless ``chunk == 1``.  Returns the states (``inputs``' storage when forward).
+    backward): ``g_t = inputs_t + exp(log_decay_{t+1}) * g_{t+1}``.  Unless ``chunk == 1``, every
+    chunk's ``-sum(log_decay)`` must be <= MAX_CHUNK_DECAY (what :func:`_chunk_size` picks).  Returns the states (``inputs``' storage when forward).
     """
     *lead, length = inputs.shape
     n_chunks = length // chunk
@@ -115,7 +114,7 @@ def linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor, chunk: Optional[i
 
     ``log_decay`` must be <= 0 (it is ``delta * A``); shapes ``(..., L)``.  ``reverse=True`` runs the
     transposed scan ``g_l = inputs_l + exp(log_decay_{l+1}) * g_{l+1}`` from the end.  ``chunk``
-    overrides the automatic chunk length (it must respect ``chunk * max|log_decay| <= 40``).
+    overrides the automatic chunk length (every chunk's ``-sum(log_decay)`` must stay <= 40).
     """
     length = inputs.shape[-1]
     t = chunk or _chunk_size(log_decay.detach().neg())
