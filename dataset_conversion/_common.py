@@ -73,7 +73,6 @@ class DatasetInfo:
     default_id: int
     default_name: str
     label_name: str = "lesion"
-    keep_normal_default: bool = True
     allow_mask_resize: bool = False
     reference: str = ""
     license: str = ""
@@ -283,7 +282,7 @@ class Options:
     name: str
     raw_root: Path
     overwrite: bool = False
-    keep_normal: Optional[bool] = None  # None: the dataset's default
+    keep_normal: bool = False  # see drop_normal_cases: lesion cases only unless asked
     rgb: bool = False
     folds: int = 5
     seed: int = 12345
@@ -395,6 +394,15 @@ def _progress(iterable, total, enabled, desc):
                 dynamic_ncols=True)
 
 
+def drop_normal_cases(cases: List[Case], keep_normal: bool, counters: Counter) -> List[Case]:
+    """The one normal-case rule of every converter: cases of class ``normal`` (no lesion) are left
+    out unless ``keep_normal`` (``--keep-normal``), as the segmentation papers train and score on
+    lesion cases only (e.g. BrEaST 252 of 256).  Counts them in ``counters["normal_cases"]``."""
+    normal = [c for c in cases if c.cls == "normal"]
+    counters["normal_cases"] = len(normal)
+    return cases if keep_normal else [c for c in cases if c.cls != "normal"]
+
+
 def convert(info: DatasetInfo, source: Path, options: Options, _fail_after: Optional[int] = None) -> Result:
     """Convert ``source`` with dataset module ``info`` into ``raw_root/DatasetNNN_Name``.
 
@@ -426,11 +434,7 @@ def convert(info: DatasetInfo, source: Path, options: Options, _fail_after: Opti
     if dup_ids:
         raise UserError(f"case ids are not unique ({dup_ids[:3]}): the source holds files that map to the same name")
 
-    keep_normal = info.keep_normal_default if options.keep_normal is None else options.keep_normal
-    if not keep_normal:
-        excluded = [c for c in cases if c.cls == "normal"]
-        counters["excluded_normal"] = len(excluded)
-        cases = [c for c in cases if c.cls != "normal"]
+    cases = drop_normal_cases(cases, options.keep_normal, counters)
     resize = info.allow_mask_resize if options.resize_masks is None else options.resize_masks
 
     # ---- read every case (pixels are needed for dedup before splitting) ---------------------
@@ -568,7 +572,8 @@ def convert(info: DatasetInfo, source: Path, options: Options, _fail_after: Opti
             writer.writerows(duplicates)
             atomic_write_text(tmp / "duplicates.csv", buf.getvalue())
 
-    summary = _summary(info, folder, rows, splits, counters, duplicates, split_policy, collection, keep_normal)
+    summary = _summary(info, folder, rows, splits, counters, duplicates, split_policy, collection,
+                       options.keep_normal)
     return Result(folder, rows, splits, summary, duplicates, counters)
 
 
@@ -602,8 +607,13 @@ def _summary(info, folder, rows, splits, counters, duplicates, split_policy, col
     if counters["coloured_images"]:
         lines.append(f"  images with unequal colour channels (overlays) converted to grey: "
                      f"{counters['coloured_images']}")
-    lines.append(f"  empty labels (no lesion): {counters['empty_labels']}; normal cases "
-                 f"{'kept' if keep_normal else 'excluded: ' + str(counters['excluded_normal'])}")
+    n_normal = counters["normal_cases"]
+    if keep_normal:
+        normal = f"{n_normal} normal cases kept (--keep-normal)"
+    else:
+        normal = (f"{n_normal} normal cases left out (lesion cases only; --keep-normal includes them)"
+                  if n_normal else "no normal cases")
+    lines.append(f"  empty labels (no lesion): {counters['empty_labels']}; {normal}")
     for key, text in (("ignored_other_masks", "'_other' masks (not the lesion) left out"),):
         if counters[key]:
             lines.append(f"  {text}: {counters[key]}")

@@ -1,7 +1,7 @@
 """BrEaST / TCIA Breast-Lesions-USG (Pawłowska et al., Sci Data 2024): a flat folder
 ``caseNNN.png`` + ``caseNNN_tumor.png`` (+ ``caseNNN_otherK.png``: other abnormal findings,
 NOT the lesion, left out) and the clinical xlsx (class, BI-RADS).  One patient per case.
-The 4 normal cases (no tumour mask) are kept by default (empty labels)."""
+The 4 normal cases (no tumour mask) are left out unless ``--keep-normal`` (252 lesion cases)."""
 from __future__ import annotations
 
 import re
@@ -103,7 +103,7 @@ def collect(source: Path, options) -> Collection:
 
 
 INFO = DatasetInfo(
-    key="breast", default_id=502, default_name="BrEaST", keep_normal_default=True, collect=collect,
+    key="breast", default_id=502, default_name="BrEaST", collect=collect,
     reference="Pawłowska A, et al. Curated benchmark dataset for ultrasound based breast lesion analysis. "
               "Sci Data 11 (2024) 148; TCIA Breast-Lesions-USG, doi:10.7937/9WKK-Q141",
     license="CC BY 4.0",

@@ -60,7 +60,7 @@ def collect(source: Path, options) -> Collection:
 
 
 INFO = DatasetInfo(
-    key="busi", default_id=501, default_name="BUSI", keep_normal_default=False, collect=collect,
+    key="busi", default_id=501, default_name="BUSI", collect=collect,
     reference="Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound images. "
               "Data in Brief 28 (2020) 104863",
     license="CC0 (Kaggle release); cite the paper",

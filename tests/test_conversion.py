@@ -71,8 +71,11 @@ def test_busi_sample_real(shared_data, tmp_path):
     image_re = re.compile(r"^(benign|malignant|normal) \((\d+)\)\.png$")
     images = [p for p in root.rglob("*.png") if image_re.match(p.name)]
     n_normal = sum(p.parent.name == "normal" for p in images)
-    folder = run_convert("busi", source, tmp_path / "raw")
+    assert n_normal > 0
+    summary = capture_summary("busi", source, tmp_path / "raw")
+    folder = next((tmp_path / "raw").glob("Dataset*"))
     rows, _ = check_nnunet_layout(folder, len(images) - n_normal)
+    assert f"{n_normal} normal cases left out (lesion cases only; --keep-normal includes them)" in summary
     assert folder.name == "Dataset501_BUSI"
     assert all(r["class"] in ("benign", "malignant") for r in rows.values())
     multi = {cid: r for cid, r in rows.items() if int(r["n_masks"]) > 1}
@@ -85,18 +88,26 @@ def test_busi_sample_real(shared_data, tmp_path):
             expected |= arr > 127
         np.testing.assert_array_equal(label(folder, cid), expected.astype(np.uint8))
     # --keep-normal adds the normal images with empty labels
-    kept = run_convert("busi", source, tmp_path / "raw2", "--keep-normal")
-    rows2 = manifest(kept)
+    assert f"{n_normal} normal cases kept (--keep-normal)" in capture_summary(
+        "busi", source, tmp_path / "raw2", "--keep-normal")
+    kept = next((tmp_path / "raw2").glob("Dataset*"))
+    rows2, _ = check_nnunet_layout(kept, len(images))
     normals = [c for c, r in rows2.items() if r["class"] == "normal"]
     assert len(normals) == n_normal and all(label(kept, c).max() == 0 for c in normals)
 
 
 def test_breast_real_full(shared_data, tmp_path):
-    folder = run_convert("breast", shared_data / "BrEaST", tmp_path / "raw")
-    rows, splits = check_nnunet_layout(folder, 256)
+    # lesion cases only by default, as the papers use it (SS-Net: BrEaST 252)
+    summary = capture_summary("breast", shared_data / "BrEaST", tmp_path / "raw")
+    folder = next((tmp_path / "raw").glob("Dataset*"))
+    rows, splits = check_nnunet_layout(folder, 252)
     counts = {c: sum(r["class"] == c for r in rows.values()) for c in ("benign", "malignant", "normal")}
-    assert counts == {"benign": 154, "malignant": 98, "normal": 4}
-    assert all(label(folder, c).max() == 0 for c, r in rows.items() if r["class"] == "normal")
+    assert counts == {"benign": 154, "malignant": 98, "normal": 0}
+    assert "4 normal cases left out" in summary
+    kept = run_convert("breast", shared_data / "BrEaST", tmp_path / "raw2", "--keep-normal")
+    rows_kept, _ = check_nnunet_layout(kept, 256)
+    normals = [c for c, r in rows_kept.items() if r["class"] == "normal"]
+    assert len(normals) == 4 and all(label(kept, c).max() == 0 for c in normals)
     with_other = [c for c, r in rows.items() if r["other_masks_ignored"]]
     assert with_other
     src = shared_data / "BrEaST" / "BrEaST-Lesions_USG-images_and_masks"
@@ -157,7 +168,7 @@ def test_busi_replica_merges_with_or(tmp_path):
         np.testing.assert_array_equal(label(folder, cid), facts["labels"][cid].astype(np.uint8))
     np.testing.assert_array_equal(label(folder, "busi_malignant_0002"), facts["labels"]["busi_malignant_0002"])
     assert rows["busi_benign_0195"]["source_masks"].count(";") == 2
-    assert "excluded: 3" in capture_summary("busi", source, tmp_path / "raw_s", "--folds", 3)
+    assert "3 normal cases left out" in capture_summary("busi", source, tmp_path / "raw_s", "--folds", 3)
 
 
 def capture_summary(*args):
@@ -171,12 +182,16 @@ def capture_summary(*args):
 
 def test_breast_replica_tumor_only(tmp_path):
     source, facts = replicas.write_breast(tmp_path / "src")
-    folder = run_convert("breast", source, tmp_path / "raw", "--folds", 3)
+    folder = run_convert("breast", source, tmp_path / "raw", "--folds", 3, "--keep-normal")
     rows, _ = check_nnunet_layout(folder, facts["n"])
     for cid, truth in facts["labels"].items():
         np.testing.assert_array_equal(label(folder, cid), truth.astype(np.uint8))
     assert rows["breast_case002"]["other_masks_ignored"] == "case002_other1.png;case002_other2.png"
     assert rows["breast_case045"]["class"] == "normal" and rows["breast_case001"]["birads"] == "3"
+    # the default (same rule as BUSI): the normal case is left out
+    lesions = run_convert("breast", source, tmp_path / "raw_default", "--folds", 3)
+    rows, _ = check_nnunet_layout(lesions, facts["n"] - len(facts["normal"]))
+    assert not set(facts["normal"]) & set(rows)
 
 
 def test_udiat_replica_noncontiguous_ids(tmp_path):

@@ -28,11 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--name", default=None, help="dataset name (DatasetNNN_<name>); default: the dataset's name")
     p.add_argument("-o", "--raw-root", default=None, help="output root (default: $nnUNet_raw)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
-    normal = p.add_mutually_exclusive_group()
-    normal.add_argument("--keep-normal", dest="keep_normal", action="store_true", default=None,
-                        help="keep normal (lesion-free) cases with empty labels (default for all but BUSI)")
-    normal.add_argument("--exclude-normal", dest="keep_normal", action="store_false",
-                        help="drop normal cases (default for BUSI, as in the papers)")
+    p.add_argument("--keep-normal", action="store_true",
+                   help="include normal (lesion-free) cases with empty labels; by default every dataset is "
+                        "converted to its lesion cases only, as in the segmentation papers")
     p.add_argument("--rgb", action="store_true", help="write 3-channel RGB images (default: grey, channel 'US')")
     p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds when the dataset has "
                    "no official folds (BUS-BRA: 5 or 10 selects its official fold file)")
