@@ -52,6 +52,26 @@ def test_hd95_assd_offset_squares_by_hand():
     assert M.hd95(ref, far) == pytest.approx(10.0)
 
 
+def test_hd95_ignores_a_far_outlier_that_sets_the_hausdorff_distance():
+    # ref: square rows 2..5, cols 2..5; pred: the square one column right (cols 3..6) plus one
+    # outlier pixel at (2, 17). Border = mask minus its 4-connected erosion (medpy); the lone
+    # pixel is all border. pred -> ref: top/bottom rows give 0,0,0,1 each, rows 3-4 give 1 (col 3)
+    # and 1 (col 6), the outlier 12 (to (2, 5)): {0 x6, 1 x6, 12}. ref -> pred: {0 x6, 1 x6}.
+    # medpy pools both directed sets: 25 values, 0 x12, 1 x12, 12 x1 (sorted indices 0..24).
+    # 95th percentile (linear): index 0.95 * 24 = 22.8, between sorted[22] = sorted[23] = 1 -> 1,
+    # while the Hausdorff distance (max) is 12 and pred -> ref alone would give 1 + 0.4 * 11 = 5.4.
+    # ASSD (medpy >= 0.5: mean of the pooled set) = (6 + 12 + 6) / 25 = 0.96 (0.4's mean of the
+    # two directed means would be (18/13 + 0.5) / 2 = 0.942).
+    ref, pred = square(2, 2), square(2, 3)
+    pred[2, 17] = 1
+    assert M.hd95(ref, pred) == pytest.approx(1.0) and M.hd95(pred, ref) == pytest.approx(1.0)
+    assert M.assd(ref, pred) == pytest.approx(0.96) and M.assd(pred, ref) == pytest.approx(0.96)
+    m = M.segmentation_metrics(ref, pred)
+    assert m["hd95"] == pytest.approx(1.0) and m["assd"] == pytest.approx(0.96)
+    # spacing (rows, cols) = (1, 0.5): every distance above is along columns -> halved
+    assert M.hd95(ref, pred, spacing=(1.0, 0.5)) == pytest.approx(0.5)
+
+
 def test_empty_mask_rule():
     empty = np.zeros((20, 20), np.uint8)
     lesion = square(2, 2)
