@@ -18,11 +18,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 BIN = Path(sys.executable).parent
-SCHEDULE_ENV = {
-    "num_epochs": "BUS_NNUNET_NUM_EPOCHS",
-    "num_iterations_per_epoch": "BUS_NNUNET_NUM_ITERATIONS",
-    "num_val_iterations_per_epoch": "BUS_NNUNET_NUM_VAL_ITERATIONS",
-}
 
 
 def environment_stamp(device: str = "cpu") -> Dict[str, object]:
@@ -85,6 +80,7 @@ def _budget_train(argv: Sequence[str]) -> None:
     """nnUNetv2_train with the BUS_NNUNET_* schedule overrides applied to every trainer class."""
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from bus_nnunet.trainers.base import SCHEDULE_ENV
     original_init = nnUNetTrainer.__init__
 
     # nnU-Net records its __init__ arguments by signature, so keep the exact one

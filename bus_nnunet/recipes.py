@@ -1,19 +1,46 @@
-"""Training recipes: optimiser, learning-rate schedule and loss weights of a published network.
+"""Training recipes: optimiser, learning-rate schedule, loss weights and budget of a published network.
 
 A trainer states its paper's recipe as one :class:`Recipe`; the base trainer turns it into the
 optimiser and an epoch-indexed schedule.  nnU-Net calls ``lr_scheduler.step(epoch)`` at every
 epoch start and does not checkpoint the scheduler, so every schedule here is a pure function of
 the epoch index: ``--c`` resumes with exactly the right learning rate.
+
+Every schedule is expressed as a fraction of the run (steps "x0.1 at 40 % and 80 %", warm-up
+"the first 5 %"), so a ``_250epochs`` variant or ``BUS_NNUNET_NUM_EPOCHS`` stretches the paper's
+shape instead of decaying it to nothing.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["Recipe", "EpochLRScheduler", "lr_at_epoch", "build_optimizer"]
+__all__ = ["PaperBudget", "Recipe", "EpochLRScheduler", "lr_at_epoch", "lr_by_epoch", "step_milestones",
+           "describe_schedule", "build_optimizer", "NNUNET_RECIPE"]
+
+
+@dataclass(frozen=True)
+class PaperBudget:
+    """A paper's optimiser-step budget: ``epochs`` passes over ``train_images`` at ``batch_size``."""
+
+    epochs: int
+    train_images: int
+    batch_size: int
+    source: str = ""          # where the numbers come from (paper / released code, split)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.train_images / self.batch_size)
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.batches_per_epoch
+
+    def arithmetic(self) -> str:
+        return (f"{self.epochs} epochs x ceil({self.train_images} images / batch {self.batch_size}) = "
+                f"{self.epochs} x {self.batches_per_epoch} = {self.steps:,} steps")
 
 
 @dataclass(frozen=True)
@@ -27,34 +54,76 @@ class Recipe:
     schedule: str = "poly"            # "poly" | "cosine" | "step" | "constant"
     poly_exponent: float = 0.9
     min_lr: float = 0.0               # cosine floor
-    step_epochs: int = 0              # step: decay every N epochs (0 = never)
+    step_at: Tuple[float, ...] = ()   # step: fractions of the run where lr is multiplied by step_gamma
     step_gamma: float = 0.1
-    warmup_epochs: int = 0            # linear warm-up from lr/warmup_epochs
+    warmup_fraction: float = 0.0      # linear warm-up over this fraction of the run
     num_epochs: Optional[int] = None  # None keeps nnU-Net's 1000
     ce_weight: float = 1.0            # cross-entropy (== BCE for two softmax classes, see losses)
     dice_weight: float = 1.0
     grad_clip: float = 12.0
+    paper_budget: Optional[PaperBudget] = None
+
+    def __post_init__(self):
+        if any(not 0 < f < 1 for f in self.step_at) or list(self.step_at) != sorted(self.step_at):
+            raise ValueError(f"step_at={self.step_at}: increasing fractions of the run, each in (0, 1)")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction={self.warmup_fraction}: a fraction of the run in [0, 1)")
 
     def with_(self, **changes) -> "Recipe":
         return replace(self, **changes)
 
 
+#: nnU-Net's own recipe (nnUNetTrainer: SGD 1e-2, Nesterov momentum 0.99, wd 3e-5, poly 0.9, Dice + CE,
+#: gradient norm clipped at 12), for describing trainers that keep it
+NNUNET_RECIPE = Recipe()
+
+
+def _epochs_for(fraction: float, num_epochs: int) -> int:
+    """First epoch at or after ``fraction`` of the run (tolerant of float rounding: 0.4 * 50 -> 20)."""
+    return math.ceil(fraction * num_epochs - 1e-9)
+
+
+def step_milestones(recipe: Recipe, num_epochs: int) -> List[int]:
+    """Epochs at which a step schedule multiplies the lr by ``step_gamma``."""
+    return [_epochs_for(f, num_epochs) for f in recipe.step_at] if recipe.schedule == "step" else []
+
+
 def lr_at_epoch(recipe: Recipe, epoch: int, num_epochs: int) -> float:
-    """Learning rate for ``epoch`` (0-based) of ``num_epochs``."""
+    """Learning rate for ``epoch`` (0-based) of a ``num_epochs`` run."""
     base = recipe.lr
-    if recipe.warmup_epochs and epoch < recipe.warmup_epochs:
-        return base * (epoch + 1) / recipe.warmup_epochs
-    e = epoch - recipe.warmup_epochs
-    total = max(1, num_epochs - recipe.warmup_epochs)
+    warmup = _epochs_for(recipe.warmup_fraction, num_epochs) if recipe.warmup_fraction else 0
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    e = epoch - warmup
+    total = max(1, num_epochs - warmup)
     if recipe.schedule == "poly":
         return base * (1 - min(e, total) / total) ** recipe.poly_exponent
     if recipe.schedule == "cosine":
         return recipe.min_lr + 0.5 * (base - recipe.min_lr) * (1 + math.cos(math.pi * min(e, total) / total))
     if recipe.schedule == "step":
-        return base * recipe.step_gamma ** (e // recipe.step_epochs) if recipe.step_epochs else base
+        return base * recipe.step_gamma ** sum(epoch >= m for m in step_milestones(recipe, num_epochs))
     if recipe.schedule == "constant":
         return base
     raise ValueError(f"unknown schedule {recipe.schedule!r} (poly, cosine, step, constant)")
+
+
+def lr_by_epoch(recipe: Recipe, num_epochs: int) -> List[float]:
+    return [lr_at_epoch(recipe, e, num_epochs) for e in range(num_epochs)]
+
+
+def describe_schedule(recipe: Recipe) -> str:
+    """The schedule in words, as a fraction of the run."""
+    r = recipe
+    text = {"poly": f"poly {r.lr:g} * (1 - t)^{r.poly_exponent:g}",
+            "cosine": f"cosine {r.lr:g} -> {r.min_lr:g}",
+            "constant": f"constant {r.lr:g}",
+            "step": f"step {r.lr:g}, x{r.step_gamma:g} at " + " and ".join(f"{f:.0%}" for f in r.step_at)
+            if r.step_at else f"constant {r.lr:g}"}.get(r.schedule, r.schedule)
+    if r.schedule in ("poly", "cosine") or (r.schedule == "step" and r.step_at):
+        text += " of the run (t = epoch / epochs)"
+    if r.warmup_fraction:
+        text = f"linear warm-up over the first {r.warmup_fraction:.0%} of the run, then " + text
+    return text
 
 
 class EpochLRScheduler(torch.optim.lr_scheduler.LRScheduler):

@@ -168,7 +168,12 @@ class ClassificationBranch(nn.Module):
 
 class UncertaintyLossWeighting(nn.Module):
     """Learnable multi-task weighting (``AutomaticWeightedLoss``, Liebel & Koerner 2018):
-    ``L = sum_t 0.5 / sigma_t**2 * L_t + log(1 + sigma_t**2)``, sigma initialised to 1."""
+    ``L = sum_t 0.5 / sigma_t**2 * L_t + log(1 + sigma_t**2)``, sigma initialised to 1.
+
+    Bounded below (by 0) only when every task loss is >= 0: with a negative ``L_t``, sigma_t -> 0
+    sends the objective to -inf and the task's weight to infinity.  A negative task loss is
+    therefore an error, not something to optimise (nnU-Net's soft Dice is -Dice: feed 1 - Dice).
+    """
 
     def __init__(self, num_tasks: int = 2):
         super().__init__()
@@ -177,8 +182,16 @@ class UncertaintyLossWeighting(nn.Module):
     def forward(self, *losses: torch.Tensor) -> torch.Tensor:
         if len(losses) != self.sigma.numel():
             raise ValueError(f"expected {self.sigma.numel()} task losses, got {len(losses)}")
+        for i, loss in enumerate(losses):
+            if loss.detach().min() < 0:
+                raise ValueError(f"task loss {i} is {loss.detach().min().item():.4g} < 0: uncertainty weighting "
+                                 f"needs task losses >= 0 (it is unbounded below otherwise); use 1 - Dice, not -Dice")
         s2 = self.sigma.float() ** 2
         return sum(0.5 / s2[i] * loss + torch.log1p(s2[i]) for i, loss in enumerate(losses))
+
+    def task_weights(self) -> torch.Tensor:
+        """The factor ``0.5 / sigma_t**2`` each task loss is multiplied by."""
+        return 0.5 / self.sigma.detach().float() ** 2
 
 
 class ResNet18Encoder(nn.Module):

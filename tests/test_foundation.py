@@ -173,10 +173,13 @@ def test_lr_schedules_are_pure_functions_of_epoch():
     assert math.isclose(lr_at_epoch(poly, 50, 100), 0.01 * 0.5 ** 0.9)
     cos = Recipe(lr=1e-4, schedule="cosine", min_lr=1e-6)
     assert math.isclose(lr_at_epoch(cos, 50, 100), 1e-6 + 0.5 * (1e-4 - 1e-6))
-    step = Recipe(lr=1e-3, schedule="step", step_epochs=30, step_gamma=0.1)
+    step = Recipe(lr=1e-3, schedule="step", step_at=(0.3, 0.6), step_gamma=0.1)
     assert math.isclose(lr_at_epoch(step, 29, 100), 1e-3) and math.isclose(lr_at_epoch(step, 60, 100), 1e-5)
-    warm = Recipe(lr=1e-3, schedule="constant", warmup_epochs=4)
+    assert math.isclose(lr_at_epoch(step, 2, 10), 1e-3) and math.isclose(lr_at_epoch(step, 3, 10), 1e-4)
+    warm = Recipe(lr=1e-3, schedule="constant", warmup_fraction=0.4)
     assert [lr_at_epoch(warm, e, 10) for e in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    with pytest.raises(ValueError, match="fractions"):
+        Recipe(schedule="step", step_at=(0.8, 0.4))
     with pytest.raises(ValueError):
         lr_at_epoch(Recipe(schedule="nope"), 0, 10)
 

@@ -6,10 +6,13 @@ nnU-Net trains segmentation only, so this trainer adds the classification task a
   overrides its location): benign = 0, malignant = 1, and normal = 2 only if some training case
   (imagesTr) is normal.  The class names are stored in the model's ``plans.json``
   (configuration key ``classification_classes``) so that inference rebuilds the same head.
-* **Loss** (paper): segmentation loss (nnU-Net's Dice + CE) and classification cross-entropy,
-  combined by learnable uncertainty weights ``0.5/sigma_t^2 * L_t + log(1 + sigma_t^2)``.  The two
-  sigmas are parameters of the network (``loss_weighting``), so the optimiser trains them and
-  ``--c`` resumes them with the checkpoint.
+* **Loss**: segmentation loss and classification cross-entropy, combined by learnable
+  uncertainty weights ``0.5/sigma_t^2 * L_t + log(1 + sigma_t^2)`` (released code's
+  ``AutomaticWeightedLoss``).  The weighting is bounded below only for task losses >= 0, so the
+  segmentation loss is nnU-Net's Dice + CE with the Dice term as ``1 - Dice`` (nnU-Net's own is
+  ``-Dice``, which lets sigma_seg -> 0 drive the loss to -inf).  The released code uses soft Dice
+  alone (``1 - Dice``); the CE term is nnU-Net's addition.  The two sigmas are parameters of the
+  network (``loss_weighting``), so the optimiser trains them and ``--c`` resumes them.
 * **Monitoring**: every epoch, accuracy / sensitivity / specificity / F1 / ROC AUC of the
   validation patches (malignant vs rest) go to the log and to the progress logger
   (``val_cls_*`` keys).  The validation loss nnU-Net logs is the segmentation loss only.
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bus_nnunet.errors import UserError
-from bus_nnunet.recipes import Recipe
+from bus_nnunet.recipes import PaperBudget, Recipe
 from bus_nnunet.trainers.base import BusNetworkTrainer, unwrap_network
 
 __all__ = ["ACSNetTrainer"]
@@ -73,8 +76,11 @@ class ACSNetTrainer(BusNetworkTrainer):
     network_name = "acsnet"
     network_description = "ACSNet: segmentation + benign/malignant classification (ResNet-18 encoder)"
     recipe = Recipe(optimizer="adam", lr=1e-4, weight_decay=1e-4, schedule="cosine", min_lr=1e-5, num_epochs=90,
-                    ce_weight=1.0, dice_weight=1.0)
+                    ce_weight=1.0, dice_weight=1.0,
+                    paper_budget=PaperBudget(90, 518, 8, "released Train_Seg_Cls_5.py: 5-fold CV of BUSI's 647 "
+                                                         "lesion images, batch 8, 90 epochs"))
     deep_supervision = False
+    nonnegative_loss = True  # the uncertainty weighting is unbounded below for a negative task loss
     pretrained_env = "BUS_NNUNET_RESNET18"
     # torchvision's deform_conv2d is an opaque custom op for the compiler; eager mode is the tested path
     allow_compile = False
@@ -112,6 +118,14 @@ class ACSNetTrainer(BusNetworkTrainer):
     def load_pretrained_weights(self, network: nn.Module, path: str) -> str:
         return load_resnet18_encoder(network.encoder, path)
 
+    @classmethod
+    def loss_terms(cls):
+        seg = " + ".join(f"{t['weight']:g} x {t['term']}" for t in super().loss_terms())
+        return [{"term": f"(segmentation: {seg})", "weight": 1.0},
+                {"term": "classification cross-entropy", "weight": 1.0},
+                {"note": "the two task losses combined by learnable uncertainty weights "
+                         "0.5/sigma_t^2 * L_t + log(1 + sigma_t^2) (sigma trained with the network, init 1)"}]
+
     # -- training ------------------------------------------------------------------------------------
     def _labels_of(self, keys) -> torch.Tensor:
         try:
@@ -137,10 +151,12 @@ class ACSNetTrainer(BusNetworkTrainer):
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        sigma = unwrap_network(self.network).loss_weighting.sigma.detach().cpu().numpy()
+        weighting = unwrap_network(self.network).loss_weighting
+        sigma = weighting.sigma.detach().cpu().numpy()
         self.print_to_log_file(f"train seg loss {np.mean([o['seg_loss'] for o in train_outputs]):.4f}, "
                                f"cls loss {np.mean([o['cls_loss'] for o in train_outputs]):.4f}, "
-                               f"loss weights sigma {np.round(sigma, 4).tolist()}")
+                               f"loss weights sigma {np.round(sigma, 4).tolist()} "
+                               f"(factors 0.5/sigma^2 {np.round(weighting.task_weights().cpu().numpy(), 3).tolist()})")
 
     def validation_step(self, batch: dict) -> dict:
         outputs = super().validation_step(batch)

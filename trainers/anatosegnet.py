@@ -1,5 +1,5 @@
 """AnatoSegNet (ISBI 2025) as nnU-Net trainers: ResNet-50 U-Net with anatomical attention."""
-from bus_nnunet.recipes import Recipe
+from bus_nnunet.recipes import PaperBudget, Recipe
 from bus_nnunet.trainers.base import BusNetworkTrainer
 
 __all__ = ["AnatoSegNetTrainer", "AnatoSegNetTrainerIntended"]
@@ -9,9 +9,10 @@ class AnatoSegNetTrainer(BusNetworkTrainer):
     """AnatoSegNet as released (``token_layout="released"``) with the paper's recipe:
     cross-entropy only, Adam (lr 1e-4, weight decay 1e-4), step decay x0.1 every 20 of 50 epochs.
 
-    The paper's epochs are passes over ~517 BUSI images (~33 iterations at batch 16); here they are
-    nnU-Net epochs of 250 iterations.  The schedule keeps the paper's shape (1e-4 / 1e-5 / 1e-6 for
-    40 / 40 / 20 % of training); use the ``_<N>epochs`` variants for other lengths.
+    The paper's epochs are passes over ~517 BUSI images (33 iterations at batch 16: 1,650 optimiser
+    steps); here they are nnU-Net epochs of 250 iterations (12,500 steps).  The schedule is the
+    paper's StepLR(20, 0.1) as a fraction of the run: x0.1 at 40 % and 80 % (1e-4 / 1e-5 / 1e-6),
+    whatever the length (``_<N>epochs`` variants, ``BUS_NNUNET_NUM_EPOCHS``).
 
     Pretrained encoder: set ``BUS_NNUNET_RESNET50=/path/to/resnet50.pth`` (a local torchvision or timm
     ``resnet50`` state dict, e.g. torchvision's IMAGENET1K_V1 file); the RGB first conv is folded
@@ -20,8 +21,10 @@ class AnatoSegNetTrainer(BusNetworkTrainer):
 
     network_name = "anatosegnet"
     network_kwargs = {"token_layout": "released"}
-    recipe = Recipe(optimizer="adam", lr=1e-4, weight_decay=1e-4, schedule="step", step_epochs=20,
-                    step_gamma=0.1, num_epochs=50, ce_weight=1.0, dice_weight=0.0)
+    recipe = Recipe(optimizer="adam", lr=1e-4, weight_decay=1e-4, schedule="step", step_at=(0.4, 0.8),
+                    step_gamma=0.1, num_epochs=50, ce_weight=1.0, dice_weight=0.0,
+                    paper_budget=PaperBudget(50, 517, 16, "released code: 80/20 split of BUSI's 647 lesion images, "
+                                                          "batch 16, 50 epochs"))
     deep_supervision = False
     pretrained_env = "BUS_NNUNET_RESNET50"
 

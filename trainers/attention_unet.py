@@ -29,7 +29,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bus_nnunet.errors import UserError
-from bus_nnunet.recipes import EpochLRScheduler, Recipe, build_optimizer
+from bus_nnunet.recipes import PaperBudget, Recipe
 from bus_nnunet.trainers.base import BusNetworkTrainer, unwrap_network
 
 #: encoder -> environment variable naming its local timm checkpoint
@@ -49,7 +49,9 @@ ENCODER_SETS: Dict[str, Tuple[str, ...]] = {
 ATTENTION_TAGS = {"none": "Plain", "cbam": "CBAM", "nonlocal": "NonLocal"}
 LOSS_WEIGHTS = {"BCE": dict(ce_weight=1.0, dice_weight=0.0), "Dice": dict(ce_weight=0.0, dice_weight=1.0)}
 
-PAPER_RECIPE = Recipe(optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant", num_epochs=50)
+PAPER_RECIPE = Recipe(optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant", num_epochs=50,
+                      paper_budget=PaperBudget(50, 624, 16, "paper: BUSI's 780 images split 624/78/78, batch 16, "
+                                                            "at most 50 epochs (early stopping, patience 10)"))
 
 
 def trainer_name(encoders: str, attention: str, loss: str, frozen: bool) -> str:
@@ -120,11 +122,9 @@ class AttentionUNetTrainer(BusNetworkTrainer):
     def encoder_names(self) -> Tuple[str, ...]:
         return tuple(self.network_kwargs["encoders"])
 
-    def configure_optimizers(self):
-        # frozen encoder parameters stay out of the optimiser (no Adam state, no weight decay)
-        params = [p for p in self.network.parameters() if p.requires_grad]
-        optimizer = build_optimizer(self.recipe, params)
-        return optimizer, EpochLRScheduler(optimizer, self.recipe, self.num_epochs)
+    @classmethod
+    def pretrained_weights_envs(cls):
+        return [ENCODER_ENV[e] for e in cls.network_kwargs["encoders"]]
 
     def on_train_start(self):
         # before nnU-Net starts data loaders; a run continued from a checkpoint has its weights already

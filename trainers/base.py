@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,15 +35,33 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from bus_nnunet import augmentation
 from bus_nnunet.network_architectures import create_model, model_info, snap_patch_size
-from bus_nnunet.recipes import EpochLRScheduler, Recipe, build_optimizer
+from bus_nnunet.recipes import NNUNET_RECIPE, EpochLRScheduler, Recipe, build_optimizer
 
-__all__ = ["UltrasoundAugmentationMixin", "BusNetworkTrainer", "unwrap_network"]
+__all__ = ["UltrasoundAugmentationMixin", "BusNetworkTrainer", "OneMinusDiceLoss", "unwrap_network"]
 
+#: nnU-Net 2.8's nnUNetTrainer.__init__ values (a test checks them against a real instance)
+NNUNET_SCHEDULE_DEFAULTS = {"num_epochs": 1000, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
 SCHEDULE_ENV = {
     "num_epochs": "BUS_NNUNET_NUM_EPOCHS",
     "num_iterations_per_epoch": "BUS_NNUNET_NUM_ITERATIONS",
     "num_val_iterations_per_epoch": "BUS_NNUNET_NUM_VAL_ITERATIONS",
 }
+
+
+class OneMinusDiceLoss(nn.Module):
+    """nnU-Net's Dice + CE with the Dice term as ``w * (1 - Dice)`` (>= 0) instead of ``-w * Dice``.
+
+    nnU-Net's soft Dice loss returns -Dice (in [-1, 0]), so its compound loss goes negative once
+    Dice exceeds the cross-entropy; adding the Dice weight gives the papers' 1 - Dice form.  Only
+    the value moves: gradients are identical.
+    """
+
+    def __init__(self, loss: nn.Module, dice_weight: float):
+        super().__init__()
+        self.loss, self.dice_weight = loss, float(dice_weight)
+
+    def forward(self, output, target):
+        return self.loss(output, target) + self.dice_weight
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -62,23 +80,57 @@ class UltrasoundAugmentationMixin:
     ultrasound_augmentation: bool = True
     #: set by the generated ``<Trainer>_<N>epochs`` variants
     variant_num_epochs: Optional[int] = None
+    #: the training recipe (nnU-Net's own unless a subclass states its paper's)
+    recipe: Recipe = NNUNET_RECIPE
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self._apply_schedule_overrides()
+        self._apply_schedule_lengths()
 
-    def _apply_schedule_overrides(self):
-        if self.variant_num_epochs:
-            self.num_epochs = self.variant_num_epochs
+    @classmethod
+    def schedule_lengths(cls) -> Dict[str, Tuple[int, str]]:
+        """``attr -> (value, where it comes from)`` for epochs, iterations and validation iterations:
+        nnU-Net's default, then the recipe, then a ``_<N>epochs`` variant, then the environment."""
+        lengths = {attr: (value, "nnU-Net default") for attr, value in NNUNET_SCHEDULE_DEFAULTS.items()}
+        if cls.recipe.num_epochs:
+            lengths["num_epochs"] = (cls.recipe.num_epochs, "recipe")
+        if cls.variant_num_epochs:
+            lengths["num_epochs"] = (cls.variant_num_epochs, f"variant {cls.__name__}")
         for attr, env in SCHEDULE_ENV.items():
             value = os.environ.get(env)
             if value:
                 try:
-                    setattr(self, attr, int(value))
+                    lengths[attr] = (int(value), f"{env}={value}")
                 except ValueError:
                     raise ValueError(f"{env}={value!r} is not an integer") from None
-                self.print_to_log_file(f"{env}={value}: {attr} overridden (smoke-run setting)")
+                if lengths[attr][0] < 1:
+                    raise ValueError(f"{env}={value!r}: must be at least 1")
+        return lengths
+
+    # -- what the trainer will do, for `bus-nnunet trainers --show` --------------------------------
+    @classmethod
+    def loss_terms(cls) -> List[Dict[str, object]]:
+        """The loss as ``[{"term": ..., "weight": ...}, {"note": ...}]``."""
+        r = cls.recipe
+        dice = "soft Dice as 1 - Dice (>= 0)" if getattr(cls, "nonnegative_loss", False) else \
+            "soft Dice as nnU-Net's -Dice"
+        return [t for t in ({"term": "cross-entropy", "weight": r.ce_weight}, {"term": dice, "weight": r.dice_weight})
+                if t["weight"]]
+
+    @classmethod
+    def deep_supervision_description(cls) -> str:
+        return "on: nnU-Net's, one output per decoder stage, weights 1/2^i (lowest resolution 0), normalised"
+
+    @classmethod
+    def pretrained_weights_envs(cls) -> List[str]:
+        return [cls.pretrained_env] if getattr(cls, "pretrained_env", None) else []
+
+    def _apply_schedule_lengths(self):
+        for attr, (value, source) in self.schedule_lengths().items():
+            setattr(self, attr, value)
+            if source.startswith("BUS_NNUNET_"):
+                self.print_to_log_file(f"{source}: {attr} overridden (smoke-run setting)")
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         if not self.ultrasound_augmentation or len(self.configuration_manager.patch_size) != 2:
@@ -115,8 +167,8 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
     network_name: str = None
     #: extra keyword arguments for the network's entry point
     network_kwargs: dict = {}
-    #: the paper's optimiser, schedule and loss weights
-    recipe: Recipe = Recipe()
+    #: the paper's optimiser, schedule, loss weights and budget
+    recipe: Recipe = NNUNET_RECIPE
     #: train with the network's auxiliary outputs if it has any (registry deep_supervision_strides)
     deep_supervision: bool = True
     #: per-output loss weights for deep supervision (highest resolution first); None = 1/2**i, normalised
@@ -125,6 +177,9 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
     pretrained_env: Optional[str] = None
     #: whether nnU-Net may torch.compile the network on CUDA
     allow_compile: bool = True
+    #: report the Dice term as dice_weight * (1 - Dice) >= 0 instead of nnU-Net's -Dice (same gradients);
+    #: needed where the loss feeds something that is only valid for losses >= 0 (uncertainty weighting)
+    nonnegative_loss: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -134,9 +189,6 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
         info = model_info(self.network_name)
         self.initial_lr = self.recipe.lr
         self.weight_decay = self.recipe.weight_decay
-        if self.recipe.num_epochs:
-            self.num_epochs = self.recipe.num_epochs
-        self._apply_schedule_overrides()  # variants and env win over the recipe
         self.enable_deep_supervision = bool(self.deep_supervision and info.deep_supervision_strides)
         self._snap_patch_size()
         self.print_to_log_file(f"{type(self).__name__}: network {self.network_name!r}, recipe {self.recipe}, "
@@ -194,6 +246,17 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
         return create_model(cls.network_name, in_channels=num_input_channels, num_classes=num_output_channels,
                             deep_supervision=ds, **kwargs)
 
+    @classmethod
+    def deep_supervision_description(cls) -> str:
+        strides = model_info(cls.network_name).deep_supervision_strides
+        if not (cls.deep_supervision and strides):
+            return "off" + ("" if strides else " (single-output network)")
+        n = len(strides)
+        weights = np.array(cls.deep_supervision_weights if cls.deep_supervision_weights is not None
+                           else [1 / 2 ** i for i in range(n)], dtype=float)
+        return (f"on: outputs at strides {list(strides)}, loss weights "
+                f"{np.round(weights / weights.sum(), 3).tolist()}")
+
     def set_deep_supervision_enabled(self, enabled: bool):
         mod = unwrap_network(self.network)
         if hasattr(mod, "deep_supervision"):
@@ -224,6 +287,8 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
                                    "do_bg": False, "ddp": self.is_ddp}, {},
                                   weight_ce=r.ce_weight, weight_dice=r.dice_weight,
                                   ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+        if self.nonnegative_loss:
+            loss = OneMinusDiceLoss(loss, r.dice_weight)
         if self.enable_deep_supervision:
             n = len(self._get_deep_supervision_scales())
             weights = np.array(self.deep_supervision_weights if self.deep_supervision_weights is not None
@@ -234,7 +299,8 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
         return loss
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.recipe, self.network.parameters())
+        # frozen parameters stay out of the optimiser (no Adam state, no weight decay)
+        optimizer = build_optimizer(self.recipe, [p for p in self.network.parameters() if p.requires_grad])
         return optimizer, EpochLRScheduler(optimizer, self.recipe, self.num_epochs)
 
     def autocast_context(self):

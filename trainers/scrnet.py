@@ -1,5 +1,5 @@
 """SCRNet (Xu & Wang, arXiv 2508.13899, 2025) as nnU-Net trainers."""
-from bus_nnunet.recipes import Recipe
+from bus_nnunet.recipes import PaperBudget, Recipe
 from bus_nnunet.trainers.base import BusNetworkTrainer
 
 __all__ = ["SCRNetTrainer", "SCRNetWithoutFAMTrainer"]
@@ -12,8 +12,9 @@ class SCRNetTrainer(BusNetworkTrainer):
 
     The paper names only a "learning-rate annealing factor 0.2"; its scheduler is not given.  A
     plateau scheduler cannot be replayed from the epoch index (nnU-Net resumes by epoch), so this
-    is a step decay x0.2 every 40 epochs (1e-4 / 2e-5 / 4e-6 for 40 / 40 / 20 % of training).
-    Epochs here are nnU-Net epochs of 250 iterations; the ``_<N>epochs`` variants change the length.
+    is a step decay x0.2 at 40 % and 80 % of the run (1e-4 / 2e-5 / 4e-6), whatever its length.
+    Epochs here are nnU-Net epochs of 250 iterations (25,000 steps; the paper's 100 epochs x 57
+    batches are 5,700); the ``_<N>epochs`` variants change the length.
 
     torch.compile is off: each SCRM's 7x7 window attention is a hand-written autograd function
     (window offsets as views of k and v padded once, attention weights recomputed in backward: the
@@ -24,8 +25,10 @@ class SCRNetTrainer(BusNetworkTrainer):
 
     network_name = "scrnet"
     network_kwargs = {}
-    recipe = Recipe(optimizer="adam", lr=1e-4, weight_decay=5e-4, schedule="step", step_epochs=40,
-                    step_gamma=0.2, num_epochs=100, ce_weight=0.5, dice_weight=1.0)
+    recipe = Recipe(optimizer="adam", lr=1e-4, weight_decay=5e-4, schedule="step", step_at=(0.4, 0.8),
+                    step_gamma=0.2, num_epochs=100, ce_weight=0.5, dice_weight=1.0,
+                    paper_budget=PaperBudget(100, 453, 8, "paper: BUSI 647 lesion images split 453/65/129, "
+                                                          "batch 8, 100 epochs"))
     deep_supervision = False
     allow_compile = False
 

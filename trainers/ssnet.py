@@ -13,7 +13,7 @@ layout) or a saved timm ``pvt_v2_b2`` state dict.  The released ``start.py`` nev
 ``load_from`` (spec section 7, #3); here the transfer happens whenever the variable is set.
 """
 
-from bus_nnunet.recipes import Recipe
+from bus_nnunet.recipes import PaperBudget, Recipe
 from bus_nnunet.trainers.base import BusNetworkTrainer
 
 __all__ = ["SSNetTrainer"]
@@ -25,7 +25,10 @@ class SSNetTrainer(BusNetworkTrainer):
     network_name = "ssnet"
     network_kwargs = {"faithful_tiles": True}
     recipe = Recipe(optimizer="adamw", lr=1e-4, weight_decay=1e-2, betas=(0.9, 0.999), schedule="cosine",
-                    min_lr=1e-5, ce_weight=1.0, dice_weight=1.0, grad_clip=1.0)
+                    min_lr=1e-5, ce_weight=1.0, dice_weight=1.0, grad_clip=1.0,
+                    paper_budget=PaperBudget(1000, 388, 16, "released start.py: at most 1000 epochs (early stopping "
+                                                            "125 epochs after the best), batch 16, 6:2:2 split of "
+                                                            "BUSI's 647 lesion images"))
     deep_supervision = False
     pretrained_env = "BUS_NNUNET_PVT_V2_B2"
     # argsort/gather/scatter with data-dependent indices: compiling brings little and is fragile

@@ -9,6 +9,10 @@ def register(subparsers):
     p.add_argument("--entry-folder", action="store_true",
                    help="print only the folder to put in nnUNet_extTrainer (for a manual export)")
     p.add_argument("--variants", action="store_true", help="also list the schedule variants")
+    p.add_argument("--show", metavar="NAME", help="print what trainer NAME (or a _<N>epochs variant) will do: network, "
+                                                  "optimiser, lr schedule, budget vs the paper's, loss, augmentation; "
+                                                  "BUS_NNUNET_NUM_* overrides in the environment are applied")
+    p.add_argument("--json", action="store_true", help="with --show: one JSON object (incl. lr_by_epoch)")
     p.set_defaults(func=run)
 
 
@@ -40,6 +44,15 @@ def run(args) -> int:
     if args.entry_folder:
         print(trainer_entry_folder())
         return 0
+    if args.show:
+        import json
+        from bus_nnunet.trainer_card import format_card, trainer_card
+        card = trainer_card(args.show)
+        print(json.dumps(card, indent=2) if args.json else format_card(card))
+        return 0
+    if args.json:
+        from bus_nnunet.errors import UserError
+        raise UserError("--json goes with --show NAME")
     from bus_nnunet.reports import format_table
     from bus_nnunet.trainers import SCHEDULE_VARIANT_EPOCHS, TRAINERS, _variant_name
     rows = trainer_rows()
