@@ -11,6 +11,7 @@ import argparse
 
 
 def register(subparsers):
+    from bus_nnunet.commands.evaluate import add_empty_truth_option
     p = subparsers.add_parser("cv-report", help="cross-validation report and paired statistics over trainers",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset id or name (e.g. 990 or Dataset990_SyntheticUS)")
@@ -20,6 +21,7 @@ def register(subparsers):
     p.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
     p.add_argument("--manifest", help="manifest.csv for per-class results (default: $nnUNet_raw/<Dataset>/"
                                       "manifest.csv if it exists)")
+    add_empty_truth_option(p)
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -32,6 +34,7 @@ def run(args) -> int:
 
     from bus_nnunet.evaluation import cv_report as R
     from bus_nnunet.evaluation import folder as F
+    from bus_nnunet.evaluation import metrics as M
     from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text, check_output_free
     from bus_nnunet.manifest import case_classes
 
@@ -41,14 +44,15 @@ def run(args) -> int:
     manifest = Path(args.manifest) if args.manifest else raw_dir / "manifest.csv"
     classes = case_classes(manifest) if (args.manifest or manifest.is_file()) else {}
     results = R.collect(dataset, args.trainers, args.plans, args.configuration, args.folds, classes,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, empty_truth=args.empty_truth)
     summaries = {t: R.trainer_summary(r, args.bootstrap) for t, r in results.items()}
     comparisons = R.pairwise_comparisons(results, n_resamples=args.bootstrap)
     gt_dir = Path(R.env_folder("nnUNet_preprocessed")) / dataset / "gt_segmentations"
 
     caption = (f"{dataset}, {args.configuration}, {args.plans}: {len(args.folds)}-fold cross-validation. "
                f"Dice (folds): mean ± std of the fold means; other metrics: mean ± std over all out-of-fold "
-               f"images; pooled Dice sums pixel counts over all images.")
+               f"images; pooled Dice sums pixel counts over all images. Empty-mask rule: "
+               f"--empty-truth {args.empty_truth}.")
     result_rows = R.results_table_rows(summaries)
     md = [f"# Cross-validation report: {dataset}", "", caption, "",
           R.markdown_table(R.RESULTS_HEADER, result_rows), ""]
@@ -56,8 +60,7 @@ def run(args) -> int:
         if s["folds_missing"]:
             md.append(f"- **{t}: fold(s) {', '.join(map(str, s['folds_missing']))} missing** "
                       f"(no predictions in {s['folder']}/fold_k/validation)")
-    md += ["", "Empty-mask rule: both empty -> Dice 1, HD95 0; prediction on an empty reference or a missed "
-           "lesion -> Dice 0, HD95/ASSD undefined (left out of their means).", ""]
+    md += ["", F.empty_rule_line(args.empty_truth) + " Undefined values are left out of their means.", ""]
     if comparisons:
         md += ["## Paired comparisons (same images)", "",
                "Two-sided Wilcoxon signed-rank test on per-image scores, Holm-corrected within each metric; "
@@ -96,8 +99,9 @@ def run(args) -> int:
                 montages[t] = R.plot_montage(r, gt_dir, raw_dir, figures / f"montage_{t}.png")
                 md += [f"![{t} best/median/worst](figures/montage_{t}.png)", ""]
         report = {"dataset": dataset, "configuration": args.configuration, "plans": args.plans,
-                  "folds": args.folds, "trainers": summaries, "comparisons": comparisons,
-                  "pixel_auc": aucs, "montage_cases": montages}
+                  "folds": args.folds, "empty_truth": args.empty_truth,
+                  "empty_rule": M.EMPTY_TRUTH_RULES[args.empty_truth], "trainers": summaries,
+                  "comparisons": comparisons, "pixel_auc": aucs, "montage_cases": montages}
         atomic_write_json(tmp / "metrics.json", F.json_safe(report))
         atomic_write_text(tmp / "per_case.csv", F.rows_to_csv(all_rows))
         atomic_write_text(tmp / "report.md", "\n".join(md))

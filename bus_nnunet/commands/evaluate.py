@@ -20,10 +20,21 @@ def register(subparsers):
                                             "predicted_class), e.g. from an ACSNet trainer's validation folder")
     p.add_argument("--label", type=int, default=None,
                    help="evaluate only this label value (default: every non-zero label is lesion)")
+    add_empty_truth_option(p)
     p.add_argument("-o", "--output", required=True, help="output folder (metrics.json, per_case.csv, summary.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def add_empty_truth_option(p) -> None:
+    """``--empty-truth``, shared by ``evaluate`` and ``cv-report``."""
+    from bus_nnunet.evaluation.metrics import DEFAULT_EMPTY_TRUTH, EMPTY_TRUTH_RULES
+    p.add_argument("--empty-truth", choices=sorted(EMPTY_TRUTH_RULES), default=DEFAULT_EMPTY_TRUTH,
+                   help="how an image with an empty reference (normal image) scores: 'one' (default): an empty "
+                        "prediction on it is perfect (Dice 1); 'zero': Dice = IoU = precision = recall = 0 "
+                        "whatever the prediction, the protocol of Anari et al. 2025 (attention U-Net on all "
+                        "780 BUSI images). The rule is recorded in the outputs")
 
 
 def classification_from_csv(path, case_ids=None):
@@ -67,14 +78,15 @@ def run(args) -> int:
     check_output_free(args.output, args.overwrite, "output folder")
     classes = case_classes(args.manifest) if args.manifest else {}
     progress = not args.no_progress
-    rows = F.evaluate_cases(args.pred, args.gt, classes, label=args.label, progress=progress)
+    rows = F.evaluate_cases(args.pred, args.gt, classes, label=args.label, progress=progress,
+                            empty_truth=args.empty_truth)
     refs = F.list_segmentations(args.gt)
     missing = sorted(set(refs) - {r["case_id"] for r in rows})
-    summary = F.aggregate(rows)
+    summary = F.aggregate(rows, args.empty_truth)
     result = {"pred": str(Path(args.pred).resolve()), "gt": str(Path(args.gt).resolve()),
-              "empty_rule": "both empty: dice=iou=precision=recall=1, hd95=assd=0; one empty: dice=iou=0, "
-                            "hd95=assd=NaN (null)",
-              "references_without_prediction": missing, "all": summary, "by_class": F.aggregate_by_class(rows)}
+              "empty_truth": args.empty_truth, "empty_rule": M.EMPTY_TRUTH_RULES[args.empty_truth],
+              "references_without_prediction": missing, "all": summary,
+              "by_class": F.aggregate_by_class(rows, args.empty_truth)}
     sections = []
     if missing:
         sections.append(f"**{len(missing)} reference(s) have no prediction and were not scored** "
@@ -112,5 +124,5 @@ def run(args) -> int:
             np.savez_compressed(tmp / "pixel_roc.npz", fpr=roc["fpr"], tpr=roc["tpr"], thresholds=roc["thresholds"])
     s = summary["per_image"]["dice"]
     print(f"{len(rows)} case(s): Dice {F.fmt(s['mean'])} ± {F.fmt(s['std'])} per image, pooled "
-          f"{F.fmt(summary['pooled']['dice'])}; written to {args.output}")
+          f"{F.fmt(summary['pooled']['dice'])} (--empty-truth {args.empty_truth}); written to {args.output}")
     return 0

@@ -35,6 +35,7 @@ class TrainerResults:
     folds_found: List[int] = field(default_factory=list)
     folds_missing: List[int] = field(default_factory=list)
     npz: Dict[str, Path] = field(default_factory=dict)            # case -> probabilities, if saved
+    empty_truth: str = M.DEFAULT_EMPTY_TRUTH                      # the rule the rows were scored with
 
 
 def env_folder(name: str) -> Path:
@@ -55,8 +56,9 @@ def resolve_dataset(dataset: str) -> str:
 
 def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlans", configuration: str = "2d",
             folds: Sequence[int] = (0, 1, 2, 3, 4), classes: Optional[Dict[str, str]] = None,
-            progress: bool = True) -> Dict[str, TrainerResults]:
-    """Score every trainer's validation predictions fold by fold; missing folds are recorded."""
+            progress: bool = True, empty_truth: str = M.DEFAULT_EMPTY_TRUTH) -> Dict[str, TrainerResults]:
+    """Score every trainer's validation predictions fold by fold (empty-mask rule ``empty_truth``);
+    missing folds are recorded."""
     results_root = env_folder("nnUNet_results") / dataset_name
     gt_dir = env_folder("nnUNet_preprocessed") / dataset_name / "gt_segmentations"
     if not gt_dir.is_dir():
@@ -64,14 +66,14 @@ def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlan
     out = {}
     for trainer in trainers:
         model_dir = results_root / f"{trainer}__{plans}__{configuration}"
-        res = TrainerResults(trainer, model_dir)
+        res = TrainerResults(trainer, model_dir, empty_truth=empty_truth)
         for fold in folds:
             val_dir = model_dir / f"fold_{fold}" / "validation"
             if not val_dir.is_dir() or not F.list_segmentations(val_dir):
                 res.folds_missing.append(fold)
                 continue
             rows = F.evaluate_cases(val_dir, gt_dir, classes, progress=progress,
-                                    description=f"{trainer} fold {fold}")
+                                    description=f"{trainer} fold {fold}", empty_truth=empty_truth)
             for r in rows:
                 r["fold"] = fold
             res.rows += rows
@@ -89,15 +91,15 @@ def trainer_summary(res: TrainerResults, n_resamples: int = 10_000) -> Dict[str,
     bootstrap CI of the per-image mean Dice."""
     per_fold = {}
     for fold in res.folds_found:
-        per_fold[fold] = F.aggregate([r for r in res.rows if r["fold"] == fold])
+        per_fold[fold] = F.aggregate([r for r in res.rows if r["fold"] == fold], res.empty_truth)
     over_folds = {}
     for m in M.PER_IMAGE_METRICS + ("pooled_dice",):
         values = [s["pooled"]["dice"] if m == "pooled_dice" else s["per_image"][m]["mean"] for s in per_fold.values()]
         over_folds[m] = M.summarize(values)
-    pooled = F.aggregate(res.rows) if res.rows else None
+    pooled = F.aggregate(res.rows, res.empty_truth) if res.rows else None
     return {"folder": str(res.folder), "folds_found": res.folds_found, "folds_missing": res.folds_missing,
             "per_fold": per_fold, "over_folds": over_folds, "all_cases": pooled,
-            "by_class": F.aggregate_by_class(res.rows),
+            "by_class": F.aggregate_by_class(res.rows, res.empty_truth), "empty_truth": res.empty_truth,
             "dice_ci95": S.bootstrap_ci([r["dice"] for r in res.rows], n_resamples=n_resamples)}
 
 

@@ -76,13 +76,16 @@ def read_class_probabilities(path) -> np.ndarray:
 
 
 def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, label: Optional[int] = None,
-                   progress: bool = True, description: str = "evaluating") -> List[Dict[str, object]]:
-    """One row per prediction: ``case_id, class`` and :func:`metrics.segmentation_metrics`.
+                   progress: bool = True, description: str = "evaluating",
+                   empty_truth: str = M.DEFAULT_EMPTY_TRUTH) -> List[Dict[str, object]]:
+    """One row per prediction: ``case_id, class`` and :func:`metrics.segmentation_metrics` under the
+    empty-mask rule ``empty_truth`` (:data:`metrics.EMPTY_TRUTH_RULES`).
 
     Every prediction must have a reference of the same shape (a UserError names the file).
     References without a prediction are not scored (callers report them as missing).
     """
     from tqdm import tqdm
+    M.check_empty_truth(empty_truth)
     preds, refs = list_segmentations(pred_dir), list_segmentations(gt_dir)
     if not preds:
         raise UserError(f"no segmentation files ({', '.join(SEG_SUFFIXES)}) in {pred_dir}")
@@ -97,15 +100,17 @@ def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, l
             raise UserError(f"{preds[case_id]} has shape {pred.shape} but its reference {refs[case_id]} has "
                             f"{ref.shape}; predictions must be in the reference's geometry")
         row = {"case_id": case_id, "class": (classes or {}).get(case_id, "")}
-        row.update(M.segmentation_metrics(ref, pred, label=label))
+        row.update(M.segmentation_metrics(ref, pred, label=label, empty_truth=empty_truth))
         rows.append(row)
     return rows
 
 
-def aggregate(rows: Sequence[Dict[str, object]]) -> Dict[str, object]:
+def aggregate(rows: Sequence[Dict[str, object]], empty_truth: str = M.DEFAULT_EMPTY_TRUTH) -> Dict[str, object]:
     """Per-image summaries (:func:`metrics.summarize`) of every metric, pooled Dice/IoU and the
-    image-level false-positive rate on empty-reference (normal) cases."""
-    out = {"n_cases": len(rows), "per_image": {}, "pooled": M.pooled_overlap(rows)}
+    image-level false-positive rate on empty-reference (normal) cases. ``empty_truth`` must be the
+    rule the rows were scored with (:func:`evaluate_cases`); it is recorded in the result."""
+    out = {"n_cases": len(rows), "empty_truth": M.check_empty_truth(empty_truth), "per_image": {},
+           "pooled": M.pooled_overlap(rows, empty_truth)}
     for name in M.PER_IMAGE_METRICS:
         out["per_image"][name] = M.summarize([r[name] for r in rows])
     normal = [r for r in rows if r["n_ref"] == 0]
@@ -121,10 +126,11 @@ def aggregate(rows: Sequence[Dict[str, object]]) -> Dict[str, object]:
     return out
 
 
-def aggregate_by_class(rows: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, object]]:
+def aggregate_by_class(rows: Sequence[Dict[str, object]],
+                       empty_truth: str = M.DEFAULT_EMPTY_TRUTH) -> Dict[str, Dict[str, object]]:
     """:func:`aggregate` for each non-empty value of the rows' ``class`` column."""
     classes = sorted({r.get("class") for r in rows if r.get("class")})
-    return {c: aggregate([r for r in rows if r.get("class") == c]) for c in classes}
+    return {c: aggregate([r for r in rows if r.get("class") == c], empty_truth) for c in classes}
 
 
 def rows_to_csv(rows: Sequence[Dict[str, object]]) -> str:
@@ -162,14 +168,19 @@ def fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def empty_rule_line(rule: str) -> str:
+    """The report line saying which empty-mask rule produced the numbers."""
+    return (f"Empty-mask rule `--empty-truth {rule}`: {M.EMPTY_TRUTH_RULES[rule]}. A missed lesion scores "
+            f"Dice 0 under both rules.")
+
+
 def summary_markdown(title: str, summary: Dict[str, object], by_class: Dict[str, Dict[str, object]],
                      extra_sections: Sequence[str] = ()) -> str:
     """A human-readable report of :func:`aggregate` results (overall + per class)."""
     lines = [f"# {title}", "",
              "Per-image metrics are means over images (± sample std); *pooled* Dice/IoU sum the pixel "
-             "counts of all images first. Empty-mask rule: both empty -> Dice = IoU = 1, HD95 = ASSD = 0; "
-             "a prediction on an empty reference (or a missed lesion) -> Dice = 0 and HD95/ASSD undefined "
-             "(excluded from their means; `n_nan` counts them).", ""]
+             "counts of all images first. Undefined values (NaN) are excluded from their means; `n_nan` "
+             "counts them.", "", empty_rule_line(summary["empty_truth"]), ""]
     groups = [("all", summary)] + list(by_class.items())
     header = "| group | n | " + " | ".join(M.PER_IMAGE_METRICS) + " | pooled Dice | pooled IoU | FP rate (normal) |"
     lines += [header, "|" + "---|" * (len(M.PER_IMAGE_METRICS) + 5)]

@@ -7,7 +7,8 @@ Empty-mask rule (normal images)
 -------------------------------
 nnU-Net's own evaluation sets Dice/IoU to NaN when reference and prediction are both empty and
 drops those cases from the mean with ``nanmean`` (a normal image predicted as normal
-"vanishes"). Here the rule is explicit and the same in every function:
+"vanishes"). Here the rule is explicit, chosen with ``empty_truth`` (:data:`EMPTY_TRUTH_RULES`)
+and applied in one place, :func:`overlap_scores`. The default, ``"one"``:
 
 =============================  ======  ======  =========  ======  ===========  ===========
 case                           Dice    IoU     precision  recall  HD95, ASSD   specificity
@@ -22,6 +23,10 @@ pred empty, reference not (FN) 0       0       NaN        0       NaN          c
   report how many cases had NaN distances; the image-level false-positive rate on normal images
   (:func:`image_false_positive_rate`) and the pooled Dice carry the information instead.
 * Precision with nothing predicted and recall with nothing to find are undefined: NaN.
+
+``empty_truth="zero"`` is the protocol of Anari et al. (Sci Rep 2025, doi 10.1038/s41598-024-84504-y),
+who score all 780 BUSI images: an empty reference gives Dice = IoU = precision = recall = 0 whatever
+the prediction (0/0 -> 0). Distances and specificity are the same under both rules.
 
 Surface distances come from :mod:`medpy.metric.binary` (the implementation nnU-Net's maintainers
 point to), in pixels unless ``spacing`` is given.
@@ -60,38 +65,57 @@ def confusion_counts(reference, prediction, label: Optional[int] = None) -> Dict
     return {"tp": tp, "fp": fp, "fn": fn, "tn": int(ref.size - tp - fp - fn)}
 
 
-def _overlap_from_counts(tp, fp, fn) -> Tuple[float, float]:
-    if tp + fp + fn == 0:  # both empty: perfect agreement (see module docstring)
-        return 1.0, 1.0
-    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+#: ``empty_truth`` rules (see the module docstring); the text is written into reports
+EMPTY_TRUTH_RULES = {
+    "one": "empty reference and empty prediction: Dice = IoU = precision = recall = 1, HD95 = ASSD = 0; "
+           "a prediction on an empty reference: Dice = IoU = precision = 0, recall and HD95/ASSD undefined",
+    "zero": "empty reference: Dice = IoU = precision = recall = 0 whatever the prediction (0/0 -> 0; "
+            "Anari et al. 2025); HD95/ASSD as under 'one'",
+}
+DEFAULT_EMPTY_TRUTH = "one"
 
 
-def dice_score(reference, prediction, label: Optional[int] = None) -> float:
-    """Dice similarity coefficient 2|A∩B| / (|A|+|B|); 1 when both masks are empty."""
+def check_empty_truth(rule: str) -> str:
+    if rule not in EMPTY_TRUTH_RULES:
+        raise ValueError(f"empty_truth must be one of {sorted(EMPTY_TRUTH_RULES)}, not {rule!r}")
+    return rule
+
+
+def overlap_scores(tp: int, fp: int, fn: int, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
+    """Dice, IoU, precision and recall from pixel counts; the one place the empty-mask rule lives."""
+    check_empty_truth(empty_truth)
+    if tp + fn == 0 and empty_truth == "zero":
+        return {"dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 0.0}
+    if tp + fp + fn == 0:  # both empty: perfect agreement
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}
+    return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn),
+            "precision": tp / (tp + fp) if tp + fp else NAN, "recall": tp / (tp + fn) if tp + fn else NAN}
+
+
+def _scores(reference, prediction, label, empty_truth) -> Dict[str, float]:
     c = confusion_counts(reference, prediction, label)
-    return _overlap_from_counts(c["tp"], c["fp"], c["fn"])[0]
+    return overlap_scores(c["tp"], c["fp"], c["fn"], empty_truth)
 
 
-def iou_score(reference, prediction, label: Optional[int] = None) -> float:
-    """Intersection over union (Jaccard) |A∩B| / |A∪B|; 1 when both masks are empty."""
-    c = confusion_counts(reference, prediction, label)
-    return _overlap_from_counts(c["tp"], c["fp"], c["fn"])[1]
+def dice_score(reference, prediction, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
+    """Dice similarity coefficient 2|A∩B| / (|A|+|B|); both empty: 1 (``empty_truth="zero"``: 0)."""
+    return _scores(reference, prediction, label, empty_truth)["dice"]
 
 
-def precision_score(reference, prediction, label: Optional[int] = None) -> float:
+def iou_score(reference, prediction, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
+    """Intersection over union (Jaccard) |A∩B| / |A∪B|; empty masks as :func:`dice_score`."""
+    return _scores(reference, prediction, label, empty_truth)["iou"]
+
+
+def precision_score(reference, prediction, label: Optional[int] = None,
+                    empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
     """Positive predictive value tp / (tp + fp); 1 if both empty, NaN if only the prediction is empty."""
-    c = confusion_counts(reference, prediction, label)
-    if c["tp"] + c["fp"] == 0:
-        return 1.0 if c["fn"] == 0 else NAN
-    return c["tp"] / (c["tp"] + c["fp"])
+    return _scores(reference, prediction, label, empty_truth)["precision"]
 
 
-def recall_score(reference, prediction, label: Optional[int] = None) -> float:
+def recall_score(reference, prediction, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
     """Sensitivity tp / (tp + fn); 1 if both empty, NaN if only the reference is empty."""
-    c = confusion_counts(reference, prediction, label)
-    if c["tp"] + c["fn"] == 0:
-        return 1.0 if c["fp"] == 0 else NAN
-    return c["tp"] / (c["tp"] + c["fn"])
+    return _scores(reference, prediction, label, empty_truth)["recall"]
 
 
 def specificity_score(reference, prediction, label: Optional[int] = None) -> float:
@@ -126,27 +150,28 @@ def assd(reference, prediction, label: Optional[int] = None, spacing: Optional[S
 
 
 def segmentation_metrics(reference, prediction, label: Optional[int] = None,
-                         spacing: Optional[Sequence[float]] = None) -> Dict[str, float]:
+                         spacing: Optional[Sequence[float]] = None,
+                         empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
     """All per-image metrics of :data:`PER_IMAGE_METRICS` plus the pixel counts and mask sizes.
 
     ``n_ref``/``n_pred`` are the foreground pixel counts (as in nnU-Net's summary.json).
     """
     ref, pred = _pair(reference, prediction, label)
     c = confusion_counts(ref, pred)
-    out = {"dice": dice_score(ref, pred), "iou": iou_score(ref, pred), "precision": precision_score(ref, pred),
-           "recall": recall_score(ref, pred), "specificity": specificity_score(ref, pred),
-           "hd95": hd95(ref, pred, spacing=spacing), "assd": assd(ref, pred, spacing=spacing)}
+    out = overlap_scores(c["tp"], c["fp"], c["fn"], empty_truth)
+    out.update({"specificity": specificity_score(ref, pred), "hd95": hd95(ref, pred, spacing=spacing),
+                "assd": assd(ref, pred, spacing=spacing)})
     out.update(c)
     out["n_ref"], out["n_pred"] = c["tp"] + c["fn"], c["tp"] + c["fp"]
     return out
 
 
-def pooled_overlap(counts: Iterable[Mapping[str, int]]) -> Dict[str, float]:
+def pooled_overlap(counts: Iterable[Mapping[str, int]], empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
     """Dataset-level ("global") Dice and IoU from summed pixel counts over all images.
 
     Large lesions weigh more than small ones, unlike the mean of per-image scores; report both.
-    ``counts`` are dicts with ``tp, fp, fn`` (e.g. from :func:`confusion_counts`). Both 1 if
-    every image is empty on both sides; NaN for no images.
+    ``counts`` are dicts with ``tp, fp, fn`` (e.g. from :func:`confusion_counts`). If no image has
+    a reference lesion the empty-mask rule decides; NaN for no images.
     """
     tp = fp = fn = 0
     n = 0
@@ -154,8 +179,8 @@ def pooled_overlap(counts: Iterable[Mapping[str, int]]) -> Dict[str, float]:
         tp, fp, fn, n = tp + c["tp"], fp + c["fp"], fn + c["fn"], n + 1
     if n == 0:
         return {"dice": NAN, "iou": NAN, "n": 0}
-    dice, iou = _overlap_from_counts(tp, fp, fn)
-    return {"dice": dice, "iou": iou, "n": n}
+    scores = overlap_scores(tp, fp, fn, empty_truth)
+    return {"dice": scores["dice"], "iou": scores["iou"], "n": n}
 
 
 def image_false_positive_rate(references: Sequence, predictions: Sequence, min_area: int = 1) -> Dict[str, float]:
