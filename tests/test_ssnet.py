@@ -52,13 +52,21 @@ def test_forward_shapes_and_eval_determinism(net128):
     assert not torch.allclose(a, c)  # training mode is stochastic (Gumbel, DropPath, Dropout, batch BN)
 
 
-def test_backward_reaches_every_parameter(net128):
+def test_backward_gives_every_parameter_a_nonzero_gradient(net128):
     net128.train()
-    net128.zero_grad()
-    net128(torch.rand(1, 1, 128, 128)).square().mean().backward()
-    no_grad = [n for n, p in net128.named_parameters() if p.grad is None]
-    # the tile scores reach the loss only through the channel weights; all parameters get gradients
-    assert no_grad == []
+    net128.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    params = dict(net128.named_parameters())
+    # DropPath may skip a whole block for every sample of a batch: accumulate up to three batches
+    for _ in range(3):
+        net128(torch.rand(2, 1, 128, 128)).square().mean().backward()
+        zero = [n for n, p in params.items() if p.grad is None or not p.grad.abs().max() > 0]
+        if not zero:
+            break
+    not_finite = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    net128.zero_grad(set_to_none=True)
+    # the tile scores reach the loss only through the channel weights (tiny gradients, but not zero)
+    assert zero == [] and not_finite == []
 
 
 def test_supported_sizes_and_registry():
