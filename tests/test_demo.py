@@ -1,20 +1,53 @@
-"""The README's main command: `bus-nnunet demo` runs the whole pipeline (quick profile here; the
-full profile, which must show learning, is what `make demo` runs)."""
+"""The README's main command: `bus-nnunet demo` runs the whole pipeline and fails unless the trained
+network beats the trivial predictions (quick profile here; `make demo` runs the full one)."""
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from bus_nnunet import demo
+from bus_nnunet.cli import main
 
-def test_demo_quick_runs_end_to_end_and_refuses_to_overwrite(tmp_path):
+
+def test_learning_shown_needs_both_baselines_beaten_by_the_margin():
+    assert demo.LEARNING_MARGIN == 0.2
+    assert demo.learning_shown(0.75, 0.07, 0.0)
+    assert not demo.learning_shown(0.25, 0.07, 0.0)      # beats all-foreground, by less than 0.2
+    assert not demo.learning_shown(0.45, 0.30, 0.0)      # 0.45 < 0.30 + 0.2
+    assert not demo.learning_shown(0.60, 0.07, 0.45)     # the empty baseline counts too (normal cases)
+    assert demo.learning_shown(0.70, 0.07, 0.45)
+    assert not demo.learning_shown(math.nan, 0.07, 0.0)
+
+
+def test_demo_quick_learns_end_to_end_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "demo"
     cmd = [str(Path(sys.executable).parent / "bus-nnunet"), "demo", "--quick", "-o", str(out), "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ,
-                                                                   "nnUNet_def_n_proc": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "nnUNet_def_n_proc": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads((out / "result.json").read_text())
-    assert result["test_cases"] == 3 and 0.0 <= result["mean_dice"] <= 1.0
+    assert result["test_cases"] == 4 and result["schedule"] == {"epochs": 2, "iterations": 15}
+    assert result["learned"] is True, result
+    assert result["mean_dice"] > result["baseline_all_foreground_dice"] + 0.2
     assert (out / "overlays.png").is_file() and (out / "report.md").read_text().startswith("# bus-nnunet demo")
+    assert "Learning shown: **yes**" in (out / "report.md").read_text()
     assert (out / "evaluation" / "per_case.csv").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+def test_demo_that_learns_nothing_exits_nonzero_and_says_why(tmp_path, monkeypatch, capsys):
+    # one training iteration: the network stays untrained, the rest of the pipeline is the real one
+    monkeypatch.setitem(demo.PROFILES, "quick", {**demo.PROFILES["quick"], "epochs": 1, "iterations": 1,
+                                                 "n_test": 2})
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    monkeypatch.setenv("nnUNet_extTrainer", os.environ.get("nnUNet_extTrainer", ""))  # restored afterwards
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "-o", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert result["learned"] is False and result["schedule"] == {"epochs": 1, "iterations": 1}
+    assert "nothing was learned" in err and f"held-out Dice {result['mean_dice']:.3f}" in err
+    assert f"all-foreground ({result['baseline_all_foreground_dice']:.3f})" in err and "empty (0.000)" in err
+    assert "Learning shown: **NO**" in (out / "report.md").read_text()  # the report is still written
