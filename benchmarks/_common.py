@@ -5,7 +5,8 @@ Run as a script, ``python benchmarks/_common.py budget-train <nnUNetv2_train arg
 ``nnUNetv2_train`` with the schedule overrides ``BUS_NNUNET_NUM_EPOCHS`` /
 ``BUS_NNUNET_NUM_ITERATIONS`` / ``BUS_NNUNET_NUM_VAL_ITERATIONS`` applied to EVERY trainer,
 including nnU-Net's stock ``nnUNetTrainer`` (which does not read them itself), so all trainers of
-a study get the same budget.
+a study get the same budget.  ``BUS_NNUNET_TORCH_THREADS`` pins torch's CPU threads (nnU-Net
+would take every core).
 """
 from __future__ import annotations
 
@@ -93,6 +94,12 @@ def _budget_train(argv: Sequence[str]) -> None:
                 self.print_to_log_file(f"benchmark budget: {env}={os.environ[env]} -> {attr}")
 
     nnUNetTrainer.__init__ = init_with_budget
+    threads = os.environ.get("BUS_NNUNET_TORCH_THREADS")
+    if threads:
+        # nnU-Net sets cpu_count() threads on CPU; on a shared machine that makes every parallel op wait for
+        # a busy core (~10x slower), so a study may pin its own count
+        torch.set_num_threads(int(threads))
+        torch.set_num_threads = lambda n: None
     # our trainers re-apply the same overrides after their recipe; the env wins either way
     from nnunetv2.run.run_training import run_training_entry
     sys.argv = ["nnUNetv2_train", *argv]

@@ -45,6 +45,9 @@ def trainer_card(name: str, in_channels: int = 1, num_classes: int = 2, patch_si
     lengths = cls.schedule_lengths()
     num_epochs, iterations = lengths["num_epochs"][0], lengths["num_iterations_per_epoch"][0]
     lrs = lr_by_epoch(recipe, num_epochs)
+    if getattr(cls, "network_name", None):  # as the trainer does with the plan's patch
+        from bus_nnunet.network_architectures import snap_patch_size
+        patch_size = snap_patch_size(cls.network_name, tuple(patch_size))
     net, net_description = build_network(name, in_channels, num_classes, patch_size, deep_supervision=False)
     total, trainable = count_parameters(net)
     steps = num_epochs * iterations
