@@ -16,6 +16,11 @@ Architecture, as pinned by the paper's parameter table (spec ``scrnet_attention_
 No encoder skip features enter the decoder: the paper's parameter counts leave no room for them.
 With three encoders, 3 input channels and a 1-channel head (the paper's sigmoid output) the
 network has exactly 23,794,557 parameters (plain), 23,881,989 (CBAM) and 24,493,277 (Non-local).
+
+The paper's text nevertheless describes a U-Net with skip connections.  ``encoder_skips=True``
+builds that reading: every decoder stage also receives, concatenated after its upsampling, the
+features of every encoder at the same stride (16, 8, 4, 2; timm's ``feature_info`` levels), so
+the decoder sees more than the 1/32-resolution bottleneck.  The default stays Table-1-exact.
 """
 from __future__ import annotations
 
@@ -131,16 +136,39 @@ def _attention_block(kind: str, channels: int) -> nn.Module:
 
 
 class DecoderStage(nn.Module):
-    """Upsample×2 (bilinear) -> depthwise-separable block -> attention."""
+    """Upsample×2 (bilinear) [-> concatenate encoder skips] -> depthwise-separable block -> attention."""
 
-    def __init__(self, in_channels: int, out_channels: int, attention: str):
+    def __init__(self, in_channels: int, out_channels: int, attention: str, skip_channels: int = 0):
         super().__init__()
-        self.block = DepthwiseSeparableBlock(in_channels, out_channels)
+        self.block = DepthwiseSeparableBlock(in_channels + skip_channels, out_channels)
         self.attention = _attention_block(attention, out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        if skips:
+            x = torch.cat([x] + [_match_size(s, x.shape[-2:]) for s in skips], dim=1)
         return self.attention(self.block(x))
+
+
+def _match_size(t: torch.Tensor, size) -> torch.Tensor:
+    """A skip feature at the decoder's size (they differ only when H, W are not multiples of 32)."""
+    return t if t.shape[-2:] == size else F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
+#: strides whose encoder features feed the decoder stages with ``encoder_skips=True`` (stage order)
+SKIP_STRIDES = (16, 8, 4, 2)
+
+
+def _skip_modules(encoder: nn.Module) -> Dict[int, Tuple[str, int]]:
+    """stride -> (module name, channels) of a timm encoder's last feature level at that stride."""
+    levels = {}
+    for info in encoder.feature_info:
+        if info["reduction"] in SKIP_STRIDES:
+            levels[info["reduction"]] = (info["module"], info["num_chs"])
+    missing = [s for s in SKIP_STRIDES if s not in levels]
+    if missing:
+        raise ValueError(f"{type(encoder).__name__} has no feature level at stride {missing}")
+    return levels
 
 
 def _normalise_encoders(encoders: Iterable[str]) -> Tuple[str, ...]:
@@ -162,7 +190,8 @@ class AttentionUNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2,
                  encoders: Sequence[str] = ("resnet18", "densenet121", "efficientnet_b0"),
-                 attention: str = "none", dropout: float = 0.3, freeze_encoder: bool = False):
+                 attention: str = "none", dropout: float = 0.3, freeze_encoder: bool = False,
+                 encoder_skips: bool = False):
         super().__init__()
         import timm  # heavy; only when a network is built
 
@@ -181,8 +210,16 @@ class AttentionUNet(nn.Module):
         fused = sum(ENCODERS[n] for n in self.encoder_names)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         widths = (fused,) + DECODER_WIDTHS
-        self.decoder = nn.Sequential(*[DecoderStage(widths[i], widths[i + 1], attention)
-                                       for i in range(len(DECODER_WIDTHS))])
+        self.encoder_skips = bool(encoder_skips)
+        skip_channels = [0] * len(DECODER_WIDTHS)
+        self._skips: Dict[Tuple[str, int], torch.Tensor] = {}
+        if self.encoder_skips:
+            for name, enc in self.encoders.items():
+                for stride, (module, channels) in _skip_modules(enc).items():
+                    skip_channels[SKIP_STRIDES.index(stride)] += channels
+                    enc.get_submodule(module).register_forward_hook(self._keep_skip(name, stride))
+        self.decoder = nn.ModuleList([DecoderStage(widths[i], widths[i + 1], attention, skip_channels[i])
+                                      for i in range(len(DECODER_WIDTHS))])
         self.head = nn.Conv2d(DECODER_WIDTHS[-1], num_classes, 1)
         if self.freeze_encoder:
             for p in self.encoders.parameters():
@@ -195,10 +232,19 @@ class AttentionUNet(nn.Module):
             self.encoders.eval()  # frozen encoders keep their BatchNorm statistics
         return self
 
+    def _keep_skip(self, encoder: str, stride: int):
+        def hook(module, inputs, output):
+            self._skips[(encoder, stride)] = output
+        return hook
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
+        self._skips.clear()
         features = torch.cat([enc.forward_features(x) for enc in self.encoders.values()], dim=1)
-        y = self.decoder(self.dropout(features))
+        y = self.dropout(features)
+        for stride, stage in zip(SKIP_STRIDES, self.decoder):
+            y = stage(y, [self._skips[(name, stride)] for name in self.encoders] if self.encoder_skips else ())
+        self._skips.clear()  # no references to activations between calls
         y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
         if y.shape[-2:] != size:  # only if H, W are not multiples of 32
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
@@ -256,9 +302,10 @@ def load_timm_checkpoint(model: nn.Module, path: str, in_channels: int = 3) -> s
 def attention_unet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False,
                    encoders: Sequence[str] = ("resnet18", "densenet121", "efficientnet_b0"),
                    attention: str = "none", dropout: float = 0.3, freeze_encoder: bool = False,
-                   **kwargs) -> AttentionUNet:
+                   encoder_skips: bool = False, **kwargs) -> AttentionUNet:
     """Multi-encoder attention U-Net. ``attention``: 'none' | 'cbam' | 'nonlocal'; ``encoders``: any
-    subset of resnet18, densenet121, efficientnet_b0. Single output (no deep supervision)."""
+    subset of resnet18, densenet121, efficientnet_b0; ``encoder_skips``: the reading with U-Net skip
+    connections (not Table-1-exact). Single output (no deep supervision)."""
     if kwargs:
         raise TypeError(f"attention_unet: unexpected arguments {sorted(kwargs)}")
-    return AttentionUNet(in_channels, num_classes, encoders, attention, dropout, freeze_encoder)
+    return AttentionUNet(in_channels, num_classes, encoders, attention, dropout, freeze_encoder, encoder_skips)

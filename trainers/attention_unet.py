@@ -9,7 +9,10 @@ One trainer per configuration of the paper's comparison, named
 * ``Frozen``: encoder weights fixed (``requires_grad=False``, left out of the optimiser, BatchNorm
   statistics fixed); needs pretrained encoders, see below;
 * encoders: all three (ResNet-18 + DenseNet-121 + EfficientNet-B0) unless prefixed ``DE``, ``RE``
-  or ``RD`` (the two-encoder rows of the paper; these exist without attention only).
+  or ``RD`` (the two-encoder rows of the paper; these exist without attention only);
+* ``AttUNetSkips_...``: the same networks with encoder features at strides 16/8/4/2 concatenated
+  into the decoder (``encoder_skips=True``): the U-Net the paper's text describes, which its
+  Table 1 parameter counts leave no room for.  ``AttUNet_...`` stays Table-1-exact.
 
 ``docs/attention_unet_models.md`` maps the paper's Models 1-20 to these names (``PAPER_MODELS``).
 
@@ -54,9 +57,10 @@ PAPER_RECIPE = Recipe(optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="con
                                                             "at most 50 epochs (early stopping, patience 10)"))
 
 
-def trainer_name(encoders: str, attention: str, loss: str, frozen: bool) -> str:
-    """``AttUNet[_<encoders>]_<attention>_<loss>_[Frozen]Trainer`` (encoders omitted for all three)."""
-    prefix = "AttUNet" if encoders == "RDE" else f"AttUNet_{encoders}"
+def trainer_name(encoders: str, attention: str, loss: str, frozen: bool, skips: bool = False) -> str:
+    """``AttUNet[Skips][_<encoders>]_<attention>_<loss>_[Frozen]Trainer`` (encoders omitted for all three)."""
+    prefix = "AttUNetSkips" if skips else "AttUNet"
+    prefix = prefix if encoders == "RDE" else f"{prefix}_{encoders}"
     return f"{prefix}_{ATTENTION_TAGS[attention]}_{loss}_{'Frozen' if frozen else ''}Trainer"
 
 
@@ -142,18 +146,20 @@ class AttentionUNetTrainer(BusNetworkTrainer):
             self.print_to_log_file(f"{type(self).__name__}: pretrained {encoder} from {path}: {report}")
 
 
-def _make_trainer(encoders: str, attention: str, loss: str, frozen: bool) -> type:
-    name = trainer_name(encoders, attention, loss, frozen)
-    rows = [row for row, cfg in PAPER_MODELS.items() if cfg[:4] == (encoders, attention, loss, frozen)]
-    paper = f"paper Model {rows[0]}" if rows else "not in the paper's table"
+def _make_trainer(encoders: str, attention: str, loss: str, frozen: bool, skips: bool = False) -> type:
+    name = trainer_name(encoders, attention, loss, frozen, skips)
+    rows = [] if skips else [row for row, cfg in PAPER_MODELS.items() if cfg[:4] == (encoders, attention, loss, frozen)]
+    paper = (f"paper Model {rows[0]}" if rows else
+             "the paper's text with U-Net encoder skips, not its Table 1" if skips else "not in the paper's table")
     doc = (f"Attention U-Net, encoders {'+'.join(ENCODER_SETS[encoders])}, attention {attention}, {loss} loss, "
-           f"encoders {'frozen' if frozen else 'trainable'} ({paper}).")
+           f"encoders {'frozen' if frozen else 'trainable'}{', encoder skips into the decoder' if skips else ''} "
+           f"({paper}).")
     return type(name, (AttentionUNetTrainer,), {
         "__module__": __name__,
         "__qualname__": name,
         "__doc__": doc,
         "network_kwargs": dict(encoders=ENCODER_SETS[encoders], attention=attention, dropout=0.3,
-                               freeze_encoder=frozen),
+                               freeze_encoder=frozen, **({"encoder_skips": True} if skips else {})),
         "recipe": PAPER_RECIPE.with_(**LOSS_WEIGHTS[loss]),
         "paper_model": rows[0] if rows else None,
     })
@@ -168,6 +174,9 @@ def _configurations():
         for loss in LOSS_WEIGHTS:
             for frozen in (False, True):
                 yield encoders, "none", loss, frozen
+    for attention in ATTENTION_TAGS:  # the skip-connection reading, trainable encoders
+        for loss in LOSS_WEIGHTS:
+            yield "RDE", attention, loss, False, True
 
 
 __all__ = []
