@@ -2,12 +2,14 @@
 own ``train_step``.
 
 nnU-Net's ``-num_gpus`` wraps the network in DDP with ``find_unused_parameters=False``, which fails on
-the next step when a trainable parameter got no gradient; a gradient that is always exactly zero is a
-dead path.  Each case runs real ``train_step`` calls on CPU (the trainer's loss, deep supervision,
-ACSNet's classification loss and uncertainty weights, optimiser steps) on batches from the trainer's
-own data loader, and records, in post-accumulate-grad hooks (so before ``zero_grad``), which parameters
-received a finite, non-zero gradient.  Parameters only some inputs reach (classes, gated or dropped
-paths, zero-initialised branches that open after a step) get up to ``MAX_STEPS`` batches.
+the next step when a trainable parameter got no gradient in a step; a gradient that is always exactly
+zero is a dead path.  Each case runs real ``train_step`` calls on CPU (the trainer's loss, deep
+supervision, ACSNet's classification loss and uncertainty weights, optimiser steps) on batches from
+the trainer's own data loader, and records in post-accumulate-grad hooks (so before ``zero_grad``)
+which parameters the backward pass reached and which got a finite, non-zero gradient.  Every
+parameter must be reached in each of at least ``MIN_STEPS`` steps (what DDP needs, also for
+data-dependent paths); a non-zero value may take up to ``MAX_STEPS`` batches (dropped paths,
+zero-initialised branches that open after a step).
 
 Cases come from ``bus_nnunet.trainers.TRAINERS``: one per distinct network configuration, so a newly
 registered trainer is tested without edits here.
@@ -23,7 +25,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from bus_nnunet.trainers import TRAINERS, UNAVAILABLE
 from bus_nnunet.trainers.base import unwrap_network
 
-MAX_STEPS = 4
+MIN_STEPS, MAX_STEPS = 2, 4
 
 
 def network_config(cls) -> tuple:
@@ -84,10 +86,11 @@ def test_train_step_gives_every_trainable_parameter_a_gradient(trainer_name, pla
     network = unwrap_network(trainer.network)
     trainable = {n: p for n, p in network.named_parameters() if p.requires_grad}
     assert trainable
-    nonzero, not_finite = set(), set()
+    reached, nonzero, not_finite = set(), set(), set()
 
     def recorder(name):
         def hook(param):
+            reached.add(name)
             if not torch.isfinite(param.grad).all():
                 not_finite.add(name)
             elif param.grad.abs().max() > 0:
@@ -97,13 +100,17 @@ def test_train_step_gives_every_trainable_parameter_a_gradient(trainer_name, pla
     handles = [p.register_post_accumulate_grad_hook(recorder(n)) for n, p in trainable.items()]
     loader, _ = trainer.get_dataloaders()  # real batches: augmentation, DS targets, case keys (ACSNet labels)
     trainer.network.train()
-    steps = 0
-    while steps < MAX_STEPS and len(nonzero) < len(trainable):
+    steps, unreached = 0, {}
+    while steps < MIN_STEPS or (steps < MAX_STEPS and len(nonzero) < len(trainable)):
+        reached.clear()
         loss = trainer.train_step(next(loader))["loss"]
         assert torch.isfinite(torch.as_tensor(loss)).all()
+        if len(reached) < len(trainable):
+            unreached[steps] = [n for n in trainable if n not in reached]
         steps += 1
     for h in handles:
         h.remove()
+    assert not unreached, f"trainable tensors without a gradient (step: names), DDP would fail: {unreached}"
     assert not not_finite, f"non-finite gradients: {sorted(not_finite)}"
     missing = [n for n in trainable if n not in nonzero]
     assert not missing, f"{len(missing)} trainable tensors got no non-zero gradient in {steps} steps: {missing}"
