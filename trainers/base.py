@@ -295,6 +295,8 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
                                else [1 / 2 ** i for i in range(n)], dtype=float)
             if len(weights) != n:
                 raise ValueError(f"{type(self).__name__}: {len(weights)} deep supervision weights for {n} outputs")
+            if self.is_ddp:  # as nnU-Net does: a 0-weighted head would get no gradient, which DDP rejects
+                weights[weights == 0] = 1e-6
             loss = DeepSupervisionWrapper(loss, weights / weights.sum())
         return loss
 
