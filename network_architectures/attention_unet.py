@@ -159,6 +159,12 @@ def _match_size(t: torch.Tensor, size) -> torch.Tensor:
 SKIP_STRIDES = (16, 8, 4, 2)
 
 
+def _keep_output(module: nn.Module, inputs, output) -> None:
+    """Forward hook: keep the output on the module itself (so a deep copy of the network keeps
+    working: the hook refers to no particular network)."""
+    module.kept_output = output
+
+
 def _skip_modules(encoder: nn.Module) -> Dict[int, Tuple[str, int]]:
     """stride -> (module name, channels) of a timm encoder's last feature level at that stride."""
     levels = {}
@@ -212,12 +218,15 @@ class AttentionUNet(nn.Module):
         widths = (fused,) + DECODER_WIDTHS
         self.encoder_skips = bool(encoder_skips)
         skip_channels = [0] * len(DECODER_WIDTHS)
-        self._skips: Dict[Tuple[str, int], torch.Tensor] = {}
+        #: per decoder stage, the (encoder, module name) pairs whose outputs it receives
+        self.skip_layers = [[] for _ in DECODER_WIDTHS]
         if self.encoder_skips:
             for name, enc in self.encoders.items():
                 for stride, (module, channels) in _skip_modules(enc).items():
-                    skip_channels[SKIP_STRIDES.index(stride)] += channels
-                    enc.get_submodule(module).register_forward_hook(self._keep_skip(name, stride))
+                    stage = SKIP_STRIDES.index(stride)
+                    skip_channels[stage] += channels
+                    self.skip_layers[stage].append((name, module))
+                    enc.get_submodule(module).register_forward_hook(_keep_output)
         self.decoder = nn.ModuleList([DecoderStage(widths[i], widths[i + 1], attention, skip_channels[i])
                                       for i in range(len(DECODER_WIDTHS))])
         self.head = nn.Conv2d(DECODER_WIDTHS[-1], num_classes, 1)
@@ -232,19 +241,20 @@ class AttentionUNet(nn.Module):
             self.encoders.eval()  # frozen encoders keep their BatchNorm statistics
         return self
 
-    def _keep_skip(self, encoder: str, stride: int):
-        def hook(module, inputs, output):
-            self._skips[(encoder, stride)] = output
-        return hook
+    def _take_skips(self, stage: int):
+        skips = []
+        for encoder, module in self.skip_layers[stage]:
+            layer = self.encoders[encoder].get_submodule(module)
+            skips.append(layer.kept_output)
+            layer.kept_output = None  # no reference to activations between calls
+        return skips
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        self._skips.clear()
         features = torch.cat([enc.forward_features(x) for enc in self.encoders.values()], dim=1)
         y = self.dropout(features)
-        for stride, stage in zip(SKIP_STRIDES, self.decoder):
-            y = stage(y, [self._skips[(name, stride)] for name in self.encoders] if self.encoder_skips else ())
-        self._skips.clear()  # no references to activations between calls
+        for i, stage in enumerate(self.decoder):
+            y = stage(y, self._take_skips(i))
         y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
         if y.shape[-2:] != size:  # only if H, W are not multiples of 32
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)

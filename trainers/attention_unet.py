@@ -162,6 +162,8 @@ def _make_trainer(encoders: str, attention: str, loss: str, frozen: bool, skips:
                                freeze_encoder=frozen, **({"encoder_skips": True} if skips else {})),
         "recipe": PAPER_RECIPE.with_(**LOSS_WEIGHTS[loss]),
         "paper_model": rows[0] if rows else None,
+        # skips are taken by forward hooks, which torch.compile is not tested with here
+        "allow_compile": not skips,
     })
 
 
