@@ -81,8 +81,14 @@ def per_image_dice(pred_dir: Path, gt_dir: Path):
         ref = read_segmentation(refs[case]) > 0
         pred = read_segmentation(path) > 0
         rows.append((dice_score(ref, pred), dice_score(ref, np.ones_like(ref)), dice_score(ref, np.zeros_like(ref)),
-                     int(pred.sum()), int(ref.sum()), pred.all() or not pred.any()))
+                     int(pred.sum()), int(ref.sum()), pred.all() or not pred.any(), int((pred & ref).sum())))
     return rows
+
+
+def _by_size(dice: np.ndarray, n_ref: np.ndarray) -> dict:
+    """Mean Dice of the smaller and the larger half of the lesions (by reference pixels)."""
+    small = n_ref <= np.median(n_ref)
+    return {"small_half": float(dice[small].mean()), "large_half": float(dice[~small].mean())}
 
 
 def analyse(trainer: str, folder: Path, gt_dir: Path) -> dict:
@@ -93,11 +99,14 @@ def analyse(trainer: str, folder: Path, gt_dir: Path) -> dict:
     val_loss = [float(v) for v in logging["val_losses"]]
     pseudo = [float(np.nanmean(v)) for v in logging["dice_per_class_or_region"]]
     rows = per_image_dice(folder / "validation", gt_dir)
-    dice, all_fg, empty, n_pred, n_ref, degenerate = (np.array(c, dtype=float) for c in zip(*rows))
+    dice, all_fg, empty, n_pred, n_ref, degenerate, n_tp = (np.array(c, dtype=float) for c in zip(*rows))
     record = {
         "trainer": trainer,
         "val_dice": float(dice.mean()),
         "val_dice_median": float(np.median(dice)),
+        # pooled over images, as nnU-Net's pseudo-Dice pools over its validation patches
+        "val_dice_pooled": float(2 * n_tp.sum() / (n_pred.sum() + n_ref.sum())),
+        "val_dice_by_reference_size": _by_size(dice, n_ref),
         "val_images": len(rows),
         "baseline_all_foreground_dice": float(all_fg.mean()),
         "baseline_empty_dice": float(empty.mean()),
@@ -109,6 +118,7 @@ def analyse(trainer: str, folder: Path, gt_dir: Path) -> dict:
         "pseudo_dice_by_epoch": pseudo,
         "lr_by_epoch": [float(v) for v in logging["lrs"]],
         "min_train_loss": float(np.min(train_loss)),
+        "train_loss_nonnegative_every_epoch": bool(min(train_loss) >= 0),
         "nan": bool(any(not math.isfinite(v) for v in train_loss + val_loss)),
     }
     if "val_cls_auc" in logging:
@@ -152,7 +162,7 @@ def write_report(study: dict, out: Path) -> None:
     rows = []
     for name, r in records.items():
         if "val_dice" not in r:
-            rows.append([name, "-", "-", "-", "-", "-", "-", r.get("status", "")])
+            rows.append([name, "-", "-", "-", "-", "-", "-", "-", r.get("status", "")])
             continue
         ratio = r["val_dice"] / ref if ref else float("nan")
         r["ratio_to_reference"] = round(ratio, 3)
@@ -166,7 +176,7 @@ def write_report(study: dict, out: Path) -> None:
         if r["degenerate_predictions"]:
             notes.append(f"{r['degenerate_predictions']} empty/all-foreground predictions")
         rows.append([name, f"{r['val_dice']:.3f}", f"{ratio:.2f}", f"{r['baseline_all_foreground_dice']:.3f}",
-                     f"{r['pseudo_dice_by_epoch'][-1]:.3f}", f"{r['train_loss_by_epoch'][0]:.3f} -> "
+                     f"{r['val_dice_pooled']:.3f}", f"{r['pseudo_dice_by_epoch'][-1]:.3f}", f"{r['train_loss_by_epoch'][0]:.3f} -> "
                      f"{r['train_loss_by_epoch'][-1]:.3f} (min {r['min_train_loss']:.3f})",
                      f"{r.get('seconds', 0):.0f}", "; ".join(notes)])
     s = study["settings"]
@@ -176,9 +186,12 @@ def write_report(study: dict, out: Path) -> None:
              f"({s['epochs'] * s['iterations']} optimiser steps), {s['val_iterations']} validation iterations per "
              f"epoch, each trainer's own recipe with its lr schedule stretched over this budget, through "
              f"`nnUNetv2_train`. Validation Dice: per image on nnU-Net's out-of-fold validation predictions "
-             f"(mean); baseline: an all-foreground mask (an empty mask scores 0 on every lesion image).", "",
+             f"(mean); baseline: an all-foreground mask (an empty mask scores 0 on every lesion image); "
+             f"pooled: TP/FP/FN summed over the images first, as nnU-Net's pseudo-Dice pools its validation "
+             f"patches (foreground-oversampled), so large lesions weigh more.", "",
              f"Command: `{study['command']}`", "", stamp_markdown(study["environment"]), "",
-             markdown_table(["trainer", "val Dice", f"x {REFERENCE}", "all-foreground Dice", "last pseudo-Dice",
+             markdown_table(["trainer", "val Dice", f"x {REFERENCE}", "all-foreground Dice", "val Dice pooled",
+                             "last pseudo-Dice",
                              "train loss first -> last", "train s", "notes"], rows), "",
              "![learning curves](convergence.png)" if out.name == "convergence" else f"![learning curves]({out.name}.png)",
              ""]
