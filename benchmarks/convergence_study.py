@@ -159,6 +159,11 @@ def plot_curves(records: dict, path: Path, title: str) -> None:
 def write_report(study: dict, out: Path) -> None:
     records = study["trainers"]
     ref = records.get(REFERENCE, {}).get("val_dice")
+    main_study = out.parent / "convergence.json"
+    if ref is None and main_study.exists() and main_study != out.with_suffix(".json"):
+        # a run of a few trainers (e.g. a longer one) is compared with the main study's reference
+        ref = json.loads(main_study.read_text())["trainers"].get(REFERENCE, {}).get("val_dice")
+        study["reference_from"] = f"{main_study.name}: {REFERENCE} val Dice {ref}"
     rows = []
     for name, r in records.items():
         if "val_dice" not in r:

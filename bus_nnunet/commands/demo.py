@@ -5,7 +5,7 @@ def register(subparsers):
     p = subparsers.add_parser("demo", help="convert, plan, train, predict and evaluate on built-in synthetic data")
     p.add_argument("-o", "--out", default="demo_output", help="demo folder (default: demo_output)")
     p.add_argument("-tr", "--trainer", default="nnUNetTrainerUS", help="trainer to train (default: nnUNetTrainerUS)")
-    p.add_argument("--quick", action="store_true", help="tiny pipeline check (~2 min), no learning expected")
+    p.add_argument("--quick", action="store_true", help="small, quicker run (~2 min, 64 px, 2 x 15 iterations); must show learning too")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     p.set_defaults(func=run)
@@ -13,5 +13,5 @@ def register(subparsers):
 
 def run(args) -> int:
     from bus_nnunet.demo import run_demo
-    result = run_demo(args.out, args.trainer, args.quick, args.overwrite, args.device)
-    return 0 if (args.quick or result["learned"]) else 1
+    run_demo(args.out, args.trainer, args.quick, args.overwrite, args.device)  # raises when nothing was learned
+    return 0
