@@ -85,7 +85,16 @@ def trainer_card(name: str, in_channels: int = 1, num_classes: int = 2, patch_si
                          if us else "nnU-Net's default (mirroring on every axis, rotation +-180 deg)"),
         "test_time_mirroring_axes": list(augmentation.US_MIRROR_AXES) if us else "nnU-Net's (every axis)",
         "pretrained_weights_env": cls.pretrained_weights_envs(),
+        "pretrained_weights": pretrained_state(cls),
     }
+
+
+def pretrained_state(cls) -> list:
+    """Where each pretrained part of ``cls`` gets its weights now (``bus_nnunet.weights.resolve``)."""
+    from bus_nnunet.weights import resolve
+    return [{"weights": part.weights, "slot": part.slot, "env": env, "state": r.state, "path": r.path,
+             "sha256": r.sha256, "uses": r.describe()}
+            for part, env in cls.pretrained_sources() for r in [resolve(part.weights, env)]]
 
 
 def format_card(card: Dict[str, object]) -> str:
@@ -115,6 +124,8 @@ def format_card(card: Dict[str, object]) -> str:
     lines += [f"                   {t['note']}" for t in card["loss"] if "note" in t]
     lines += [f"  deep supervision {card['deep_supervision']}",
               f"  augmentation     {card['augmentation']}",
-              f"  test-time mirror axes {card['test_time_mirroring_axes']}",
-              f"  pretrained       {', '.join('$' + e for e in card['pretrained_weights_env']) or 'none'}"]
+              f"  test-time mirror axes {card['test_time_mirroring_axes']}"]
+    pretrained = card["pretrained_weights"]
+    lines += [f"  {'pretrained' if i == 0 else '':<16} {(p['slot'] + ' ') if p['slot'] else ''}{p['weights']}: "
+              f"{p['uses']} (override: ${p['env']})" for i, p in enumerate(pretrained)] or ["  pretrained       none"]
     return "\n".join(lines)

@@ -14,7 +14,10 @@ needs to know about the network without building it:
 * ``paper`` / ``requires`` -- for ``bus-nnunet trainers`` listings (``requires``: optional
   importable packages the network cannot run without; packages that only speed it up are not
   listed);
-* ``takes_input_size`` -- the entry point accepts ``input_size=(H, W)``, the patch it will see.
+* ``takes_input_size`` -- the entry point accepts ``input_size=(H, W)``, the patch it will see;
+* ``pretrained`` -- the ImageNet weights the paper initialised parts of the network from, each a
+  ``_pretrained.PretrainedPart`` (timm weights name, loader, encoder slot); every loader goes
+  through ``_pretrained.load_checkpoint``.
 
 Network modules must not import nnU-Net, and must import optional heavy packages lazily.
 """
@@ -38,6 +41,7 @@ class ModelInfo:
     paper: str = ""
     requires: Tuple[str, ...] = field(default_factory=tuple)
     takes_input_size: bool = False  # entry point wants input_size=(H, W) (the trainer's patch size)
+    pretrained: Tuple = ()  # _pretrained.PretrainedPart per pretrained part
 
 
 _MODELS: Dict[str, ModelInfo] = {}
@@ -48,7 +52,8 @@ _MODEL_MODULES: List[str] = []
 
 def register_model(fn: Callable = None, *, name: str = None, size_divisor: int = 32, min_size: int = 32,
                    fixed_sizes: Sequence[int] = None, deep_supervision_strides: Sequence[int] = None,
-                   paper: str = "", requires: Sequence[str] = (), takes_input_size: bool = False):
+                   paper: str = "", requires: Sequence[str] = (), takes_input_size: bool = False,
+                   pretrained: Sequence = ()):
     """Decorator registering a network entry point under ``name`` (default: the function name)."""
 
     def wrap(f):
@@ -58,7 +63,7 @@ def register_model(fn: Callable = None, *, name: str = None, size_divisor: int =
         _MODELS[key] = ModelInfo(key, f, size_divisor, min_size,
                                  tuple(fixed_sizes) if fixed_sizes else None,
                                  tuple(deep_supervision_strides) if deep_supervision_strides else None,
-                                 paper, tuple(requires), takes_input_size)
+                                 paper, tuple(requires), takes_input_size, tuple(pretrained))
         return f
 
     return wrap(fn) if fn is not None else wrap

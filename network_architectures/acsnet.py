@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bus_nnunet.network_architectures._pretrained import LoadReport, PretrainedPart, load_resnet_encoder
 from bus_nnunet.network_architectures._registry import register_model
 
 __all__ = ["ACSNet", "DeformConv2d", "deform_conv2d_sampling", "GateUnit", "DeformableSpatialAttention", "ChannelAttention",
@@ -279,7 +280,18 @@ class ACSNet(nn.Module):
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("loss_weighting."))
 
 
+def load_imagenet_encoder(network: ACSNet, source) -> LoadReport:
+    """ImageNet ResNet-18 (torchvision or timm layout) into ACSNet's encoder."""
+    return load_resnet_encoder(network.encoder, source, "ResNet-18")
+
+
+def load_resnet18_encoder(encoder: ResNet18Encoder, path: str) -> str:
+    """Load a torchvision or timm ResNet-18 checkpoint into ACSNet's encoder; a one-line report."""
+    return str(load_resnet_encoder(encoder, path, "ResNet-18"))
+
+
 @register_model(size_divisor=32, min_size=32, deep_supervision_strides=None,
+                pretrained=[PretrainedPart("resnet18.tv_in1k", load_imagenet_encoder)],
                 paper="He et al., ACSNet, Computers in Biology and Medicine 2024 (segmentation + classification)",
                 requires=())
 def acsnet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False,

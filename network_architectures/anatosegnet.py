@@ -37,13 +37,14 @@ channels; non-square inputs work (token positions are computed from the actual H
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bus_nnunet.network_architectures._layers import ConvBlock
+from bus_nnunet.network_architectures._pretrained import LoadReport, PretrainedPart, load_resnet_encoder
 from bus_nnunet.network_architectures._registry import register_model
 
 __all__ = ["AnatomicalAttention", "AnatoSegNet", "anatosegnet", "load_resnet50_weights",
@@ -201,7 +202,20 @@ class AnatoSegNet(nn.Module):
         return self.head(self.final_up(y))
 
 
+# -- pretrained encoder ------------------------------------------------------------------------------
+def load_imagenet_encoder(network: AnatoSegNet, source) -> LoadReport:
+    """ImageNet ResNet-50 (torchvision or timm layout) into AnatoSegNet's encoder."""
+    return load_resnet_encoder(network.encoder, source, "ResNet-50")
+
+
+def load_resnet50_weights(network: AnatoSegNet, path: str) -> str:
+    """Load a local torchvision or timm ``resnet50`` state dict into the encoder (fc dropped, the
+    RGB stem adapted to the network's input channels); a one-line report."""
+    return str(load_imagenet_encoder(network, path))
+
+
 @register_model(size_divisor=32, min_size=64, deep_supervision_strides=None,
+                pretrained=[PretrainedPart("resnet50.tv_in1k", load_imagenet_encoder)],
                 paper="Huang et al., AnatoSegNet: anatomy-aware breast ultrasound segmentation, ISBI 2025")
 def anatosegnet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False,
                 **kwargs) -> AnatoSegNet:
@@ -209,64 +223,3 @@ def anatosegnet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bo
     ``deep_supervision`` has no effect).  kwargs: ``token_layout`` ("released" | "intended"),
     ``position_bias`` ("raster" | "row"), ``gamma``, ``beta``, ``num_heads``."""
     return AnatoSegNet(in_channels=in_channels, num_classes=num_classes, **kwargs)
-
-
-# -- pretrained encoder ------------------------------------------------------------------------------
-def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Fold an RGB first-conv kernel to ``in_channels``: summed for one channel (a gray image
-    repeated to RGB gives the same response), RGB repeated and rescaled by 3/in_channels otherwise."""
-    if weight.shape[1] == in_channels:
-        return weight
-    if weight.shape[1] != 3:
-        raise ValueError(f"cannot adapt a first conv with {weight.shape[1]} input channels to {in_channels}")
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    repeats = math.ceil(in_channels / 3)
-    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3.0 / in_channels)
-
-
-def _plain_state_dict(checkpoint) -> Dict[str, torch.Tensor]:
-    for key in ("state_dict", "model", "network_weights"):
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-    if not isinstance(checkpoint, dict):
-        raise ValueError("checkpoint is not a state dict")
-    out = {}
-    for name, tensor in checkpoint.items():
-        if not torch.is_tensor(tensor):
-            continue
-        for prefix in ("module.", "_orig_mod.", "encoder.", "backbone."):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-        out[name] = tensor
-    return out
-
-
-def load_resnet50_weights(network: AnatoSegNet, path: str) -> str:
-    """Load a local torchvision or timm ``resnet50`` state dict into the encoder (fc ignored, the
-    RGB first conv folded to the network's input channels).  Returns a one-line report; raises if
-    the checkpoint does not look like a ResNet-50."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    source = _plain_state_dict(checkpoint)
-    target = network.encoder.state_dict()
-    loaded, mismatched = {}, []
-    for name, tensor in source.items():
-        if name not in target:
-            continue
-        if name == "conv1.weight":
-            tensor = _adapt_input_conv(tensor, target[name].shape[1])
-        if tensor.shape != target[name].shape:
-            mismatched.append(f"{name} {tuple(tensor.shape)} vs {tuple(target[name].shape)}")
-            continue
-        loaded[name] = tensor
-    missing = [n for n in target if n not in loaded]
-    if mismatched or len(loaded) < len(target) // 2:
-        raise ValueError(f"{path} is not a ResNet-50 state dict for this encoder: loaded {len(loaded)}/{len(target)} "
-                         f"tensors; mismatched: {mismatched[:5]}; missing e.g. {missing[:5]}")
-    network.encoder.load_state_dict(loaded, strict=False)
-    folded = source.get("conv1.weight")
-    note = (f", conv1 folded from {folded.shape[1]} to {target['conv1.weight'].shape[1]} channels"
-            if folded is not None and folded.shape[1] != target["conv1.weight"].shape[1] else "")
-    return (f"loaded {len(loaded)}/{len(target)} encoder tensors "
-            f"({sum(t.numel() for t in loaded.values()):,} values){note}"
-            + (f"; not in checkpoint: {', '.join(missing[:5])}" if missing else ""))

@@ -24,13 +24,13 @@ the decoder sees more than the 1/32-resolution bottleneck.  The default stays Ta
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Iterable, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bus_nnunet.network_architectures._pretrained import LoadReport, PretrainedPart, load_timm_model
 from bus_nnunet.network_architectures._registry import register_model
 
 __all__ = ["ENCODERS", "ATTENTIONS", "DepthwiseSeparableBlock", "CBAM", "NonLocalBlock", "AttentionUNet",
@@ -265,49 +265,34 @@ class AttentionUNet(nn.Module):
         classifier is dropped and the first conv adapted to ``in_channels``. Returns a report."""
         if encoder not in self.encoders:
             raise KeyError(f"{encoder!r} is not an encoder of this network ({list(self.encoders)})")
-        return load_timm_checkpoint(self.encoders[encoder], path, self.in_channels)
+        return str(load_timm_model(self.encoders[encoder], path))
 
 
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "state_dict_ema"):  # training checkpoints wrap the weights
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state dict (got {type(state).__name__})")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+def load_timm_checkpoint(model: nn.Module, path: str, in_channels: int = None) -> str:
+    """Load the timm checkpoint at ``path`` into a classifier-less timm ``model`` (the classifier
+    dropped, the RGB stem adapted to the model's input channels as timm does for its own weights).
+    ``in_channels``, if given, must be the model's. Returns a one-line report."""
+    if in_channels is not None and getattr(model, "in_chans", in_channels) != in_channels:
+        raise ValueError(f"in_channels={in_channels} but the model was built with {model.in_chans}")
+    return str(load_timm_model(model, path))
 
 
-def load_timm_checkpoint(model: nn.Module, path: str, in_channels: int = 3) -> str:
-    """Load the timm checkpoint at ``path`` into a classifier-less timm ``model`` (strict apart
-    from the classifier). RGB stem weights are adapted to ``in_channels`` the way timm does for
-    its own pretrained weights (summed for 1 channel). Returns a one-line report."""
-    from timm.models import adapt_input_conv
+def _encoder_loader(encoder: str):
+    def load(network: AttentionUNet, source) -> LoadReport:
+        return load_timm_model(network.encoders[encoder], source)
+    load.__name__ = load.__qualname__ = f"load_{encoder}_encoder"
+    return load
 
-    state = _read_state_dict(path)
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    classifier, first_conv = cfg.get("classifier", "fc"), cfg.get("first_conv")
-    dropped = [k for k in state if k.startswith(classifier + ".")]
-    for k in dropped:
-        del state[k]
-    stem_key = f"{first_conv}.weight" if first_conv else None
-    if stem_key in state and state[stem_key].shape[1] != in_channels:
-        state[stem_key] = adapt_input_conv(in_channels, state[stem_key])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit timm {type(model).__name__}: {len(missing)} missing keys "
-                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). "
-                         f"Is it a checkpoint of the right timm model?")
-    return (f"{len(state)} tensors from {os.path.basename(path)}"
-            + (f", classifier dropped ({', '.join(dropped)})" if dropped else ""))
+
+#: the timm ImageNet weights of each encoder (the paper's Keras ImageNet encoders have no exact timm
+#: counterpart: torchvision's ResNet-18 / DenseNet-121 and timm's own EfficientNet-B0)
+ENCODER_WEIGHTS = {"resnet18": "resnet18.tv_in1k", "densenet121": "densenet121.tv_in1k",
+                   "efficientnet_b0": "efficientnet_b0.ra_in1k"}
 
 
 @register_model(size_divisor=32, min_size=32, deep_supervision_strides=None,
+                pretrained=[PretrainedPart(w, _encoder_loader(e), slot=e, probe_kwargs={"encoders": (e,)})
+                            for e, w in ENCODER_WEIGHTS.items()],
                 paper="Anari et al., Sci. Rep. 2025 (UNet + CBAM/Non-local, ResNet/DenseNet/EfficientNet encoders)")
 def attention_unet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False,
                    encoders: Sequence[str] = ("resnet18", "densenet121", "efficientnet_b0"),

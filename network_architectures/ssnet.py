@@ -19,7 +19,8 @@ Tumor Segmentation" (Pattern Recognition, submitted 2026); released code
 Deviations from the released code, all deliberate: the head returns **raw logits** with
 ``num_classes`` channels (nnU-Net applies softmax; two classes are equivalent to the paper's sigmoid);
 the Gumbel noise of the sub-band selection is sampled **only in training**, so eval is
-deterministic; any number of input channels (pretrained RGB stem weights are summed); rectangular
+deterministic; any number of input channels (a pretrained RGB stem is adapted with timm's ``adapt_input_conv``: summed
+for one channel); rectangular
 inputs are allowed (the DCT bases are built per axis); the DCT bases and index tables are
 non-persistent buffers, so a state dict loads at any input size.  ``faithful_tiles=True`` (default)
 keeps the released code's tile-scan index quirks (spec section 7, #1 and #2: unfold memory read as
@@ -45,12 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bus_nnunet.network_architectures._pretrained import PretrainedPart
 from bus_nnunet.network_architectures._registry import register_model
 from bus_nnunet.network_architectures.selective_scan import selective_scan
 
 __all__ = ["SSNet", "ssnet", "DTSBlock", "DynamicTilesScan", "SelectiveScan2D", "DWTFusion",
            "HybridFrequencyAttention", "PVTv2Stages12", "complexity_reference", "PVT_TRANSFER_PREFIXES",
-           "pvt_state_dict_from_checkpoint", "load_pvt_v2_b2"]
+           "pvt_state_dict_from_checkpoint", "load_pvt_v2_b2", "load_pvt_v2_b2_report"]
 
 #: counts from the spec (section 5 / appendix B) at 1x3x256x256 with one output channel
 COMPLEXITY_256 = {"trainable_params": 17_535_538, "thop_params": 16_210_955, "thop_macs": 4_932_388_960,
@@ -795,62 +797,43 @@ def _timm_to_official(key: str) -> Optional[str]:
     return f"block{stage}.{rest}"
 
 
-def pvt_state_dict_from_checkpoint(checkpoint: dict) -> Dict[str, torch.Tensor]:
-    """The stage-1/2 tensors of a PVTv2-b2 checkpoint, in the official key layout.
-
-    Accepts the official whai362 ``pvt_v2_b2.pth`` (plain state dict) and timm's ``pvt_v2_b2``
-    state dict, optionally wrapped in ``{"state_dict": ...}`` / ``{"model": ...}`` and/or with a
-    ``module.`` prefix.
-    """
-    for wrapper in ("state_dict", "model"):
-        if isinstance(checkpoint, dict) and wrapper in checkpoint and isinstance(checkpoint[wrapper], dict):
-            checkpoint = checkpoint[wrapper]
-    if not isinstance(checkpoint, dict) or not checkpoint:
-        raise ValueError("not a PVTv2 state dict (expected a dict of tensors)")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in checkpoint.items()}
+def pvt_filter(state: Dict[str, torch.Tensor], module: nn.Module = None):
+    """``filter_fn`` for the one pretrained path: the stage-1/2 tensors of a PVTv2-b2 checkpoint, in
+    the official key layout. Accepts the official whai362 ``pvt_v2_b2.pth`` and timm's ``pvt_v2_b2``
+    layout (detected by its ``stages.`` keys)."""
     timm_layout = any(k.startswith("stages.") for k in state)
     selected = {}
     for key, value in state.items():
         name = _timm_to_official(key) if timm_layout else key
         if name is not None and name.startswith(PVT_TRANSFER_PREFIXES):
             selected[name] = value
-    return selected
+    return selected, []
 
 
-def load_pvt_v2_b2(model: SSNet, checkpoint: Union[str, dict]) -> Dict[str, int]:
-    """Partial transfer: load PVTv2-b2 stages 1-2 into ``model.backbone`` (spec section 1.4).
+def pvt_state_dict_from_checkpoint(checkpoint) -> Dict[str, torch.Tensor]:
+    """The stage-1/2 tensors of a PVTv2-b2 checkpoint (file or dict, optionally wrapped in
+    ``{"state_dict": ...}`` / ``{"model": ...}`` and/or with a ``module.`` prefix), official layout."""
+    from bus_nnunet.network_architectures._pretrained import read_state_dict
+    return pvt_filter(read_state_dict(checkpoint))[0]
 
-    Every one of the backbone's 152 tensors must be present with the right shape, except that a
-    3-channel stem is folded into a ``model.in_channels``-channel one: summed over RGB for one
-    channel, kept for three.  Raises ValueError naming the offending keys otherwise.  Returns
-    ``{"tensors": n, "parameters": m}``.
-    """
-    if isinstance(checkpoint, str):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    source = pvt_state_dict_from_checkpoint(checkpoint)
-    target = model.backbone.state_dict()
-    missing = sorted(set(target) - set(source))
-    if missing:
-        raise ValueError(f"PVTv2-b2 checkpoint lacks {len(missing)} of the {len(target)} stage-1/2 tensors "
-                         f"(e.g. {', '.join(missing[:5])}); expected the official pvt_v2_b2.pth or timm's "
-                         f"pvt_v2_b2 state dict")
-    loaded = {}
-    for key, ref in target.items():
-        value = source[key].detach().to(ref.dtype)
-        if key == "patch_embed1.proj.weight" and value.shape != ref.shape and value.shape[1] == 3:
-            if ref.shape[1] == 1:
-                value = value.sum(1, keepdim=True)  # grayscale = R = G = B
-            else:
-                raise ValueError(f"cannot map the 3-channel PVTv2 stem onto {ref.shape[1]} input channels")
-        if value.shape != ref.shape:
-            raise ValueError(f"PVTv2-b2 tensor {key}: checkpoint shape {tuple(value.shape)}, SS-Net expects "
-                             f"{tuple(ref.shape)} (is this a pvt_v2_b2 checkpoint?)")
-        loaded[key] = value
-    model.backbone.load_state_dict(loaded, strict=True)
-    return {"tensors": len(loaded), "parameters": sum(v.numel() for v in loaded.values())}
+
+def load_pvt_v2_b2_report(model: SSNet, checkpoint):
+    """Partial transfer: PVTv2-b2 stages 1-2 into ``model.backbone`` (all 152 tensors, stem adapted
+    to ``model.in_channels``). Returns the :class:`LoadReport`; raises PretrainedMismatchError."""
+    from bus_nnunet.network_architectures._pretrained import load_checkpoint
+    return load_checkpoint(model.backbone, checkpoint, "PVTv2-b2 stage-1/2", pvt_filter,
+                           stem="patch_embed1.proj.weight",
+                           hint="the official pvt_v2_b2.pth (whai362/PVT) or timm's pvt_v2_b2 state dict")
+
+
+def load_pvt_v2_b2(model: SSNet, checkpoint) -> Dict[str, int]:
+    """:func:`load_pvt_v2_b2_report` as ``{"tensors": n, "parameters": m}``."""
+    report = load_pvt_v2_b2_report(model, checkpoint)
+    return {"tensors": report.tensors, "parameters": report.parameters}
 
 
 @register_model(size_divisor=128, min_size=128, deep_supervision_strides=None, takes_input_size=True,
+                pretrained=[PretrainedPart("pvt_v2_b2.in1k", load_pvt_v2_b2_report, probe_kwargs={"input_size": 128})],
                 paper="Yan et al., SS-Net: Semantic-aware and Spectrum-guided Network for Ultrasound Image Breast "
                       "Tumor Segmentation (Pattern Recognition, submitted 2026)")
 def ssnet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False,

@@ -4,6 +4,8 @@
   it is absent (a user's fresh clone).
 * ``nnunet_env`` -- fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results folders for one test,
   set in ``os.environ`` and returned as a dict for subprocesses.
+* every test (and the nnU-Net commands it starts) sees an empty pretrained-weights cache
+  (``BUS_NNUNET_WEIGHTS_DIR``), never the user's.
 * ``planned_dataset`` -- one small synthetic dataset, planned and preprocessed by the real
   ``nnUNetv2_plan_and_preprocess`` once per session; trainer tests train on it with
   ``_nnunet.train_cli`` (each test gets its own results folder).
@@ -18,6 +20,17 @@ import _nnunet  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _empty_weights_cache(tmp_path_factory):
+    import os
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BUS_NNUNET_WEIGHTS_DIR", str(tmp_path_factory.mktemp("empty_weights_cache")))
+    for var in ("BUS_NNUNET_PRETRAINED",):
+        mp.delenv(var, raising=False)
+    yield os.environ["BUS_NNUNET_WEIGHTS_DIR"]
+    mp.undo()
 
 
 @pytest.fixture(scope="session")

@@ -191,7 +191,7 @@ def test_load_torchvision_and_timm_resnet50(tmp_path, gray_net):
     path = tmp_path / "tv_resnet50.pth"
     torch.save(ref.state_dict(), path)
     report = load_resnet50_weights(gray_net, str(path))
-    n_encoder = len(gray_net.encoder.state_dict())
+    n_encoder = sum(1 for k in gray_net.encoder.state_dict() if not k.endswith("num_batches_tracked"))
     assert f"loaded {n_encoder}/{n_encoder}" in report and "folded from 3 to 1" in report
     torch.testing.assert_close(gray_net.encoder.conv1.weight, ref.conv1.weight.sum(1, keepdim=True))
     torch.testing.assert_close(gray_net.encoder.layer4[2].conv3.weight, ref.layer4[2].conv3.weight)

@@ -236,7 +236,7 @@ def test_partial_transfer_rejects_wrong_checkpoints(pvt_checkpoints, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())  # nothing half-loaded
 
     from bus_nnunet.trainers.ssnet import SSNetTrainer
-    fake = types.SimpleNamespace(pretrained_env=SSNetTrainer.pretrained_env)
+    fake = types.SimpleNamespace(pretrained_env=SSNetTrainer.pretrained_env, network_name=SSNetTrainer.network_name)
     report = SSNetTrainer.load_pretrained_weights(fake, model, str(pvt_checkpoints.timm))
     assert "152" in report and "3,539,712" in report
     torch.save(b0, tmp_path / "b0.pth")
@@ -257,7 +257,7 @@ def test_ssnet_trainer_trains_and_predicts_via_nnunet_cli(planned_dataset, pvt_c
     ds = planned_dataset
     env = {**ds.results_env(tmp_path), "BUS_NNUNET_PVT_V2_B2": str(pvt_checkpoints.timm)}
     proc = _nnunet.train_cli(ds, env, "SSNetTrainer")
-    assert "loaded 152 PVTv2-b2 stage-1/2 tensors" in proc.stdout
+    assert "loaded 152/152 PVTv2-b2 stage-1/2 tensors" in proc.stdout
     assert "patch size [64, 64] -> [128, 128]" in proc.stdout
     folder = _nnunet.model_folder(env, "SSNetTrainer")
     assert (folder / "fold_0" / "checkpoint_final.pth").is_file()

@@ -25,6 +25,10 @@ nnU-Net trains segmentation only, so this trainer adds the classification task a
 Recipe (reference ``Train_Seg_Cls_5.py``): Adam (lr 1e-4, L2 weight decay 1e-4, on the network and
 the two loss weights), cosine from 1e-4 to 1e-5 over 90 epochs (nnU-Net epochs of 250 iterations,
 so longer than the paper's 90 passes over ~520 images).  No deep supervision (single output).
+
+Pretrained encoder: timm's ``resnet18.tv_in1k`` (torchvision's ImageNet ResNet-18, as the released code)
+from the shared cache (``bus-nnunet weights fetch resnet18.tv_in1k``); ``BUS_NNUNET_RESNET18`` overrides
+it with a local torchvision or timm ResNet-18 state dict.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bus_nnunet.errors import UserError
+from bus_nnunet.network_architectures.acsnet import load_resnet18_encoder  # noqa: F401  (its old home)
 from bus_nnunet.recipes import PaperBudget, Recipe
 from bus_nnunet.trainers.base import BusNetworkTrainer, unwrap_network
 
@@ -114,9 +119,6 @@ class ACSNetTrainer(BusNetworkTrainer):
             from bus_nnunet.classification_inference import classes_from_configuration
             network.reset_classifier(len(classes_from_configuration(configuration_manager.configuration)))
         return network
-
-    def load_pretrained_weights(self, network: nn.Module, path: str) -> str:
-        return load_resnet18_encoder(network.encoder, path)
 
     @classmethod
     def loss_terms(cls):
@@ -222,39 +224,3 @@ class ACSNetTrainer(BusNetworkTrainer):
                                ", ".join(f"{k} {metrics[k]:.4f}" for k in LOGGED_METRICS) + f" -> {csv_path}")
         return csv_path
 
-
-def load_resnet18_encoder(encoder: nn.Module, path: str) -> str:
-    """Load a torchvision or timm ResNet-18 checkpoint into ACSNet's encoder.
-
-    ``fc.*`` is dropped; an RGB ``conv1`` is folded to the encoder's input channels (summed for one
-    channel, as timm's ``adapt_input_conv`` does).  Returns a one-line report.
-    """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in checkpoint.items()}
-    dropped = sorted(k for k in state if k.startswith("fc."))
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = encoder.state_dict()
-    notes = []
-    conv1 = state.get("conv1.weight")
-    in_ch = own["conv1.weight"].shape[1]
-    if conv1 is not None and conv1.shape[1] != in_ch:
-        if in_ch == 1:
-            state["conv1.weight"] = conv1.sum(dim=1, keepdim=True)
-        else:
-            reps = -(-in_ch // conv1.shape[1])
-            state["conv1.weight"] = conv1.repeat(1, reps, 1, 1)[:, :in_ch] * (conv1.shape[1] / in_ch)
-        notes.append(f"conv1 folded from {conv1.shape[1]} to {in_ch} input channels")
-    unexpected = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    if missing or unexpected:
-        raise UserError(f"{path} is not a ResNet-18 state dict: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    wrong = [k for k in state if state[k].shape != own[k].shape]
-    if wrong:
-        raise UserError(f"{path}: shape mismatch for {wrong[:5]} (a ResNet-18 checkpoint is expected)")
-    encoder.load_state_dict(state, strict=False)
-    n = sum(1 for k in state if not k.endswith("num_batches_tracked"))
-    return (f"loaded {n}/{sum(1 for k in own if not k.endswith('num_batches_tracked'))} ResNet-18 encoder tensors"
-            + (f"; {'; '.join(notes)}" if notes else "") + (f"; ignored {', '.join(dropped)}" if dropped else ""))

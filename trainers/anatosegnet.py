@@ -14,9 +14,10 @@ class AnatoSegNetTrainer(BusNetworkTrainer):
     paper's StepLR(20, 0.1) as a fraction of the run: x0.1 at 40 % and 80 % (1e-4 / 1e-5 / 1e-6),
     whatever the length (``_<N>epochs`` variants, ``BUS_NNUNET_NUM_EPOCHS``).
 
-    Pretrained encoder: set ``BUS_NNUNET_RESNET50=/path/to/resnet50.pth`` (a local torchvision or timm
-    ``resnet50`` state dict, e.g. torchvision's IMAGENET1K_V1 file); the RGB first conv is folded
-    to the plan's input channels.  Without it the network trains from scratch.
+    Pretrained encoder: timm's ``resnet50.tv_in1k`` (torchvision's IMAGENET1K_V1) from the shared cache
+    (``bus-nnunet weights fetch resnet50.tv_in1k``); ``BUS_NNUNET_RESNET50=/path/to/resnet50.pth`` (a
+    local torchvision or timm ``resnet50`` state dict) overrides it.  The RGB first conv is adapted
+    to the plan's input channels.  Without either the network trains from scratch, after a warning.
     """
 
     network_name = "anatosegnet"
@@ -27,11 +28,6 @@ class AnatoSegNetTrainer(BusNetworkTrainer):
                                                           "batch 16, 50 epochs"))
     deep_supervision = False
     pretrained_env = "BUS_NNUNET_RESNET50"
-
-    def load_pretrained_weights(self, network, path: str) -> str:
-        from bus_nnunet.network_architectures.anatosegnet import load_resnet50_weights
-
-        return load_resnet50_weights(network, path)
 
 
 class AnatoSegNetTrainerIntended(AnatoSegNetTrainer):

@@ -16,7 +16,8 @@ One trainer per configuration of the paper's comparison, named
 
 ``docs/attention_unet_models.md`` maps the paper's Models 1-20 to these names (``PAPER_MODELS``).
 
-Pretrained ImageNet encoders come from local timm checkpoint files, one per encoder:
+Pretrained ImageNet encoders (``resnet18.tv_in1k``, ``densenet121.tv_in1k``, ``efficientnet_b0.ra_in1k``)
+come from the shared cache (``bus-nnunet weights fetch``); a local timm checkpoint file overrides each:
 ``BUS_NNUNET_TIMM_RESNET18``, ``BUS_NNUNET_TIMM_DENSENET121``, ``BUS_NNUNET_TIMM_EFFICIENTNET_B0``.
 Frozen trainers refuse to start without them (freezing random weights leaves a random feature
 extractor) unless ``BUS_NNUNET_ALLOW_FROZEN_RANDOM=1``.
@@ -32,10 +33,12 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bus_nnunet.errors import UserError
+from bus_nnunet.network_architectures import model_info
+from bus_nnunet.network_architectures.attention_unet import ENCODER_WEIGHTS
 from bus_nnunet.recipes import PaperBudget, Recipe
-from bus_nnunet.trainers.base import BusNetworkTrainer, unwrap_network
+from bus_nnunet.trainers.base import BusNetworkTrainer
 
-#: encoder -> environment variable naming its local timm checkpoint
+#: encoder -> environment variable naming a local timm checkpoint (overrides the cache)
 ENCODER_ENV: Dict[str, str] = {
     "resnet18": "BUS_NNUNET_TIMM_RESNET18",
     "densenet121": "BUS_NNUNET_TIMM_DENSENET121",
@@ -91,8 +94,10 @@ PAPER_MODELS: Dict[int, Tuple[str, str, str, bool, int, int]] = {
 
 
 def frozen_encoders_without_weights(encoders: Sequence[str], environ: Mapping[str, str] = os.environ) -> List[str]:
-    """Encoders whose pretrained-checkpoint variable is unset."""
-    return [e for e in encoders if not environ.get(ENCODER_ENV[e])]
+    """Encoders that would keep random weights: no file in their variable and none in the cache
+    (or ``BUS_NNUNET_PRETRAINED=none``)."""
+    from bus_nnunet.weights import resolve
+    return [e for e in encoders if resolve(ENCODER_WEIGHTS[e], ENCODER_ENV[e], environ).state in ("missing", "off")]
 
 
 def check_frozen_encoders_pretrained(trainer: str, encoders: Sequence[str],
@@ -101,13 +106,16 @@ def check_frozen_encoders_pretrained(trainer: str, encoders: Sequence[str],
     missing = frozen_encoders_without_weights(encoders, environ)
     if not missing or environ.get(ALLOW_FROZEN_RANDOM_ENV) == "1":
         return
-    lines = "\n".join(f"  export {ENCODER_ENV[e]}=/path/to/{e}.pth   # timm ImageNet checkpoint" for e in missing)
+    from bus_nnunet.weights import PRETRAINED_ENV, weights_dir
+    lines = "\n".join(f"  bus-nnunet weights fetch {ENCODER_WEIGHTS[e]}   # or: export {ENCODER_ENV[e]}=/path/to/{e}.pth"
+                      for e in missing)
     raise UserError(
         f"{trainer} freezes its encoders, but no pretrained weights are given for {', '.join(missing)}.\n"
         f"Freezing randomly initialised encoders is meaningless: the decoder would learn on top of a fixed "
-        f"random feature extractor, which is not the paper's frozen-encoder experiment. Point these variables "
-        f"at local timm checkpoint files (e.g. timm.create_model(name, pretrained=True).state_dict() saved "
-        f"with torch.save on a machine with internet access):\n{lines}\n"
+        f"random feature extractor, which is not the paper's frozen-encoder experiment. Put the ImageNet weights "
+        f"in the cache ({weights_dir(environ)}) or point the variables at local timm checkpoint files"
+        + (f" (and unset {PRETRAINED_ENV}=none)" if environ.get(PRETRAINED_ENV, "").lower() == "none" else "")
+        + f":\n{lines}\n"
         f"or use the trainable-encoder trainer ({trainer.replace('_FrozenTrainer', '_Trainer')}). "
         f"To freeze random weights anyway (e.g. a smoke test), set {ALLOW_FROZEN_RANDOM_ENV}=1.")
 
@@ -127,23 +135,16 @@ class AttentionUNetTrainer(BusNetworkTrainer):
         return tuple(self.network_kwargs["encoders"])
 
     @classmethod
-    def pretrained_weights_envs(cls):
-        return [ENCODER_ENV[e] for e in cls.network_kwargs["encoders"]]
+    def pretrained_sources(cls):
+        encoders = cls.network_kwargs["encoders"]
+        return [(part, ENCODER_ENV[part.slot]) for part in model_info(cls.network_name).pretrained
+                if part.slot in encoders]
 
     def on_train_start(self):
         # before nnU-Net starts data loaders; a run continued from a checkpoint has its weights already
         if self.network_kwargs.get("freeze_encoder") and self.current_epoch == 0:
             check_frozen_encoders_pretrained(type(self).__name__, self.encoder_names)
         super().on_train_start()
-
-    def _maybe_load_pretrained(self):
-        network = unwrap_network(self.network)
-        for encoder in self.encoder_names:
-            path = self.pretrained_path(ENCODER_ENV[encoder], f"timm {encoder} checkpoint")
-            if path is None:
-                continue
-            report = network.load_encoder_checkpoint(encoder, path)
-            self.print_to_log_file(f"{type(self).__name__}: pretrained {encoder} from {path}: {report}")
 
 
 def _make_trainer(encoders: str, attention: str, loss: str, frozen: bool, skips: bool = False) -> type:

@@ -12,6 +12,10 @@
           network_name = "ssnet"
           recipe = Recipe(optimizer="adamw", lr=1e-4, weight_decay=1e-4, schedule="cosine")
 
+Pretrained weights (``bus_nnunet.weights``): a trainer with ``pretrained_env`` loads its network's
+registered ImageNet weights from that variable's file, else from the shared cache, else warns and
+trains from scratch; ``BUS_NNUNET_PRETRAINED=none`` trains from scratch on purpose.
+
 Schedule overrides (environment, for CPU smoke runs; logged when used):
 ``BUS_NNUNET_NUM_EPOCHS``, ``BUS_NNUNET_NUM_ITERATIONS`` (per epoch),
 ``BUS_NNUNET_NUM_VAL_ITERATIONS``.
@@ -34,6 +38,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from bus_nnunet import augmentation
+from bus_nnunet.errors import UserError
 from bus_nnunet.network_architectures import create_model, model_info, snap_patch_size
 from bus_nnunet.recipes import NNUNET_RECIPE, EpochLRScheduler, Recipe, build_optimizer
 
@@ -123,8 +128,13 @@ class UltrasoundAugmentationMixin:
         return "on: nnU-Net's, one output per decoder stage, weights 1/2^i (lowest resolution 0), normalised"
 
     @classmethod
+    def pretrained_sources(cls) -> List[Tuple[object, str]]:
+        """``(PretrainedPart, override variable)`` per part of the network with ImageNet weights."""
+        return []
+
+    @classmethod
     def pretrained_weights_envs(cls) -> List[str]:
-        return [cls.pretrained_env] if getattr(cls, "pretrained_env", None) else []
+        return [env for _, env in cls.pretrained_sources()]
 
     def _apply_schedule_lengths(self):
         for attr, (value, source) in self.schedule_lengths().items():
@@ -173,7 +183,8 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
     deep_supervision: bool = True
     #: per-output loss weights for deep supervision (highest resolution first); None = 1/2**i, normalised
     deep_supervision_weights: Optional[Sequence[float]] = None
-    #: environment variable naming a local pretrained checkpoint (None: the network has none)
+    #: environment variable naming a local checkpoint that overrides the cached ImageNet weights
+    #: (``bus_nnunet.weights``); None: the trainer loads none (its paper trained from scratch)
     pretrained_env: Optional[str] = None
     #: whether nnU-Net may torch.compile the network on CUDA
     allow_compile: bool = True
@@ -190,6 +201,7 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
         self.initial_lr = self.recipe.lr
         self.weight_decay = self.recipe.weight_decay
         self.enable_deep_supervision = bool(self.deep_supervision and info.deep_supervision_strides)
+        self._resolve_pretrained()
         self._snap_patch_size()
         self.print_to_log_file(f"{type(self).__name__}: network {self.network_name!r}, recipe {self.recipe}, "
                                f"deep supervision {self.enable_deep_supervision}")
@@ -334,33 +346,77 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
             self.optimizer.step()
 
-    # -- pretrained weights --------------------------------------------------------------------------
+    # -- pretrained weights (bus_nnunet.weights: env variable > cache > from scratch) ----------------
+    @classmethod
+    def pretrained_sources(cls) -> List[Tuple[object, str]]:
+        if not cls.network_name or not cls.pretrained_env:
+            return []
+        parts = model_info(cls.network_name).pretrained
+        if len(parts) != 1:
+            raise TypeError(f"{cls.__name__}: {cls.network_name} has {len(parts)} pretrained parts; "
+                            f"override pretrained_sources() to give each its variable")
+        return [(parts[0], cls.pretrained_env)]
+
+    def _resolve_pretrained(self):
+        """Decide, before training starts, where each pretrained part's weights come from; log it
+        (a warning naming the fetch command when they are missing) and refuse broken settings."""
+        from bus_nnunet import weights
+        self.pretrained_resolutions = [(part, weights.resolve(part.weights, env)) for part, env in
+                                       self.pretrained_sources()]
+        problems = [r.problem for _, r in self.pretrained_resolutions if r.problem]
+        if problems:
+            raise UserError(f"{type(self).__name__}: " + "\n".join(problems))
+        missing = [r for _, r in self.pretrained_resolutions if r.state == "missing"]
+        if missing:
+            self.print_to_log_file("\n" + weights.missing_warning(type(self).__name__, missing) + "\n")
+        for part, r in self.pretrained_resolutions:
+            if r.state != "missing":
+                self.print_to_log_file(f"{type(self).__name__}: pretrained {part.slot + ' ' if part.slot else ''}"
+                                       f"{part.weights}: {r.describe()}")
+
     def initialize(self):
         super().initialize()
         self._maybe_load_pretrained()
 
-    def pretrained_path(self, env: str, what: str = "checkpoint") -> Optional[str]:
-        """The local file named by environment variable ``env``; None (logged: training from
-        scratch) when unset; FileNotFoundError naming the variable when it names no file."""
-        path = os.environ.get(env)
-        if not path:
-            self.print_to_log_file(f"{type(self).__name__}: no pretrained {what}, training from scratch "
-                                   f"(set {env}=/path/to/{what.replace(' ', '_')} to load one)")
-            return None
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{env}={path}: no such file. Point it at a local {what} "
-                                    f"or unset it to train from scratch.")
-        return path
-
     def _maybe_load_pretrained(self):
-        if self.pretrained_env is None:
-            return
-        path = self.pretrained_path(self.pretrained_env)
-        if path is not None:
-            report = self.load_pretrained_weights(unwrap_network(self.network), path)
-            self.print_to_log_file(f"{type(self).__name__}: pretrained weights from {path}: {report}")
+        network = unwrap_network(self.network)
+        for part, r in self.pretrained_resolutions:
+            if r.path is None:
+                continue
+            report = self.load_pretrained_weights(network, r.path, part,
+                                                  r.env if r.state == "file" else f"cached {part.weights}")
+            self.print_to_log_file(f"{type(self).__name__}: pretrained {part.slot + ' ' if part.slot else ''}"
+                                   f"weights from {r.path} ({r.state}): {report}")
+            self.print_to_log_file(f"{type(self).__name__}: {_check_loaded(part, network, r.path)}")
 
-    def load_pretrained_weights(self, network: nn.Module, path: str) -> str:
-        """Load a local checkpoint into ``network``; return a one-line report. Trainers with
-        ``pretrained_env`` implement this."""
-        raise NotImplementedError(f"{type(self).__name__} sets pretrained_env but does not load weights")
+    def load_pretrained_weights(self, network: nn.Module, path: str, part=None, label: Optional[str] = None):
+        """Load ``path`` into ``network`` through the network's registered loader (the one loading
+        path, ``network_architectures._pretrained``); returns the report. A checkpoint that does not
+        fit raises an error that starts with ``label`` (default: the trainer's variable)."""
+        from bus_nnunet.network_architectures._pretrained import PretrainedMismatchError
+        part = part or model_info(self.network_name).pretrained[0]
+        try:
+            return str(part.load(network, path))
+        except PretrainedMismatchError as e:
+            raise PretrainedMismatchError(f"{label or self.pretrained_env}={path}: {e}") from None
+
+
+def _check_loaded(part, network: nn.Module, path: str) -> str:
+    """Evidence for the log that ``network`` holds the checkpoint's tensors: load ``path`` again into
+    a perturbed copy and compare every tensor that load wrote with ``network``'s."""
+    import copy
+    probe = copy.deepcopy(network)
+    with torch.no_grad():
+        for t in probe.state_dict().values():
+            if t.is_floating_point():
+                t.add_(1.0)  # a tensor the load does not write keeps this offset
+    before = {k: v.clone() for k, v in probe.state_dict().items()}
+    part.load(probe, path)
+    after, ours = probe.state_dict(), network.state_dict()
+    written = [k for k in after if not torch.equal(after[k], before[k])]
+    differ = [k for k in written if not torch.equal(after[k], ours[k])]
+    if not written or differ:
+        raise RuntimeError(f"pretrained check failed: {len(differ)} of {len(written)} loaded tensors differ from "
+                           f"{path} after initialisation (first: {differ[:3]})")
+    return (f"checked: after initialisation all {len(written)} tensors loaded from {os.path.basename(path)} equal "
+            f"the network's")

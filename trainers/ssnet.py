@@ -8,9 +8,10 @@ same lr range is covered by one cosine decay over the nnU-Net run (epochs of 250
 default 1000 epochs is far more optimisation than the paper's <= 1000 short epochs; use the generated
 ``SSNetTrainer_100epochs`` for a comparable budget).
 
-Pretrained stages 1-2: point ``BUS_NNUNET_PVT_V2_B2`` at a local ``pvt_v2_b2.pth`` (official whai362
-layout) or a saved timm ``pvt_v2_b2`` state dict.  The released ``start.py`` never calls
-``load_from`` (spec section 7, #3); here the transfer happens whenever the variable is set.
+Pretrained stages 1-2 (152 tensors): timm's ``pvt_v2_b2.in1k`` from the shared cache (``bus-nnunet
+weights fetch pvt_v2_b2.in1k``); ``BUS_NNUNET_PVT_V2_B2`` overrides it with a local ``pvt_v2_b2.pth``
+(official whai362 layout) or a saved timm ``pvt_v2_b2`` state dict.  The released ``start.py`` never
+calls ``load_from`` (spec section 7, #3); here the transfer happens whenever weights are available.
 """
 
 from bus_nnunet.recipes import PaperBudget, Recipe
@@ -34,12 +35,3 @@ class SSNetTrainer(BusNetworkTrainer):
     # argsort/gather/scatter with data-dependent indices: compiling brings little and is fragile
     allow_compile = False
 
-    def load_pretrained_weights(self, network, path: str) -> str:
-        """Partial transfer of PVTv2-b2 stages 1-2 (152 tensors) into ``network.backbone``."""
-        from bus_nnunet.network_architectures.ssnet import load_pvt_v2_b2
-        try:
-            counts = load_pvt_v2_b2(network, path)
-        except ValueError as e:
-            raise ValueError(f"{self.pretrained_env}={path}: {e}") from None
-        return (f"loaded {counts['tensors']} PVTv2-b2 stage-1/2 tensors ({counts['parameters']:,} parameters) "
-                f"into the SS-Net encoder; everything else is newly initialised")

@@ -34,6 +34,37 @@ def _parse(v):
     return tuple(parts + [0] * (3 - len(parts)))
 
 
+def _check_weights(ok, info, bad, trainers):
+    """The cache state of every weights name, as `bus-nnunet weights list` and the trainers see it."""
+    from bus_nnunet import weights
+    from bus_nnunet.errors import UserError
+    try:
+        mode = weights.pretrained_mode()
+    except UserError as e:
+        return bad(str(e), f"unset {weights.PRETRAINED_ENV} or set it to auto / none / require")
+    info(f"cache {weights.weights_dir()} (${weights.WEIGHTS_DIR_ENV}); {weights.PRETRAINED_ENV}={mode}")
+    users, overrides = {}, {}
+    for name, cls in sorted(trainers.items()):
+        for part, env in cls.pretrained_sources():
+            users.setdefault(part.weights, []).append(name)
+            overrides.setdefault(env, part.weights)
+    for name in weights.catalogue():
+        entry, names = weights.cache_entry(name), users.get(name, [])
+        who = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+        if entry.ok:
+            ok(f"{name} cached: {entry.path} (sha256 {entry.record['sha256']})")
+        elif entry.problem:
+            bad(f"{name}: {entry.problem}", f"bus-nnunet weights fetch {name} --overwrite")
+        else:
+            info(f"{name} not cached: {who or 'no trainer'} train from scratch after a warning; "
+                 f"fix: bus-nnunet weights fetch {name}")
+    for env, name in sorted(overrides.items()):
+        r = weights.resolve(name, env)
+        if r.state == "file":
+            (bad(r.problem, f"unset {env} or point it at a checkpoint") if r.problem
+             else ok(f"${env}={r.path} overrides the cached {name}"))
+
+
 def run(args) -> int:
     problems = []
     ok = lambda msg: print(f"  ok    {msg}")  # noqa: E731
@@ -92,6 +123,9 @@ def run(args) -> int:
                 f'export nnUNet_extTrainer="{folder}" and rerun doctor')
         else:
             ok(f"nnU-Net finds {name}")
+
+    print("pretrained weights")
+    _check_weights(ok, info, bad, TRAINERS)
 
     print("acceleration")
     compile_env = os.environ.get("nnUNet_compile")

@@ -31,8 +31,9 @@ def trainer_rows():
         else:
             network_name, paper, status = getattr(cls, "network_description", "nnU-Net default"), "", "available"
         notes = []
-        if getattr(cls, "pretrained_env", None):
-            notes.append(f"pretrained: ${cls.pretrained_env}")
+        sources = cls.pretrained_sources() if hasattr(cls, "pretrained_sources") else []
+        if sources:
+            notes.append("pretrained: " + ", ".join(part.weights for part, _ in sources) + " (`bus-nnunet weights list`)")
         rows.append((name, network_name, status, "; ".join(filter(None, [paper] + notes))))
     for module, error in sorted(UNAVAILABLE.items()):
         rows.append((module.rsplit(".", 1)[-1] + " (module)", "-", f"broken: {error}", ""))
