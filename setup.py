@@ -129,6 +129,8 @@ setup(
         "dynamic-network-architectures>=0.4.4,<0.5",
         "SimpleITK",
         "timm>=1.0",
+        "huggingface_hub",  # `bus-nnunet weights fetch` (also a timm dependency)
+        "safetensors",
         "numpy",
         "scipy",
         "scikit-learn",
