@@ -77,7 +77,10 @@ def test_every_paper_row_has_a_trainer_with_its_configuration():
         assert (r.ce_weight, r.dice_weight) == ((1.0, 0.0) if loss == "BCE" else (0.0, 1.0))
     assert "AttUNet_CBAM_BCE_Trainer" in att_trainers.__all__
     assert "AttUNet_NonLocal_Dice_FrozenTrainer" in att_trainers.__all__
-    assert len(att_trainers.__all__) == 24  # 3 attentions x 2 losses x 2 + 3 encoder pairs x 2 x 2
+    # 3 attentions x 2 losses x 2 + 3 encoder pairs x 2 x 2 paper rows, + 3 x 2 AttUNetSkips readings
+    assert len(att_trainers.__all__) == 30
+    skips = [n for n in att_trainers.__all__ if n.startswith("AttUNetSkips_")]
+    assert len(skips) == 6 and all(getattr(att_trainers, n).network_kwargs["encoder_skips"] for n in skips)
 
 
 def test_docs_map_each_paper_model_to_its_trainer():
