@@ -17,7 +17,7 @@ calls ``load_from`` (spec section 7, #3); here the transfer happens whenever wei
 from bus_nnunet.recipes import PaperBudget, Recipe
 from bus_nnunet.trainers.base import BusNetworkTrainer
 
-__all__ = ["SSNetTrainer"]
+__all__ = ["SSNetTrainer", "SSNetTrainerIntended"]
 
 
 class SSNetTrainer(BusNetworkTrainer):
@@ -35,3 +35,11 @@ class SSNetTrainer(BusNetworkTrainer):
     # argsort/gather/scatter with data-dependent indices: compiling brings little and is fragile
     allow_compile = False
 
+
+
+class SSNetTrainerIntended(SSNetTrainer):
+    """SS-Net with the paper's intended tile scan (``faithful_tiles=False``): real p x p tiles sorted
+    by their own scores and read along the Hilbert curve, instead of the released code's unfold view
+    that scans stride-p pixel sub-grids under another tile's score.  Same parameters and MACs."""
+
+    network_kwargs = {"faithful_tiles": False}
