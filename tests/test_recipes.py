@@ -180,3 +180,36 @@ def test_acsnet_segmentation_loss_keeps_sigma_finite_over_10000_steps(planned_da
     assert torch.isfinite(weighting.sigma).all()
     # the optimum 0.5 L / s^4 = 1 / (1 + s^2) is finite for L > 0: the weight stays moderate
     assert weighting.task_weights().max().item() < 100 and weighting.sigma.abs().min().item() > 0.1
+
+
+def _hand_ce_and_dice(logits, target):
+    """Softmax cross-entropy and the foreground soft Dice (batch Dice, smooth 1e-5), by hand."""
+    ce = torch.nn.functional.cross_entropy(logits, target[:, 0].long())
+    fg = logits.softmax(1)[:, 1]
+    ref = (target[:, 0] == 1).float()
+    return ce, (2 * (fg * ref).sum() + 1e-5) / (fg.sum() + ref.sum() + 1e-5)
+
+
+@pytest.mark.parametrize("name, with_dice", [("AnatoSegNetTrainer", False), ("AnatoSegNetTrainerDiceCE", True)])
+def test_anatosegnet_loss_is_the_stated_one(name, with_dice, planned_dataset, tmp_path, monkeypatch):
+    """The paper's CE alone, and the Dice + CE variant that the convergence study needed (CE alone
+    under-segments at short budgets): nnU-Net's loss object gives the hand-computed value."""
+    trainer = _instance(getattr(T, name), planned_dataset, tmp_path, monkeypatch)
+    trainer.configuration_manager.configuration["batch_dice"] = True
+    loss = trainer._build_loss()
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(2, 2, 16, 16, generator=g), (torch.rand(2, 1, 16, 16, generator=g) > 0.7).float()
+    ce, dice = _hand_ce_and_dice(logits, target)
+    assert float(loss(logits, target)) == pytest.approx(float(ce - dice if with_dice else ce), rel=1e-4)
+    card = trainer_card(name)
+    assert card["lr_by_epoch"] == trainer_card("AnatoSegNetTrainer")["lr_by_epoch"]  # only the loss differs
+
+
+def test_ssnet_intended_trainer_scans_real_tiles(planned_dataset, tmp_path, monkeypatch):
+    from bus_nnunet.network_architectures.ssnet import DynamicTilesScan
+    monkeypatch.setenv("BUS_NNUNET_PRETRAINED", "none")
+    for name, faithful in (("SSNetTrainer", True), ("SSNetTrainerIntended", False)):
+        trainer = _instance(getattr(T, name), planned_dataset, tmp_path, monkeypatch)
+        trainer.initialize()
+        scans = [m for m in trainer.network.modules() if isinstance(m, DynamicTilesScan)]
+        assert scans and all(m.faithful_tiles is faithful for m in scans)

@@ -20,6 +20,10 @@ class AnatoSegNetTrainer(BusNetworkTrainer):
     (``bus-nnunet weights fetch resnet50.tv_in1k``); ``BUS_NNUNET_RESNET50=/path/to/resnet50.pth`` (a
     local torchvision or timm ``resnet50`` state dict) overrides it.  The RGB first conv is adapted
     to the plan's input channels.  Without either the network trains from scratch, after a warning.
+
+    Cross-entropy alone under-segments at short budgets (convergence study, BrEaST at 128 px, from
+    scratch: 130 predicted vs 873 reference pixels per image and val Dice 0.19 after 200 steps, 0.41
+    after 600); ``AnatoSegNetTrainerDiceCE`` reaches 0.56 after 200 steps.
     """
 
     network_name = "anatosegnet"

@@ -8,6 +8,11 @@ same lr range is covered by one cosine decay over the nnU-Net run (epochs of 250
 default 1000 epochs is far more optimisation than the paper's <= 1000 short epochs; use the generated
 ``SSNetTrainer_100epochs`` for a comparable budget).
 
+Learning from scratch (no PVT weights, benchmarks/convergence_study.py on BrEaST at 128 px): the
+released tile scan first collapses to background for ~150-200 steps while the cross-entropy falls,
+then learns (val Dice 0.14 after 200 steps, 0.52 after 600); ``SSNetTrainerIntended``, which scans
+real tiles, learns within 200 steps (0.47).
+
 Pretrained stages 1-2 (152 tensors): timm's ``pvt_v2_b2.in1k`` from the shared cache (``bus-nnunet
 weights fetch pvt_v2_b2.in1k``); ``BUS_NNUNET_PVT_V2_B2`` overrides it with a local ``pvt_v2_b2.pth``
 (official whai362 layout) or a saved timm ``pvt_v2_b2`` state dict.  The released ``start.py`` never
