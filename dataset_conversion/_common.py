@@ -134,6 +134,26 @@ def unmatched_error(kind: str, paths: Sequence[Path], fix: str) -> UserError:
     return UserError(f"{len(paths)} {kind}: {shown}{more}; {fix}")
 
 
+def require_complete_mask_sets(numbered: Mapping, image_of: Mapping, primary: str, numbered_name: str) -> None:
+    """Raise a UserError for every case whose numbered lesion masks have a gap.
+
+    ``numbered`` maps a case key to its ``(index, path)`` masks, index 0 being the primary mask
+    (e.g. BUSI's ``_mask``, then ``_mask_1``, ``_mask_2``).  A missing primary or a missing middle
+    number is never a smaller lesion: merging what is there would silently drop part of the label.
+    """
+    gaps = []
+    for key in sorted(numbered):
+        have = sorted(i for i, _ in numbered[key])
+        missing = sorted(set(range(max(have) + 1)) - set(have))
+        if missing:
+            names = ", ".join(primary if i == 0 else numbered_name.format(i) for i in missing)
+            gaps.append(f"{image_of[key]} (missing {names}; found {', '.join(p.name for _, p in sorted(numbered[key]))})")
+    if gaps:
+        shown = "; ".join(gaps[:5]) + (f" (and {len(gaps) - 5} more)" if len(gaps) > 5 else "")
+        raise UserError(f"{len(gaps)} case(s) with an incomplete set of lesion masks: {shown}; restore the missing "
+                        f"mask files (merging the rest would lose part of each lesion)")
+
+
 def require_pairs(images: Mapping, masks: Mapping, masks_without_image: str, images_without_mask: str,
                   fix_image: str = "restore the missing file", fix_mask: str = "restore the missing file") -> None:
     """Raise a UserError listing masks whose key has no image (then images without a mask); the

@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, find_child_dir, locate_root,
-                                                   unmatched_error)
+                                                   require_complete_mask_sets, unmatched_error)
 
 CLASSES = ("benign", "malignant", "normal")
 _NAME = re.compile(r"^(benign|malignant|normal) \((\d+)\)(_mask(?:_(\d+))?)?\.png$", re.IGNORECASE)
@@ -52,6 +52,7 @@ def collect(source: Path, options) -> Collection:
     lonely = [images[key] for key in images if key not in masks]
     if lonely:
         raise unmatched_error("BUSI images without a '_mask.png'", lonely, "restore the mask files")
+    require_complete_mask_sets(masks, images, "_mask.png", "_mask_{}.png")
     for (cls, number), path in sorted(images.items()):
         mask_paths = [p for _, p in sorted(masks[(cls, number)])]
         collection.cases.append(Case(case_id=f"busi_{cls}_{number:04d}", image=path, masks=mask_paths, cls=cls,

@@ -388,3 +388,15 @@ def test_nnunet_plan_and_preprocess_accepts_converted_dataset(tmp_path):
     assert (pre / "nnUNetPlans.json").is_file(), proc.stdout[-2000:]
     cases = {p.name.split(".")[0] for p in (pre / "nnUNetPlans_2d").iterdir() if "_seg" not in p.name}
     assert len(cases) == facts["n_lesion"] + facts["n_normal"]
+
+
+@pytest.mark.parametrize("remove, missing", [("benign (195)_mask.png", "_mask.png"),
+                                             ("benign (195)_mask_1.png", "_mask_1.png")])
+def test_busi_gap_in_a_numbered_mask_set_is_an_error(tmp_path, remove, missing):
+    """A missing primary mask (or _mask_2 without _mask_1) must not shrink the lesion silently."""
+    source, _ = replicas.write_busi(tmp_path / "src")
+    (source / "Dataset_BUSI_with_GT" / "benign" / remove).unlink()
+    raw = tmp_path / "raw"
+    expect_user_error("busi", source, "-o", raw,
+                      match=re.escape("benign (195).png (missing " + missing) + ".*restore the missing mask files")
+    assert not raw.exists() or not any(raw.iterdir())
