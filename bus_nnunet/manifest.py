@@ -53,6 +53,18 @@ def case_classes(path) -> Dict[str, str]:
     return {r["case_id"]: r["class"].strip().lower() for r in rows if r.get("class", "").strip()}
 
 
+def case_classes_for(path, case_ids) -> Dict[str, str]:
+    """:func:`case_classes`, after checking that the manifest lists every one of ``case_ids``: a
+    manifest of another dataset would otherwise silently drop the per-class results."""
+    rows = read_manifest(path)
+    unknown = sorted(set(case_ids) - {r["case_id"] for r in rows})
+    if unknown:
+        raise UserError(f"{len(unknown)} of {len(set(case_ids))} scored case(s) are not in manifest {path} "
+                        f"(e.g. {', '.join(unknown[:3])}); pass this dataset's manifest.csv, which bus-nnunet "
+                        f"convert writes next to its dataset.json")
+    return case_classes(path)
+
+
 def find_manifest(dataset_name: str, raw_root: Optional[str] = None) -> Path:
     """The manifest of an nnU-Net dataset: ``$BUS_NNUNET_MANIFEST`` if set, else
     ``$nnUNet_raw/<dataset_name>/manifest.csv``."""

@@ -139,3 +139,28 @@ def test_gradcam_on_trained_model(trained, tmp_path):
     bad = _nnunet.run(["bus-nnunet", "gradcam", folder, "-i", image, "-o", tmp_path / "x", "--layer", "nope"],
                       env, check=False)
     assert bad.returncode == 1 and "layer 'nope'" in bad.stderr
+
+
+def test_cv_report_refuses_a_fold_with_missing_validation_cases(nnunet_env, tmp_path, capsys):
+    """A fold whose validation stopped halfway (1 of its 3 cases in splits_final.json written) is an
+    error naming the fold and the cases; --allow-missing scores them as empty predictions."""
+    from PIL import Image
+    from bus_nnunet.cli import main
+    ds = "Dataset992_Partial"
+    pre = Path(nnunet_env["nnUNet_preprocessed"]) / ds
+    (pre / "gt_segmentations").mkdir(parents=True)
+    (Path(nnunet_env["nnUNet_raw"]) / ds).mkdir(parents=True)
+    val = Path(nnunet_env["nnUNet_results"]) / ds / "A__nnUNetPlans__2d" / "fold_0" / "validation"
+    val.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_square(2, 3, 4)).save(pre / "gt_segmentations" / f"p_{i}.png")
+    Image.fromarray(_square(2, 3, 4)).save(val / "p_0.png")
+    (pre / "splits_final.json").write_text(json.dumps([{"train": [], "val": ["p_0", "p_1", "p_2"]}]))
+    args = ["cv-report", "992", "-tr", "A", "-f", "0", "-o", str(tmp_path / "r"), "--bootstrap", "50", "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "A fold 0" in err and "2 of 3 reference case(s) have no prediction" in err and "p_1, p_2" in err
+    assert not (tmp_path / "r").exists()
+    assert main(args + ["--allow-missing"]) == 0
+    report = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert report["trainers"]["A"]["all_cases"]["per_image"]["dice"]["mean"] == pytest.approx(1 / 3)

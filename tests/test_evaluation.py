@@ -217,7 +217,6 @@ def test_evaluate_cli(tmp_path, capsys):
         _write_png(pred / f"{cid}.png", prd)
         p = np.stack([1 - prd * 0.9, prd * 0.9])[:, None].astype(np.float16)  # (C, 1, H, W)
         np.savez_compressed(probs / f"{cid}.npz", probabilities=p)
-    _write_png(gt / "c5.png", square(1, 1))  # reference without prediction
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("case_id,split,class\n" + "".join(f"{c},train,{v[2]}\n" for c, v in cases.items()))
     cls_csv = tmp_path / "classification.csv"
@@ -234,7 +233,7 @@ def test_evaluate_cli(tmp_path, capsys):
     assert m["all"]["per_image"]["hd95"]["n_nan"] == 1
     assert m["by_class"]["benign"]["per_image"]["dice"]["mean"] == pytest.approx(0.5)
     assert m["by_class"]["malignant"]["n_cases"] == 1
-    assert m["references_without_prediction"] == ["c5"]
+    assert m["references_without_prediction"] == []
     assert 0.5 < m["pixel_roc"]["auc"] <= 1.0
     assert m["classification"]["benign_vs_malignant"]["auc"] == 1.0
     assert m["classification"]["accuracy_all_classes"] == 1.0
@@ -246,6 +245,32 @@ def test_evaluate_cli(tmp_path, capsys):
     assert main(args) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_evaluate_refuses_missing_predictions_unless_allowed(tmp_path, capsys):
+    """A prediction run that stopped halfway must not read as a score: 1 of 3 predicted is an error
+    naming the 2 missing; --allow-missing scores them as empty predictions and says so."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    for cid in ("a", "b", "c"):
+        _write_png(gt / f"{cid}.png", square(2, 2))
+    _write_png(pred / "a.png", square(2, 2))
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "-o", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "2 of 3 reference case(s) have no prediction" in err and "b, c" in err and "--allow-missing" in err
+    assert not (tmp_path / "out").exists()
+    assert main(args + ["--allow-missing"]) == 0
+    assert "2 of them had no prediction and were scored as empty predictions" in capsys.readouterr().out
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["references_without_prediction"] == ["b", "c"]
+    assert m["all"]["per_image"]["dice"]["mean"] == pytest.approx(1 / 3)  # 1, 0, 0
+    # a manifest of another dataset would silently drop the per-class rows: an error instead
+    other = tmp_path / "other_manifest.csv"
+    other.write_text("case_id,split,class\nx1,train,benign\na,train,benign\n")
+    assert main(args + ["--allow-missing", "--overwrite", "--manifest", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 3 scored case(s) are not in manifest" in err and "b, c" in err
 
 
 def test_evaluate_cli_shape_mismatch_is_user_error(tmp_path, capsys):

@@ -11,7 +11,7 @@ import argparse
 
 
 def register(subparsers):
-    from bus_nnunet.commands.evaluate import add_empty_truth_option
+    from bus_nnunet.commands.evaluate import add_allow_missing_option, add_empty_truth_option
     p = subparsers.add_parser("cv-report", help="cross-validation report and paired statistics over trainers",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset id or name (e.g. 990 or Dataset990_SyntheticUS)")
@@ -22,6 +22,7 @@ def register(subparsers):
     p.add_argument("--manifest", help="manifest.csv for per-class results (default: $nnUNet_raw/<Dataset>/"
                                       "manifest.csv if it exists)")
     add_empty_truth_option(p)
+    add_allow_missing_option(p)
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -36,18 +37,20 @@ def run(args) -> int:
     from bus_nnunet.evaluation import folder as F
     from bus_nnunet.evaluation import metrics as M
     from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text, check_output_free
-    from bus_nnunet.manifest import case_classes
+    from bus_nnunet.manifest import case_classes_for
 
     check_output_free(args.output, args.overwrite, "output folder")
     dataset = R.resolve_dataset(args.dataset)
     raw_dir = Path(R.env_folder("nnUNet_raw")) / dataset
     manifest = Path(args.manifest) if args.manifest else raw_dir / "manifest.csv"
-    classes = case_classes(manifest) if (args.manifest or manifest.is_file()) else {}
+    gt_dir = Path(R.env_folder("nnUNet_preprocessed")) / dataset / "gt_segmentations"
+    gt_cases = F.list_segmentations(gt_dir) if gt_dir.is_dir() else {}
+    classes = case_classes_for(manifest, gt_cases) if (args.manifest or manifest.is_file()) else {}
     results = R.collect(dataset, args.trainers, args.plans, args.configuration, args.folds, classes,
-                        progress=not args.no_progress, empty_truth=args.empty_truth)
+                        progress=not args.no_progress, empty_truth=args.empty_truth,
+                        allow_missing=args.allow_missing)
     summaries = {t: R.trainer_summary(r, args.bootstrap) for t, r in results.items()}
     comparisons = R.pairwise_comparisons(results, n_resamples=args.bootstrap)
-    gt_dir = Path(R.env_folder("nnUNet_preprocessed")) / dataset / "gt_segmentations"
 
     caption = (f"{dataset}, {args.configuration}, {args.plans}: {len(args.folds)}-fold cross-validation. "
                f"Dice (folds): mean ± std of the fold means; other metrics: mean ± std over all out-of-fold "

@@ -24,7 +24,15 @@ def register(subparsers):
     p.add_argument("-o", "--output", required=True, help="output folder (metrics.json, per_case.csv, summary.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_allow_missing_option(p)
     p.set_defaults(func=run)
+
+
+def add_allow_missing_option(p) -> None:
+    """``--allow-missing``, shared by ``evaluate`` and ``cv-report``."""
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score a reference case without a prediction as an empty prediction (default: an error "
+                        "listing them, so a prediction run that stopped halfway never reads as a score)")
 
 
 def add_empty_truth_option(p) -> None:
@@ -73,15 +81,15 @@ def run(args) -> int:
     from bus_nnunet.evaluation import folder as F
     from bus_nnunet.evaluation import metrics as M
     from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text, check_output_free
-    from bus_nnunet.manifest import case_classes
+    from bus_nnunet.manifest import case_classes_for
 
     check_output_free(args.output, args.overwrite, "output folder")
-    classes = case_classes(args.manifest) if args.manifest else {}
     progress = not args.no_progress
-    rows = F.evaluate_cases(args.pred, args.gt, classes, label=args.label, progress=progress,
-                            empty_truth=args.empty_truth)
     refs = F.list_segmentations(args.gt)
-    missing = sorted(set(refs) - {r["case_id"] for r in rows})
+    classes = case_classes_for(args.manifest, refs) if args.manifest else {}
+    rows = F.evaluate_cases(args.pred, args.gt, classes, label=args.label, progress=progress,
+                            empty_truth=args.empty_truth, allow_missing=args.allow_missing)
+    missing = [r["case_id"] for r in rows if r["prediction_missing"]]
     summary = F.aggregate(rows, args.empty_truth)
     result = {"pred": str(Path(args.pred).resolve()), "gt": str(Path(args.gt).resolve()),
               "empty_truth": args.empty_truth, "empty_rule": M.EMPTY_TRUTH_RULES[args.empty_truth],
@@ -89,8 +97,8 @@ def run(args) -> int:
               "by_class": F.aggregate_by_class(rows, args.empty_truth)}
     sections = []
     if missing:
-        sections.append(f"**{len(missing)} reference(s) have no prediction and were not scored** "
-                        f"(first: {', '.join(missing[:5])}).")
+        sections.append(f"**{len(missing)} reference(s) have no prediction and were scored as empty predictions "
+                        f"(--allow-missing)** (first: {', '.join(missing[:5])}).")
     roc = None
     if args.probabilities:
         prob_dir = Path(args.probabilities)
@@ -125,4 +133,7 @@ def run(args) -> int:
     s = summary["per_image"]["dice"]
     print(f"{len(rows)} case(s): Dice {F.fmt(s['mean'])} ± {F.fmt(s['std'])} per image, pooled "
           f"{F.fmt(summary['pooled']['dice'])} (--empty-truth {args.empty_truth}); written to {args.output}")
+    if missing:
+        print(f"{len(missing)} of them had no prediction and were scored as empty predictions (--allow-missing): "
+              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     return 0

@@ -10,6 +10,7 @@ Layout read (nnU-Net's own)::
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +57,18 @@ def resolve_dataset(dataset: str) -> str:
 
 def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlans", configuration: str = "2d",
             folds: Sequence[int] = (0, 1, 2, 3, 4), classes: Optional[Dict[str, str]] = None,
-            progress: bool = True, empty_truth: str = M.DEFAULT_EMPTY_TRUTH) -> Dict[str, TrainerResults]:
+            progress: bool = True, empty_truth: str = M.DEFAULT_EMPTY_TRUTH,
+            allow_missing: bool = False) -> Dict[str, TrainerResults]:
     """Score every trainer's validation predictions fold by fold (empty-mask rule ``empty_truth``);
-    missing folds are recorded."""
+    missing folds are recorded.  A fold's validation folder must hold every validation case of
+    nnU-Net's ``splits_final.json`` (``allow_missing``: the missing ones score as empty predictions)."""
     results_root = env_folder("nnUNet_results") / dataset_name
-    gt_dir = env_folder("nnUNet_preprocessed") / dataset_name / "gt_segmentations"
+    preprocessed = env_folder("nnUNet_preprocessed") / dataset_name
+    gt_dir = preprocessed / "gt_segmentations"
     if not gt_dir.is_dir():
         raise UserError(f"{gt_dir} not found; run nnUNetv2_plan_and_preprocess for {dataset_name} first")
+    splits_file = preprocessed / "splits_final.json"
+    splits = json.loads(splits_file.read_text()) if splits_file.is_file() else []
     out = {}
     for trainer in trainers:
         model_dir = results_root / f"{trainer}__{plans}__{configuration}"
@@ -72,8 +78,15 @@ def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlan
             if not val_dir.is_dir() or not F.list_segmentations(val_dir):
                 res.folds_missing.append(fold)
                 continue
-            rows = F.evaluate_cases(val_dir, gt_dir, classes, progress=progress,
-                                    description=f"{trainer} fold {fold}", empty_truth=empty_truth)
+            expected = splits[fold]["val"] if fold < len(splits) else None
+            try:
+                rows = F.evaluate_cases(val_dir, gt_dir, classes, progress=progress,
+                                        description=f"{trainer} fold {fold}", empty_truth=empty_truth,
+                                        expected=expected if expected is not None else
+                                        sorted(F.list_segmentations(val_dir)), allow_missing=allow_missing)
+            except UserError as e:
+                raise UserError(f"{trainer} fold {fold} ({splits_file.name} validation cases): {e}; or rerun "
+                                f"nnUNetv2_train ... --val to write them") from None
             for r in rows:
                 r["fold"] = fold
             res.rows += rows
@@ -256,8 +269,8 @@ def plot_montage(res: TrainerResults, gt_dir: Path, raw_dataset_dir: Path, path:
     shown = []
     for ax, (label, row) in zip(axes, picks):
         ref = F.read_segmentation(refs[row["case_id"]]) > 0
-        pred_path = F.list_segmentations(pred_dir / f"fold_{row['fold']}" / "validation")[row["case_id"]]
-        pred = F.read_segmentation(pred_path) > 0
+        pred_path = F.list_segmentations(pred_dir / f"fold_{row['fold']}" / "validation").get(row["case_id"])
+        pred = F.read_segmentation(pred_path) > 0 if pred_path else np.zeros(ref.shape, bool)  # --allow-missing
         image_path = find_raw_image(raw_dataset_dir, row["case_id"])
         image = F.read_segmentation(image_path) if image_path else np.zeros(ref.shape)
         if image.shape != ref.shape:

@@ -77,12 +77,16 @@ def read_class_probabilities(path) -> np.ndarray:
 
 def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, label: Optional[int] = None,
                    progress: bool = True, description: str = "evaluating",
-                   empty_truth: str = M.DEFAULT_EMPTY_TRUTH) -> List[Dict[str, object]]:
-    """One row per prediction: ``case_id, class`` and :func:`metrics.segmentation_metrics` under the
-    empty-mask rule ``empty_truth`` (:data:`metrics.EMPTY_TRUTH_RULES`).
+                   empty_truth: str = M.DEFAULT_EMPTY_TRUTH, expected: Optional[Sequence[str]] = None,
+                   allow_missing: bool = False) -> List[Dict[str, object]]:
+    """One row per expected case: ``case_id, class, prediction_missing`` and
+    :func:`metrics.segmentation_metrics` under the empty-mask rule ``empty_truth``
+    (:data:`metrics.EMPTY_TRUTH_RULES`).
 
     Every prediction must have a reference of the same shape (a UserError names the file).
-    References without a prediction are not scored (callers report them as missing).
+    ``expected`` (default: every reference in ``gt_dir``) must all be predicted: a prediction run
+    that stopped halfway must not read as a good score.  With ``allow_missing`` each missing
+    prediction is scored as an empty prediction instead (``prediction_missing`` marks the row).
     """
     from tqdm import tqdm
     M.check_empty_truth(empty_truth)
@@ -93,13 +97,24 @@ def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, l
     if missing_ref:
         raise UserError(f"{len(missing_ref)} prediction(s) in {pred_dir} have no reference in {gt_dir} "
                         f"(e.g. {missing_ref[0]}); point --gt at the labelsTr / gt_segmentations folder")
+    expected = sorted(refs) if expected is None else sorted(expected)
+    unknown = [c for c in expected if c not in refs]
+    if unknown:
+        raise UserError(f"{len(unknown)} case(s) to score have no reference in {gt_dir} (e.g. {unknown[0]}); "
+                        f"point --gt at this dataset's labelsTr / gt_segmentations folder")
+    missing = [c for c in expected if c not in preds]
+    if missing and not allow_missing:
+        shown = ", ".join(missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
+        raise UserError(f"{len(missing)} of {len(expected)} reference case(s) have no prediction in {pred_dir}: "
+                        f"{shown}; predict them, or pass --allow-missing to score each as an empty prediction")
     rows = []
-    for case_id in tqdm(sorted(preds), desc=description, disable=not progress, unit="case"):
-        pred, ref = read_segmentation(preds[case_id]), read_segmentation(refs[case_id])
+    for case_id in tqdm(sorted(set(preds) | set(missing)), desc=description, disable=not progress, unit="case"):
+        ref = read_segmentation(refs[case_id])
+        pred = read_segmentation(preds[case_id]) if case_id in preds else np.zeros_like(ref)
         if pred.shape != ref.shape:
             raise UserError(f"{preds[case_id]} has shape {pred.shape} but its reference {refs[case_id]} has "
                             f"{ref.shape}; predictions must be in the reference's geometry")
-        row = {"case_id": case_id, "class": (classes or {}).get(case_id, "")}
+        row = {"case_id": case_id, "class": (classes or {}).get(case_id, ""), "prediction_missing": case_id not in preds}
         row.update(M.segmentation_metrics(ref, pred, label=label, empty_truth=empty_truth))
         rows.append(row)
     return rows
