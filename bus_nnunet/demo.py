@@ -184,14 +184,22 @@ def run_demo(out, trainer: str = "nnUNetTrainerUS", quick: bool = False, overwri
     raises :class:`UserError` (exit 1 from the CLI) after writing its report."""
     out = Path(out).resolve()
     check_output_free(out, overwrite, "demo folder")
+    from bus_nnunet.registration import ensure_registered, lookup_trainer
+    ensure_registered()
+    found = lookup_trainer(trainer)  # before anything is written: a typo must not cost a conversion
+    if found["error"]:
+        import difflib
+        from bus_nnunet.trainers import TRAINERS
+        close = difflib.get_close_matches(trainer, ["nnUNetTrainer", *TRAINERS], n=3, cutoff=0.6)
+        raise UserError(f"unknown trainer {trainer!r}: nnU-Net's trainer search does not find it ({found['error']}); "
+                        + (f"did you mean {', '.join(close)}? " if close else "")
+                        + "`bus-nnunet trainers` lists bus-nnunet's trainers")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     if device is None:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    from bus_nnunet.registration import ensure_registered
-    ensure_registered()
     t0 = time.time()
     result = DemoRun(out, trainer, "quick" if quick else "full", device).run()
     print(f"[demo] done in {time.time() - t0:.0f} s: held-out Dice {result['mean_dice']:.3f} "

@@ -55,6 +55,10 @@ def collect(source: Path, options) -> Collection:
         target[number] = p
     if not images:
         raise UserError(f"{source} does not look like BUSIS (no caseNNNN.png files below it)")
+    if not masks:  # caseNNN.png alone is also BrEaST's naming: do not report 'missing masks' for it
+        raise UserError(f"{source} does not look like BUSIS: {len(images)} caseNNNN images but no caseNNNN_GT mask "
+                        f"below it (BrEaST names its masks caseNNN_tumor.png: `bus-nnunet convert breast`; "
+                        f"`bus-nnunet convert --help` lists every dataset)")
     require_pairs(images, masks, "BUSIS GT masks without an image", "BUSIS images without a caseNNNN_GT mask")
     labels = _labels(Path(source), collection)
     for n in sorted(images):

@@ -400,3 +400,8 @@ def test_busi_gap_in_a_numbered_mask_set_is_an_error(tmp_path, remove, missing):
     expect_user_error("busi", source, "-o", raw,
                       match=re.escape("benign (195).png (missing " + missing) + ".*restore the missing mask files")
     assert not raw.exists() or not any(raw.iterdir())
+
+
+def test_busis_converter_on_a_breast_folder_says_it_is_not_busis(tmp_path):
+    source, _ = replicas.write_breast(tmp_path / "src")
+    expect_user_error("busis", source, "-o", tmp_path / "raw", match="does not look like BUSIS.*convert breast")

@@ -118,7 +118,12 @@ def test_cv_report_missing_trainer_is_user_error(trained, tmp_path):
     ds, env = trained
     proc = _nnunet.run(["bus-nnunet", "cv-report", ds.dataset_id, "-tr", "NoSuchTrainer", "-o", tmp_path / "r"],
                        env, check=False)
-    assert proc.returncode == 1 and "no validation predictions" in proc.stderr
+    assert proc.returncode == 1 and "unknown trainer 'NoSuchTrainer'" in proc.stderr
+    assert "trained here with nnUNetPlans / 2d: nnUNetTrainerUS" in proc.stderr
+    # a typo beside a real trainer is an error with the close match, not an empty row
+    proc = _nnunet.run(["bus-nnunet", "cv-report", ds.dataset_id, "-tr", "nnUNetTrainerUS", "nnUNetTrainerSU",
+                        "-o", tmp_path / "r"], env, check=False)
+    assert proc.returncode == 1 and "did you mean nnUNetTrainerUS?" in proc.stderr and not (tmp_path / "r").exists()
 
 
 def test_gradcam_on_trained_model(trained, tmp_path):
@@ -139,6 +144,28 @@ def test_gradcam_on_trained_model(trained, tmp_path):
     bad = _nnunet.run(["bus-nnunet", "gradcam", folder, "-i", image, "-o", tmp_path / "x", "--layer", "nope"],
                       env, check=False)
     assert bad.returncode == 1 and "layer 'nope'" in bad.stderr
+    listed = _nnunet.run(["bus-nnunet", "gradcam", folder, "--list-layers", "-f", "1"], env).stdout
+    assert "decoder.stages.3.convs.1.conv" in listed and listed.count("<- default") == 1
+    assert next(line for line in listed.splitlines() if "<- default" in line).startswith("decoder.stages.3.convs.1.conv")
+
+
+def test_gradcam_default_layer_works_for_ssnet():
+    """SS-Net ends in a patch expansion (Linear, BHWC), so it runs no wide convolution at full
+    resolution: the default is its last convolution at the finest resolution reached (1/4)."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+    from bus_nnunet.evaluation.gradcam import default_target_layer
+    from bus_nnunet.network_architectures import create_model
+    torch.manual_seed(0)
+    net = create_model("ssnet", in_channels=1, num_classes=2, input_size=128).eval()
+    layer = default_target_layer(net, (1, 1, 128, 128), 2)
+    target = dict(net.named_modules())[layer]
+    assert isinstance(target, torch.nn.Conv2d) and target.out_channels > 2
+    x = torch.randn(1, 1, 128, 128)
+    with GradCAM(model=net, target_layers=[target]) as cam:
+        heat = cam(input_tensor=x, targets=[SemanticSegmentationTarget(1, np.ones((128, 128), np.float32))])[0]
+    assert heat.shape == (128, 128) and np.isfinite(heat).all() and heat.max() > 0
 
 
 def test_cv_report_refuses_a_fold_with_missing_validation_cases(nnunet_env, tmp_path, capsys):

@@ -51,3 +51,11 @@ def test_demo_that_learns_nothing_exits_nonzero_and_says_why(tmp_path, monkeypat
     assert "nothing was learned" in err and f"held-out Dice {result['mean_dice']:.3f}" in err
     assert f"all-foreground ({result['baseline_all_foreground_dice']:.3f})" in err and "empty (0.000)" in err
     assert "Learning shown: **NO**" in (out / "report.md").read_text()  # the report is still written
+
+
+def test_demo_with_an_unknown_trainer_fails_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--trainer", "SSNetTrainr", "--quick"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown trainer 'SSNetTrainr'" in err and "did you mean SSNetTrainer" in err
+    assert not out.exists()

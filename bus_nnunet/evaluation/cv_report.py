@@ -55,6 +55,22 @@ def resolve_dataset(dataset: str) -> str:
         raise UserError(f"dataset {dataset}: {e}") from None
 
 
+def _require_trained(results_root: Path, trainers: Sequence[str], plans: str, configuration: str) -> None:
+    """A trainer without a model folder is a typo or the wrong plans / configuration: say which,
+    with the close matches among what was trained, instead of reporting an empty trainer."""
+    import difflib
+    suffix = f"__{plans}__{configuration}"
+    trained = sorted(p.name[:-len(suffix)] for p in results_root.glob(f"*{suffix}") if p.is_dir()) \
+        if results_root.is_dir() else []
+    for trainer in trainers:
+        if (results_root / f"{trainer}{suffix}").is_dir():
+            continue
+        close = difflib.get_close_matches(trainer, trained, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown trainer {trainer!r}: no {trainer}{suffix} in {results_root}; {hint}"
+                        f"trained here with {plans} / {configuration}: {', '.join(trained) or 'none'}")
+
+
 def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlans", configuration: str = "2d",
             folds: Sequence[int] = (0, 1, 2, 3, 4), classes: Optional[Dict[str, str]] = None,
             progress: bool = True, empty_truth: str = M.DEFAULT_EMPTY_TRUTH,
@@ -69,6 +85,7 @@ def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlan
         raise UserError(f"{gt_dir} not found; run nnUNetv2_plan_and_preprocess for {dataset_name} first")
     splits_file = preprocessed / "splits_final.json"
     splits = json.loads(splits_file.read_text()) if splits_file.is_file() else []
+    _require_trained(results_root, trainers, plans, configuration)
     out = {}
     for trainer in trainers:
         model_dir = results_root / f"{trainer}__{plans}__{configuration}"

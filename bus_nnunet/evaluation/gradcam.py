@@ -37,13 +37,13 @@ def group_channel_files(inputs: Sequence[str], file_ending: str) -> Dict[str, Li
     return {k: sorted(v) for k, v in cases.items()}
 
 
-def default_target_layer(network, input_shape: Tuple[int, ...], num_classes: int) -> str:
-    """The last Conv2d run at full input resolution with more channels than the segmentation head
-    (the final decoder features): a generic choice that fits PlainConvUNet and registry networks."""
+def conv_layers(network, input_shape: Tuple[int, ...]) -> List[Tuple[str, Tuple[int, ...]]]:
+    """Every Conv2d the network runs on an input of ``input_shape``, in execution order, with its
+    output shape: the layers Grad-CAM can explain (BCHW activations)."""
     import torch
     import torch.nn as nn
     executed = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=name: executed.append((n, mod, tuple(o.shape))))
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=name: executed.append((n, tuple(o.shape))))
              for name, m in network.named_modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():
@@ -51,11 +51,19 @@ def default_target_layer(network, input_shape: Tuple[int, ...], num_classes: int
     finally:
         for h in hooks:
             h.remove()
-    full_res = [n for n, mod, shape in executed
-                if shape[-2:] == tuple(input_shape[-2:]) and mod.out_channels > num_classes]
-    if not full_res:
-        raise UserError("could not find a full-resolution feature layer; pass --layer (see --list-layers)")
-    return full_res[-1]
+    return executed
+
+
+def default_target_layer(network, input_shape: Tuple[int, ...], num_classes: int) -> str:
+    """The last Conv2d at the finest resolution any such layer reaches, with more channels than the
+    segmentation head: the final decoder features.  Full resolution for PlainConvUNet; 1/4 for
+    networks whose last full-resolution step is not a convolution (SS-Net's patch expansion)."""
+    candidates = [(n, shape) for n, shape in conv_layers(network, input_shape) if shape[1] > num_classes]
+    if not candidates:
+        raise UserError("the network runs no convolution with more channels than its head; pass --layer "
+                        "(see --list-layers)")
+    finest = max(shape[-2] * shape[-1] for _, shape in candidates)
+    return [n for n, shape in candidates if shape[-2] * shape[-1] == finest][-1]
 
 
 def _pad_to(data: np.ndarray, shape: Sequence[int]) -> Tuple[np.ndarray, Tuple[slice, ...]]:
