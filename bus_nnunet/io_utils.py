@@ -21,6 +21,18 @@ def check_output_free(path, overwrite: bool, what: str = "output") -> Path:
     return path
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_umask_mode(path, directory: bool) -> None:
+    """tempfile's mkdtemp / mkstemp create 0700 / 0600 entries; once renamed into place they must
+    have the mode any file the user creates gets (shared lab storage, SLURM service users)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder"):
     """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
@@ -33,6 +45,7 @@ def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder"
     check_output_free(path, overwrite, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    give_umask_mode(tmp, directory=True)
     try:
         yield tmp
     except BaseException:
@@ -53,6 +66,7 @@ def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        give_umask_mode(tmp, directory=False)
         with os.fdopen(fd, "w", encoding=encoding) as f:
             f.write(text)
         os.replace(tmp, path)

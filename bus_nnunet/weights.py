@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bus_nnunet.errors import UserError
+from bus_nnunet.io_utils import give_umask_mode
 
 WEIGHTS_DIR_ENV = "BUS_NNUNET_WEIGHTS_DIR"
 PRETRAINED_ENV = "BUS_NNUNET_PRETRAINED"
@@ -165,6 +166,7 @@ def store(name: str, source_file, source: str, overwrite: bool = False,
     target = folder / f"{name}{suffix}"
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
     try:
+        give_umask_mode(tmp, directory=False)
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, open(source_file, "rb") as src:
             for block in iter(lambda: src.read(1 << 20), b""):

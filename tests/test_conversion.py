@@ -2,6 +2,7 @@
 layout (tests/dataset_replicas.py), safe output, clear errors, and nnU-Net's own integrity check."""
 import csv
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -405,3 +406,22 @@ def test_busi_gap_in_a_numbered_mask_set_is_an_error(tmp_path, remove, missing):
 def test_busis_converter_on_a_breast_folder_says_it_is_not_busis(tmp_path):
     source, _ = replicas.write_breast(tmp_path / "src")
     expect_user_error("busis", source, "-o", tmp_path / "raw", match="does not look like BUSIS.*convert breast")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_users_umask_not_mkdtemps_0700(tmp_path, umask):
+    """Shared lab storage: a converted dataset and every atomically written file must be readable
+    by whoever the user's umask lets read them (mkdtemp alone gives drwx------)."""
+    from bus_nnunet.io_utils import atomic_output_dir, atomic_write_text
+    source, _ = replicas.write_stu(tmp_path / "src")
+    old = os.umask(umask)
+    try:
+        folder = run_convert("stu", source, tmp_path / "raw", "--folds", 3)
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            atomic_write_text(tmp / "a.txt", "x")
+    finally:
+        os.umask(old)
+    for d in (folder, folder / "imagesTr", tmp_path / "out"):
+        assert d.stat().st_mode & 0o777 == 0o777 & ~umask, d
+    for f in (folder / "dataset.json", tmp_path / "out" / "a.txt"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
