@@ -23,6 +23,7 @@ Schedule overrides (environment, for CPU smoke runs; logged when used):
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -78,7 +79,50 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     return network
 
 
-class UltrasoundAugmentationMixin:
+class AtomicCheckpointMixin:
+    """nnU-Net checkpoints written whole or not at all, and an unreadable one named on ``--c``.
+
+    nnU-Net's ``torch.save`` straight to ``checkpoint_latest.pth`` leaves a truncated file when the
+    run is killed mid-write, after which ``--c`` dies in the zip reader.  Here the checkpoint goes
+    to a hidden sibling, is fsynced and renamed over the old one, so the file on disk is always
+    the previous or the new checkpoint.
+    """
+
+    def save_checkpoint(self, filename: str) -> None:
+        target = os.path.abspath(filename)
+        folder, name = os.path.split(target)
+        for stale in glob.glob(os.path.join(folder, f".{glob.escape(name)}.partial-*")):  # left by a kill
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+        tmp = os.path.join(folder, f".{name}.partial-{os.getpid()}")
+        try:
+            super().save_checkpoint(tmp)
+            if os.path.exists(tmp):  # not on ranks > 0 or with checkpointing disabled
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if isinstance(filename_or_checkpoint, str):
+            try:
+                filename_or_checkpoint = torch.load(filename_or_checkpoint, map_location=self.device,
+                                                    weights_only=False)
+            except Exception as e:
+                folder = os.path.dirname(os.path.abspath(filename_or_checkpoint))
+                others = [n for n in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+                          if n != os.path.basename(filename_or_checkpoint) and os.path.isfile(os.path.join(folder, n))]
+                fallback = (f"delete it and --c resumes from {others[0]}" if others else
+                            "delete it and train again without --c (no other checkpoint in that folder)")
+                raise RuntimeError(f"checkpoint {filename_or_checkpoint} cannot be read ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}); it was probably cut short by a "
+                                   f"kill while it was written: {fallback}") from None
+        super().load_checkpoint(filename_or_checkpoint)
+
+
+class UltrasoundAugmentationMixin(AtomicCheckpointMixin):
     """Ultrasound-aware augmentation for any nnU-Net trainer (put it first in the bases)."""
 
     #: False gives nnU-Net's own augmentation (both-axis mirroring, +-180 degree rotation).
