@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -33,6 +34,30 @@ def give_umask_mode(path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_partials(path: Path, log=print) -> None:
+    """Remove the hidden ``.<name>.partial-<pid>-*`` folders a killed run left beside ``path``
+    (``<pid>`` no longer running; older nameless ones too), and say so.  A partial of a run that
+    is still going, and the partials of other outputs, are left alone."""
+    for partial in sorted(Path(path).parent.glob(f".{glob.escape(Path(path).name)}.partial-*")):
+        pid = partial.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and _process_running(int(pid)):
+            continue
+        size = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()) if partial.is_dir() else 0
+        shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+        log(f"removed {partial} ({size / 2 ** 20:.1f} MiB), left by an interrupted run "
+            f"{'(process ' + pid + ', no longer running)' if pid.isdigit() else ''}".rstrip())
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder"):
     """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
@@ -44,7 +69,8 @@ def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder"
     path = Path(path)
     check_output_free(path, overwrite, what)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    remove_stale_partials(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
     give_umask_mode(tmp, directory=True)
     try:
         yield tmp

@@ -425,3 +425,42 @@ def test_outputs_get_the_users_umask_not_mkdtemps_0700(tmp_path, umask):
         assert d.stat().st_mode & 0o777 == 0o777 & ~umask, d
     for f in (folder / "dataset.json", tmp_path / "out" / "a.txt"):
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
+
+
+KILLED_CONVERT = """
+import sys, time
+import bus_nnunet.dataset_conversion._common as common
+from bus_nnunet.cli import main
+real = common.file_sha256
+def slow(path):  # writing slowed down inside the subprocess: it is killed half way
+    if path.name == "Test_Image_3.png":
+        print("converting", flush=True)
+        time.sleep(60)
+    return real(path)
+common.file_sha256 = slow
+sys.exit(main(["convert", "stu", sys.argv[1], "-o", sys.argv[2], "--no-progress", "--folds", "3"]))
+"""
+
+
+def test_convert_after_a_sigkill_removes_its_stale_partial_and_says_so(tmp_path, capsys):
+    import signal
+    import subprocess
+    source, _ = replicas.write_stu(tmp_path / "src")
+    raw = tmp_path / "raw"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CONVERT, str(source), str(raw)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "converting"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    stale = list(raw.glob(".Dataset*.partial-*"))
+    assert len(stale) == 1 and not list(raw.glob("Dataset*"))
+    # a partial of another dataset whose writer still runs (this process) is left alone
+    running = raw / f".Dataset777_Other.partial-{os.getpid()}-abc"
+    running.mkdir()
+    folder = run_convert("stu", source, raw, "--folds", 3)
+    out = capsys.readouterr().out
+    assert f"removed {stale[0]}" in out and "interrupted run" in out
+    assert not stale[0].exists() and running.is_dir() and (folder / "dataset.json").is_file()
