@@ -443,18 +443,10 @@ sys.exit(main(["convert", "stu", sys.argv[1], "-o", sys.argv[2], "--no-progress"
 
 
 def test_convert_after_a_sigkill_removes_its_stale_partial_and_says_so(tmp_path, capsys):
-    import signal
-    import subprocess
+    from _processes import sigkill_when_printed
     source, _ = replicas.write_stu(tmp_path / "src")
     raw = tmp_path / "raw"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_CONVERT, str(source), str(raw)], stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout.readline().strip() == "converting"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    sigkill_when_printed(KILLED_CONVERT, source, raw, line="converting")
     stale = list(raw.glob(".Dataset*.partial-*"))
     assert len(stale) == 1 and not list(raw.glob("Dataset*"))
     # a partial of another dataset whose writer still runs (this process) is left alone

@@ -1,13 +1,10 @@
 """Recovery after a kill: a checkpoint on disk is always whole, and an unreadable one is named
 with the way out instead of a zip-reader traceback on ``--c``."""
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
 import torch
+from _processes import sigkill_when_printed
 
 from bus_nnunet.trainers.base import AtomicCheckpointMixin
 
@@ -36,13 +33,7 @@ SLOW_SAVE = textwrap.dedent("""
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path):
     target = tmp_path / "checkpoint_latest.pth"
     torch.save({"epoch": 1, "weights": torch.zeros(3)}, target)
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(target)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "half written"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    sigkill_when_printed(SLOW_SAVE, target, line="half written")
     assert torch.load(target, weights_only=False)["epoch"] == 1  # the old checkpoint, whole
     partial = list(tmp_path.glob(".checkpoint_latest.pth.partial-*"))
     assert len(partial) == 1  # what the kill left is hidden and never read ...
