@@ -47,20 +47,35 @@ def check_nnunet_layout(folder, n_train, n_test=0):
     labels = sorted((folder / "labelsTr").glob("*.png"))
     assert len(images) == len(labels) == n_train
     assert [p.name[:-9] for p in images] == [p.stem for p in labels]
-    for img_path, lab_path in zip(images[:5], labels[:5]):
+    for img_path, lab_path in zip(images, labels):  # every case, not a sample
         img, lab = Image.open(img_path), Image.open(lab_path)
-        assert img.mode == "L" and lab.mode == "L" and img.size == lab.size
-        assert set(np.unique(np.asarray(lab))) <= {0, 1}
-    assert len(list((folder / "imagesTs").glob("*.png")) if n_test else []) == n_test
+        assert img.mode == "L" and lab.mode == "L" and img.size == lab.size, img_path
+        assert set(np.unique(np.asarray(lab))) <= {0, 1}, lab_path
+    test_ids = {p.name[:-len("_0000.png")] for p in (folder / "imagesTs").glob("*_0000.png")}
+    assert len(test_ids) == n_test
     splits = json.loads((folder / "splits_final.json").read_text())
     train_ids = {p.stem for p in labels}
+    assert not test_ids & train_ids  # no test image leaks into training
     vals = [c for f in splits for c in f["val"]]
     assert sorted(vals) == sorted(train_ids)  # every training case validated exactly once
     for f in splits:
         assert set(f["train"]) | set(f["val"]) == train_ids and not set(f["train"]) & set(f["val"])
     rows = manifest(folder)
     assert len(rows) == n_train + n_test
+    assert {c for c, r in rows.items() if r["split"] == "test"} == test_ids
+    check_patients_kept_together(rows, splits)
     return rows, splits
+
+
+def check_patients_kept_together(rows, splits):
+    """Where the manifest has patient ids: no patient in two folds' validation sets, nor in both
+    the hold-out test set and training."""
+    patient = {c: r["patient_id"] for c, r in rows.items() if r.get("patient_id")}
+    fold_of = {c: k for k, f in enumerate(splits) for c in f["val"]}
+    seen = {}
+    for case, pid in patient.items():
+        where = ("test",) if rows[case]["split"] == "test" else ("fold", fold_of[case])
+        assert seen.setdefault(pid, where) == where, f"patient {pid} spans {seen[pid]} and {where}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,3 +471,19 @@ def test_convert_after_a_sigkill_removes_its_stale_partial_and_says_so(tmp_path,
     out = capsys.readouterr().out
     assert f"removed {stale[0]}" in out and "interrupted run" in out
     assert not stale[0].exists() and running.is_dir() and (folder / "dataset.json").is_file()
+
+
+def test_busbra_without_its_fold_file_and_with_a_hold_out_keeps_patients_together(tmp_path):
+    """The fallback split (no 5-fold-cv.csv) and --test-fraction group by patient: no patient's
+    left and right views end up in two folds, or in the hold-out and training."""
+    source, facts = replicas.write_busbra(tmp_path / "src")
+    for fold_file in source.rglob("*-fold-cv.csv"):
+        fold_file.unlink()
+    folder = run_convert("busbra", source, tmp_path / "raw", "--folds", 3, "--test-fraction", 0.3)
+    rows = manifest(folder)
+    n_test = sum(r["split"] == "test" for r in rows.values())
+    assert 0 < n_test < len(rows)
+    two_view = [p for p in {r["patient_id"] for r in rows.values()}
+                if sum(r["patient_id"] == p for r in rows.values()) == 2]
+    assert two_view  # the replica has patients with two images, so the grouping is exercised
+    check_nnunet_layout(folder, len(rows) - n_test, n_test)  # asserts the patient grouping
