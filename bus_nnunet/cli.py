@@ -7,6 +7,7 @@ inside their functions, so ``bus-nnunet --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -43,6 +44,24 @@ def main(argv=None) -> int:
     except UserError as e:  # expected, explained failures: no traceback
         print(f"bus-nnunet {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the environment (read-only root, a file where a folder goes, full disk)
+        if e.filename is None or e.errno not in ENVIRONMENT_FIXES:
+            raise
+        print(f"bus-nnunet {args.command}: error: cannot write {e.filename}: {e.strerror}; "
+              f"{ENVIRONMENT_FIXES[e.errno]}", file=sys.stderr)
+        return 1
+
+
+#: errno -> what the user can do about it
+ENVIRONMENT_FIXES = {
+    errno.EACCES: "choose a location you can write to, or fix its permissions",
+    errno.EPERM: "choose a location you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only: choose another output location",
+    errno.ENOTDIR: "a parent of that path is a file, not a folder: choose a folder path",
+    errno.EEXIST: "a file is in the way where a folder must be created: choose another path",
+    errno.ENOSPC: "the disk is full: free space or write elsewhere (nothing partial was kept)",
+    errno.EDQUOT: "the disk quota is exceeded: free space or write elsewhere (nothing partial was kept)",
+}
 
 
 if __name__ == "__main__":

@@ -487,3 +487,39 @@ def test_busbra_without_its_fold_file_and_with_a_hold_out_keeps_patients_togethe
                 if sum(r["patient_id"] == p for r in rows.values()) == 2]
     assert two_view  # the replica has patients with two images, so the grouping is exercised
     check_nnunet_layout(folder, len(rows) - n_test, n_test)  # asserts the patient grouping
+
+
+@pytest.mark.parametrize("err, fix", [(28, "the disk is full"), (30, "the file system is read-only")])
+def test_environment_errors_are_messages_and_leave_nothing(tmp_path, capsys, monkeypatch, err, fix):
+    """A full disk or a read-only file system half way through a conversion: one line naming the
+    path and the fix, exit 1, no partial folder."""
+    import errno
+    assert (err, fix) in ((errno.ENOSPC, "the disk is full"), (errno.EROFS, "the file system is read-only"))
+    source, _ = replicas.write_stu(tmp_path / "src")
+    real_save, calls = Image.Image.save, []
+
+    def failing_save(self, fp, *a, **k):
+        calls.append(fp)
+        if len(calls) == 3:
+            raise OSError(err, os.strerror(err), str(fp))
+        return real_save(self, fp, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    raw = tmp_path / "raw"
+    assert main(["convert", "stu", str(source), "-o", str(raw), "--no-progress", "--folds", "3"]) == 1
+    err_text = capsys.readouterr().err
+    assert f"cannot write {calls[2]}" in err_text and fix in err_text and "Traceback" not in err_text
+    assert not raw.exists() or list(raw.iterdir()) == []
+
+
+def test_output_root_that_is_a_file_and_scarce_hold_out_classes_are_messages(tmp_path, capsys):
+    source, _ = replicas.write_stu(tmp_path / "src")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["convert", "stu", str(source), "-o", str(blocker), "--no-progress"]) == 1
+    assert f"cannot write {blocker}" in capsys.readouterr().err and blocker.read_text() == "x"
+    busi, _ = replicas.write_busi(tmp_path / "busi", n_benign=6, n_malignant=1, n_normal=1)
+    expect_user_error("busi", busi, "-o", tmp_path / "raw", "--test-fraction", 0.3,
+                      match="at least 2 cases per class; class malignant has 1")
+    expect_user_error("busi", busi, "-o", tmp_path / "raw", "--test-fraction", 0.9, match="at most 0.5")
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
