@@ -106,20 +106,26 @@ class AtomicCheckpointMixin:
                 os.unlink(tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        if isinstance(filename_or_checkpoint, str):
-            try:
-                filename_or_checkpoint = torch.load(filename_or_checkpoint, map_location=self.device,
-                                                    weights_only=False)
-            except Exception as e:
-                folder = os.path.dirname(os.path.abspath(filename_or_checkpoint))
-                others = [n for n in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
-                          if n != os.path.basename(filename_or_checkpoint) and os.path.isfile(os.path.join(folder, n))]
-                fallback = (f"delete it and --c resumes from {others[0]}" if others else
-                            "delete it and train again without --c (no other checkpoint in that folder)")
-                raise RuntimeError(f"checkpoint {filename_or_checkpoint} cannot be read ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0] if str(e) else ''}); it was probably cut short by a "
-                                   f"kill while it was written: {fallback}") from None
+        if isinstance(filename_or_checkpoint, str) and not _whole_zip(filename_or_checkpoint):
+            folder = os.path.dirname(os.path.abspath(filename_or_checkpoint))
+            others = [n for n in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+                      if n != os.path.basename(filename_or_checkpoint) and os.path.isfile(os.path.join(folder, n))]
+            fallback = (f"delete it and --c resumes from {others[0]}" if others else
+                        "delete it and train again without --c (no other checkpoint in that folder)")
+            raise RuntimeError(f"checkpoint {filename_or_checkpoint} cannot be read (not a whole torch.save zip "
+                               f"archive); it was probably cut short by a kill while it was written: {fallback}")
         super().load_checkpoint(filename_or_checkpoint)
+
+
+def _whole_zip(path: str) -> bool:
+    """torch.save's zip archive with every member's CRC intact (a truncated file has no central
+    directory); checked before nnU-Net's loader, whose error would be a zip-reader traceback."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
 
 
 class UltrasoundAugmentationMixin(AtomicCheckpointMixin):
