@@ -188,12 +188,11 @@ def run_demo(out, trainer: str = "nnUNetTrainerUS", quick: bool = False, overwri
     ensure_registered()
     found = lookup_trainer(trainer)  # before anything is written: a typo must not cost a conversion
     if found["error"]:
-        import difflib
+        from bus_nnunet.errors import did_you_mean
         from bus_nnunet.trainers import TRAINERS
-        close = difflib.get_close_matches(trainer, ["nnUNetTrainer", *TRAINERS], n=3, cutoff=0.6)
         raise UserError(f"unknown trainer {trainer!r}: nnU-Net's trainer search does not find it ({found['error']}); "
-                        + (f"did you mean {', '.join(close)}? " if close else "")
-                        + "`bus-nnunet trainers` lists bus-nnunet's trainers")
+                        f"{did_you_mean(trainer, ['nnUNetTrainer', *TRAINERS])}"
+                        "`bus-nnunet trainers` lists bus-nnunet's trainers")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -52,7 +52,8 @@ def remove_stale_partials(path: Path, log=print) -> None:
         pid = partial.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
         if pid.isdigit() and _process_running(int(pid)):
             continue
-        size = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()) if partial.is_dir() else 0
+        size = (sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()) if partial.is_dir()
+                else partial.stat().st_size)
         shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
         log(f"removed {partial} ({size / 2 ** 20:.1f} MiB), left by an interrupted run "
             f"{'(process ' + pid + ', no longer running)' if pid.isdigit() else ''}".rstrip())

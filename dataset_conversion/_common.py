@@ -393,15 +393,14 @@ def holdout_test(cases: List[Case], fraction: float, groups: Dict[str, str], see
     if not 0 < fraction <= 0.5:  # the hold-out is one of round(1 / fraction) stratified group folds
         raise UserError(f"--test-fraction must be above 0 and at most 0.5 (got {fraction}): a larger hold-out "
                         f"than training set is not a cross-validation setup")
-    counts = Counter(c.cls or "none" for c in cases)
-    scarce = {k: v for k, v in counts.items() if v < 2}
+    labels = [c.cls or "none" for c in cases]
+    scarce = sorted((k, v) for k, v in Counter(labels).items() if v < 2)
     if scarce:
         raise UserError(f"--test-fraction {fraction} keeps every class in both the hold-out and training, which "
-                        f"needs at least 2 cases per class; "
-                        + ", ".join(f"class {k or 'none'} has {v}" for k, v in sorted(scarce.items()))
-                        + " (of " + str(len(cases)) + " cases): add cases or drop --test-fraction")
+                        f"needs at least 2 cases per class; {', '.join(f'class {k} has {v}' for k, v in scarce)} "
+                        f"(of {len(cases)} cases): add cases or drop --test-fraction")
     n_splits = max(2, int(round(1 / fraction)))
-    folds = make_folds([c.case_id for c in cases], [c.cls or "none" for c in cases],
+    folds = make_folds([c.case_id for c in cases], labels,
                        [groups[c.case_id] for c in cases], n_splits, seed)
     return folds[0]["val"]
 

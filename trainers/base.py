@@ -23,7 +23,6 @@ Schedule overrides (environment, for CPU smoke runs; logged when used):
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -89,11 +88,10 @@ class AtomicCheckpointMixin:
     """
 
     def save_checkpoint(self, filename: str) -> None:
+        from bus_nnunet.io_utils import remove_stale_partials
         target = os.path.abspath(filename)
         folder, name = os.path.split(target)
-        for stale in glob.glob(os.path.join(folder, f".{glob.escape(name)}.partial-*")):  # left by a kill
-            with contextlib.suppress(OSError):
-                os.unlink(stale)
+        remove_stale_partials(target, log=self.print_to_log_file)  # what a killed run left
         tmp = os.path.join(folder, f".{name}.partial-{os.getpid()}")
         try:
             super().save_checkpoint(tmp)
@@ -118,13 +116,14 @@ class AtomicCheckpointMixin:
 
 
 def _whole_zip(path: str) -> bool:
-    """torch.save's zip archive with every member's CRC intact (a truncated file has no central
-    directory); checked before nnU-Net's loader, whose error would be a zip-reader traceback."""
+    """Whether torch.save's zip archive ends in its central directory, which a write cut short never
+    reaches (reading only the directory, not the checkpoint); checked before nnU-Net's loader,
+    whose error would be a zip-reader traceback."""
     import zipfile
     try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError):
+        with zipfile.ZipFile(path):
+            return True
+    except (zipfile.BadZipFile, OSError):
         return False
 
 

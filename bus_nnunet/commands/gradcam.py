@@ -59,7 +59,8 @@ def list_layers(predictor) -> int:
     from bus_nnunet.evaluation import gradcam as G
     shape = (1, len(predictor.dataset_json["channel_names"]), *map(int, predictor.configuration_manager.patch_size))
     heads = predictor.label_manager.num_segmentation_heads
-    default = G.default_target_layer(predictor.network, shape, heads)
-    for name, out in G.conv_layers(predictor.network, shape):
+    layers = G.conv_layers(predictor.network, shape)
+    default = G.default_target_layer(predictor.network, shape, heads, layers)
+    for name, out in layers:
         print(f"{name:<60} {'x'.join(map(str, out[1:]))}{'   <- default' if name == default else ''}")
     return 0

@@ -58,16 +58,15 @@ def resolve_dataset(dataset: str) -> str:
 def _require_trained(results_root: Path, trainers: Sequence[str], plans: str, configuration: str) -> None:
     """A trainer without a model folder is a typo or the wrong plans / configuration: say which,
     with the close matches among what was trained, instead of reporting an empty trainer."""
-    import difflib
+    from bus_nnunet.errors import did_you_mean
     suffix = f"__{plans}__{configuration}"
     trained = sorted(p.name[:-len(suffix)] for p in results_root.glob(f"*{suffix}") if p.is_dir()) \
         if results_root.is_dir() else []
     for trainer in trainers:
         if (results_root / f"{trainer}{suffix}").is_dir():
             continue
-        close = difflib.get_close_matches(trainer, trained, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UserError(f"unknown trainer {trainer!r}: no {trainer}{suffix} in {results_root}; {hint}"
+        raise UserError(f"unknown trainer {trainer!r}: no {trainer}{suffix} in {results_root}; "
+                        f"{did_you_mean(trainer, trained)}"
                         f"trained here with {plans} / {configuration}: {', '.join(trained) or 'none'}")
 
 
@@ -92,15 +91,16 @@ def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlan
         res = TrainerResults(trainer, model_dir, empty_truth=empty_truth)
         for fold in folds:
             val_dir = model_dir / f"fold_{fold}" / "validation"
-            if not val_dir.is_dir() or not F.list_segmentations(val_dir):
+            predicted = F.list_segmentations(val_dir) if val_dir.is_dir() else {}
+            if not predicted:
                 res.folds_missing.append(fold)
                 continue
-            expected = splits[fold]["val"] if fold < len(splits) else None
+            # without nnU-Net's splits (a hand-made results folder) only what was predicted is known
+            expected = splits[fold]["val"] if fold < len(splits) else sorted(predicted)
             try:
                 rows = F.evaluate_cases(val_dir, gt_dir, classes, progress=progress,
                                         description=f"{trainer} fold {fold}", empty_truth=empty_truth,
-                                        expected=expected if expected is not None else
-                                        sorted(F.list_segmentations(val_dir)), allow_missing=allow_missing)
+                                        expected=expected, allow_missing=allow_missing)
             except UserError as e:
                 raise UserError(f"{trainer} fold {fold} ({splits_file.name} validation cases): {e}; or rerun "
                                 f"nnUNetv2_train ... --val to write them") from None

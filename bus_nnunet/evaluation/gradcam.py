@@ -54,11 +54,14 @@ def conv_layers(network, input_shape: Tuple[int, ...]) -> List[Tuple[str, Tuple[
     return executed
 
 
-def default_target_layer(network, input_shape: Tuple[int, ...], num_classes: int) -> str:
+def default_target_layer(network, input_shape: Tuple[int, ...], num_classes: int,
+                         layers: Optional[List[Tuple[str, Tuple[int, ...]]]] = None) -> str:
     """The last Conv2d at the finest resolution any such layer reaches, with more channels than the
     segmentation head: the final decoder features.  Full resolution for PlainConvUNet; 1/4 for
-    networks whose last full-resolution step is not a convolution (SS-Net's patch expansion)."""
-    candidates = [(n, shape) for n, shape in conv_layers(network, input_shape) if shape[1] > num_classes]
+    networks whose last full-resolution step is not a convolution (SS-Net's patch expansion).
+    ``layers``: :func:`conv_layers` already run on this input."""
+    layers = conv_layers(network, input_shape) if layers is None else layers
+    candidates = [(n, shape) for n, shape in layers if shape[1] > num_classes]
     if not candidates:
         raise UserError("the network runs no convolution with more channels than its head; pass --layer "
                         "(see --list-layers)")
