@@ -9,8 +9,9 @@ The segmentation outputs of such a model go through nnU-Net's own tools (``nnUNe
   size divisor; the classifier pools globally, so no tiling is needed.  Predictions are averaged
   over the model's test-time mirroring axes (lateral only for bus-nnunet trainers), as nnU-Net
   does for segmentation.
-* :func:`classify_images` -- ``bus-nnunet classify``: raw images of a folder, preprocessed with
-  the model's own plans, probabilities averaged over the selected folds.
+* :func:`classify_images` -- ``bus-nnunet classify``: ordinary image files, converted to the
+  model's channels as ``bus-nnunet predict`` converts them, preprocessed with the model's own
+  plans, probabilities averaged over the selected folds.
 * :func:`write_classification_csv` -- ``case_id,true_class,p_<class>...,predicted_class``.
 """
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import io
 import csv
 import itertools
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -97,49 +97,47 @@ def summarize_classification(true_labels: Sequence[int], probabilities: np.ndarr
     return metrics
 
 
-def classify_images(images_folder, model_folder, folds: Optional[Sequence] = None,
-                    checkpoint_name: str = "checkpoint_final.pth", device: str = "cpu"):
-    """Class probabilities of every case in ``images_folder`` (nnU-Net raw naming,
-    ``<case>_0000.png``...), averaged over ``folds`` of the trained model in ``model_folder``.
+def classify_images(inputs: Sequence, model_folder, folds: Optional[Sequence] = None,
+                    checkpoint_name: str = "checkpoint_final.pth", device: str = "cpu", recursive: bool = False,
+                    progress: bool = True):
+    """Class probabilities of every image of ``inputs`` (files / folders of ordinary images, read
+    as :mod:`bus_nnunet.user_images` reads them for ``predict``), averaged over ``folds`` of the
+    trained model in ``model_folder``.
 
-    Returns ``(case_ids, probabilities (N, K), class_names)``.
+    Returns ``(names, probabilities (N, K), class_names, skipped, ignored)``.
     """
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
     from tqdm import tqdm
 
-    images_folder, model_folder = Path(images_folder), Path(model_folder)
-    if not images_folder.is_dir():
-        raise UserError(f"image folder {images_folder} does not exist")
-    if not (model_folder / "plans.json").is_file():
-        raise UserError(f"{model_folder} is not an nnU-Net model folder (no plans.json); pass the "
-                        f"<Trainer>__<Plans>__<configuration> folder inside nnUNet_results")
-    device = torch.device(device)
-    predictor = nnUNetPredictor(device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    try:
-        predictor.initialize_from_trained_model_folder(str(model_folder), folds, checkpoint_name)
-    except FileNotFoundError as e:
-        raise UserError(f"{model_folder}: {e} (train the folds first or choose them with -f)") from None
+    from bus_nnunet import user_images as U
+    from bus_nnunet.prediction import load_predictor
+
+    images, ignored = U.collect_images(inputs, recursive)
+    U.require_some(images, ignored, inputs)
+    predictor = load_predictor(model_folder, folds, checkpoint_name, device)
     network = predictor.network
     if not hasattr(network, "forward_classification"):
         raise UserError(f"{model_folder} was trained by {predictor.trainer_name}, whose network has no "
                         f"classification output (use an ACSNet trainer)")
+    rgb = U.model_wants_rgb(predictor.dataset_json, model_folder)
+    U.require_natural_image_model(predictor.configuration_manager, model_folder)
     class_names = classes_from_configuration(predictor.configuration_manager.configuration)
-    file_ending = predictor.dataset_json["file_ending"]
-    lists = create_lists_from_splitted_dataset_folder(str(images_folder), file_ending, num_processes=1)
-    if not lists:
-        raise UserError(f"no images ending in _0000{file_ending} in {images_folder} (nnU-Net raw naming expected)")
-    case_ids = [Path(files[0]).name[:-len("_0000" + file_ending)] for files in lists]
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     divisor = int(getattr(network, "size_divisor", 32))
-    preprocessed = [preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
-                                          predictor.dataset_json)[0] for files in tqdm(lists, desc="preprocessing")]
-    probabilities = np.zeros((len(lists), len(class_names)))
-    for params in tqdm(predictor.list_of_parameters, desc="folds"):
+    skipped: List[U.Unreadable] = []
+    names, preprocessed = [], []
+    for image, data in U.read_all(images, rgb, skipped, progress, desc="preprocessing"):
+        names.append(image.name)
+        preprocessed.append(preprocessor.run_case_npy(data, None, {"spacing": list(U.NATURAL_IMAGE_SPACING)},
+                                                      predictor.plans_manager, predictor.configuration_manager,
+                                                      predictor.dataset_json)[0])
+    if not names:
+        raise UserError(U.files_message(skipped, "image(s) could not be read") + "; nothing was written")
+    device = predictor.device
+    probabilities = np.zeros((len(names), len(class_names)))
+    for params in tqdm(predictor.list_of_parameters, desc="folds", disable=not progress):
         network.load_state_dict(params)
         network.to(device)
         for i, data in enumerate(preprocessed):
             probabilities[i] += class_probabilities(network, data, device, predictor.allowed_mirroring_axes, divisor)
     probabilities /= len(predictor.list_of_parameters)
-    return case_ids, probabilities, class_names
+    return names, probabilities, class_names, skipped, ignored

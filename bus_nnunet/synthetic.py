@@ -16,7 +16,6 @@ multi-lesion cases), so the demo goes through the real BUSI converter.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 

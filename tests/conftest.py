@@ -9,6 +9,8 @@
 * ``planned_dataset`` -- one small synthetic dataset, planned and preprocessed by the real
   ``nnUNetv2_plan_and_preprocess`` once per session; trainer tests train on it with
   ``_nnunet.train_cli`` (each test gets its own results folder).
+* ``trained_us`` -- ``(dataset, env)`` with nnUNetTrainerUS trained on it for folds 0 (``--npz``)
+  and 1 by ``nnUNetv2_train``: a real model folder for the commands that use one.
 """
 import sys
 from pathlib import Path
@@ -51,3 +53,12 @@ def nnunet_env(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def planned_dataset(tmp_path_factory):
     return _nnunet.plan_synthetic_dataset(tmp_path_factory.mktemp("nnunet_synthetic"))
+
+
+@pytest.fixture(scope="session")
+def trained_us(planned_dataset, tmp_path_factory):
+    ds = planned_dataset
+    env = ds.results_env(tmp_path_factory.mktemp("trained_us"))
+    _nnunet.train_cli(ds, env, "nnUNetTrainerUS", fold=0, extra=["--npz"])
+    _nnunet.train_cli(ds, env, "nnUNetTrainerUS", fold=1)
+    return ds, env

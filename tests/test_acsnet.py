@@ -202,3 +202,17 @@ def test_acsnet_trainer_cli_writes_classification_and_classify_command(planned_d
     refused = _nnunet.run(["bus-nnunet", "classify", "-i", ds.raw / "imagesTs", "-m", folder, "-o", out], env,
                           check=False)
     assert refused.returncode == 1 and "--overwrite" in refused.stderr
+    # ordinary files as predict reads them: an RGBA copy classifies as the grey original, a broken
+    # file is named and skipped (exit 1) and the rest is classified
+    from PIL import Image
+    first = sorted((ds.raw / "imagesTs").glob("*_0000.png"))[0]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.open(first).convert("RGBA").save(mixed / "copy.png")
+    (mixed / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    proc = _nnunet.run(["bus-nnunet", "classify", "-i", mixed, "-m", folder, "-f", "0", "-o", tmp_path / "m.csv"],
+                       env, check=False)
+    assert proc.returncode == 1 and "broken.jpg" in proc.stdout
+    copy_row = next(csv.DictReader(open(tmp_path / "m.csv")))
+    original = next(r for r in test_rows if r["case_id"] == first.name[:-len("_0000.png")])
+    assert copy_row["case_id"] == "copy" and copy_row["p_malignant"] == original["p_malignant"]

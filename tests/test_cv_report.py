@@ -12,13 +12,9 @@ import pytest
 import _nnunet
 
 
-@pytest.fixture(scope="module")
-def trained(planned_dataset, tmp_path_factory):
-    ds = planned_dataset
-    env = ds.results_env(tmp_path_factory.mktemp("cv_results"))
-    _nnunet.train_cli(ds, env, "nnUNetTrainerUS", fold=0, extra=["--npz"])
-    _nnunet.train_cli(ds, env, "nnUNetTrainerUS", fold=1)
-    return ds, env
+@pytest.fixture
+def trained(trained_us):
+    return trained_us
 
 
 def test_cv_report_on_trained_folds(trained, tmp_path):

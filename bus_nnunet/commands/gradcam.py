@@ -1,8 +1,10 @@
 """``bus-nnunet gradcam``: Grad-CAM heatmaps of a trained nnU-Net model over the lesion class.
 
-Images are read and preprocessed exactly as nnU-Net does for that model; for each case the
-output folder receives ``<case>_gradcam.png`` (overlay), ``<case>_cam.npy`` (the map in [0, 1],
-original image size) and ``<case>_mask.png`` (the model's lesion prediction)."""
+Images are read as ``bus-nnunet predict`` reads them (PNG, JPEG, BMP, TIFF in any mode,
+converted to the model's channels) and preprocessed exactly as nnU-Net does for that model; for
+each image the output folder receives ``<case>_gradcam.png`` (overlay), ``<case>_cam.npy`` (the map in [0, 1],
+original image size) and ``<case>_mask.png`` (the model's lesion prediction, 0/255).  A file
+that cannot be read is named and skipped (exit status 1)."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +14,7 @@ def register(subparsers):
     p = subparsers.add_parser("gradcam", help="Grad-CAM lesion heatmaps of a trained model",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_folder", help="nnU-Net model folder (.../<trainer>__<plans>__<configuration>)")
-    p.add_argument("-i", "--input", nargs="+",
-                   help="image files or folders named <case>_0000.png (as for nnUNetv2_predict)")
+    p.add_argument("-i", "--input", nargs="+", help="image files and/or folders of images")
     p.add_argument("-o", "--output", help="output folder")
     p.add_argument("-f", "--fold", default="0", help="fold whose checkpoint to explain (default 0; 'all' allowed)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
@@ -22,6 +23,7 @@ def register(subparsers):
     p.add_argument("--list-layers", action="store_true",
                    help="print the convolutions the network runs at its patch size (name, output shape) and exit")
     p.add_argument("--label", type=int, default=1, help="segmentation class to explain (default 1 = lesion)")
+    p.add_argument("--recursive", action="store_true", help="also read images in sub-folders of -i folders")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
 
@@ -29,30 +31,40 @@ def register(subparsers):
 def run(args) -> int:
     import numpy as np
     from PIL import Image
-    from tqdm import tqdm
 
+    from bus_nnunet import user_images as U
+    from bus_nnunet.errors import UserError
     from bus_nnunet.evaluation import gradcam as G
     from bus_nnunet.io_utils import atomic_output_dir, check_output_free
 
-    from bus_nnunet.errors import UserError
     if args.list_layers:
         return list_layers(G.load_predictor(args.model_folder, args.fold, args.checkpoint))
     if not args.input or not args.output:
         raise UserError("gradcam needs -i IMAGES and -o OUTPUT (or --list-layers)")
     check_output_free(args.output, args.overwrite, "output folder")
+    images, ignored = U.collect_images(args.input, args.recursive)
+    U.require_some(images, ignored, args.input)
     predictor = G.load_predictor(args.model_folder, args.fold, args.checkpoint)
-    cases = G.group_channel_files(args.input, predictor.dataset_json["file_ending"])
-    if not cases:
-        raise UserError(f"no {predictor.dataset_json['file_ending']} images in {args.input}")
-    layer = args.layer
+    rgb = U.model_wants_rgb(predictor.dataset_json, args.model_folder)
+    U.require_natural_image_model(predictor.configuration_manager, args.model_folder)
+    layer, done, skipped = args.layer, 0, []
     with atomic_output_dir(args.output, args.overwrite) as tmp:
-        for case_id, files in tqdm(sorted(cases.items()), desc="Grad-CAM", unit="case"):
-            heat, mask, image, layer = G.gradcam_case(predictor, files, args.label, layer)
-            Image.fromarray(G.overlay(image, heat)).save(tmp / f"{case_id}_gradcam.png")
-            np.save(tmp / f"{case_id}_cam.npy", heat.astype(np.float32))
-            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / f"{case_id}_mask.png")
-    print(f"Grad-CAM of {len(cases)} case(s) at layer {layer!r} (label {args.label}) written to {args.output}")
-    return 0
+        for image, data in U.read_all(images, rgb, skipped, desc="Grad-CAM"):
+            heat, mask, original, layer = G.gradcam_case(predictor, data, args.label, layer)
+            stem = tmp / image.name
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(G.overlay(original, heat)).save(f"{stem}_gradcam.png")
+            np.save(f"{stem}_cam.npy", heat.astype(np.float32))
+            Image.fromarray(mask.astype(np.uint8) * 255).save(f"{stem}_mask.png")
+            done += 1
+        if not done:
+            raise UserError(U.files_message(skipped, "image(s) could not be read") + "; nothing was written")
+    print(f"Grad-CAM of {done} image(s) at layer {layer!r} (label {args.label}) written to {args.output}")
+    for message in (U.files_message(skipped, "image(s) skipped"),
+                    U.files_message(ignored, "file(s) ignored (not images)")):
+        if message:
+            print(message)
+    return 1 if skipped else 0
 
 
 def list_layers(predictor) -> int:

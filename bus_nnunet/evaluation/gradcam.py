@@ -1,40 +1,18 @@
 """Grad-CAM heatmaps of a trained nnU-Net model over the lesion class (``grad-cam`` package).
 
-The model is loaded with nnU-Net's own ``nnUNetPredictor.initialize_from_trained_model_folder``
-and images go through the model's own preprocessing (reader, crop, normalisation), so the CAM
-explains exactly what the trained network sees. The target is
+The model is loaded with nnU-Net's own ``nnUNetPredictor.initialize_from_trained_model_folder``;
+images are read as ``bus-nnunet predict`` reads them and go through the model's own
+preprocessing (crop, normalisation), so the CAM explains exactly what the trained network sees. The target is
 ``SemanticSegmentationTarget(label, predicted mask of that label)``: the summed lesion logit over
 the pixels the model segments as lesion (the whole image if it segments none).
 """
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from bus_nnunet.errors import UserError
-
-
-def group_channel_files(inputs: Sequence[str], file_ending: str) -> Dict[str, List[Path]]:
-    """``case_id -> [<case>_0000<ending>, <case>_0001<ending>, ...]`` from files and/or folders."""
-    files = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(x for x in p.iterdir() if x.name.endswith(file_ending))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"input {p} does not exist")
-    cases: Dict[str, List[Path]] = {}
-    for f in files:
-        m = re.match(rf"^(.*)_(\d{{4}}){re.escape(file_ending)}$", f.name)
-        if not m:
-            raise UserError(f"{f} is not named <case>_XXXX{file_ending} (nnU-Net's channel naming)")
-        cases.setdefault(m.group(1), []).append(f)
-    return {k: sorted(v) for k, v in cases.items()}
 
 
 def conv_layers(network, input_shape: Tuple[int, ...]) -> List[Tuple[str, Tuple[int, ...]]]:
@@ -87,25 +65,24 @@ def network_input_size(predictor, size: Sequence[int]) -> Tuple[int, int]:
 
 
 def load_predictor(model_folder, fold: str = "0", checkpoint: str = "checkpoint_final.pth"):
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    fold_value = fold if fold == "all" else int(fold)
-    if not (Path(model_folder) / f"fold_{fold}" / checkpoint).is_file():
-        raise UserError(f"{Path(model_folder) / f'fold_{fold}' / checkpoint} not found; train that fold or pass -f/-chk")
-    predictor = nnUNetPredictor(device=torch.device("cpu"), verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold_value,), checkpoint_name=checkpoint)
+    """nnU-Net's predictor with the one fold to explain, on the CPU (Grad-CAM needs gradients of
+    one network, not an ensemble)."""
+    from bus_nnunet.prediction import load_predictor as load, parse_folds
+    predictor = load(model_folder, parse_folds([fold]), checkpoint, device="cpu")
     predictor.network.eval()
     return predictor
 
 
-def gradcam_case(predictor, files: Sequence[Path], label: int = 1, layer: Optional[str] = None):
+def gradcam_case(predictor, image: np.ndarray, label: int = 1, layer: Optional[str] = None):
     """Grad-CAM map (H, W, in [0, 1], original image geometry), the predicted lesion mask, the
-    image (first channel) and the layer name for one case."""
+    image (first channel) and the layer name for one image: ``(C, 1, H, W)`` as
+    :func:`bus_nnunet.user_images.read_for_model` gives it."""
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
     pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
-    image, props = pm.image_reader_writer_class().read_images([str(f) for f in files])
+    from bus_nnunet.user_images import NATURAL_IMAGE_SPACING
+    props = {"spacing": list(NATURAL_IMAGE_SPACING)}
     original = np.asarray(image[0, 0], dtype=np.float32)
     data, _, props = cm.preprocessor_class(verbose=False).run_case_npy(image, None, props, pm, cm, dj)
     data = np.asarray(data[:, 0], dtype=np.float32)   # (C, H', W') of the 2D configuration
