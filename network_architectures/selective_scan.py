@@ -10,30 +10,44 @@ The recurrence (per batch ``b``, channel ``i``, state index ``n``; all in float3
 ``B`` and ``C`` have shape ``(batch, groups, d_state, L)``; channel ``i`` of ``groups * channels_per_group``
 uses group ``i // channels_per_group`` (mamba_ssm's convention).
 
-The pure-PyTorch path works on ``(b, channels, d_state, L)`` tensors cut into chunks of ``T`` steps.
-Inside a chunk the recurrence has the closed form ``h_t = E_t * cumsum_s(x_s / E_s)`` with
-``E_t = exp(cumsum(delta * A))`` the decay since the chunk start, so a whole chunk is a handful of
-vectorised passes (``cumsum``, ``exp``, multiply) instead of ``T`` dependent steps.  ``T`` (at most 32)
-is chosen per call so that no chunk decays by more than ``exp(-40)`` (every chunk's sum of
-``delta * max|A|`` is <= 40): then
-``1 / E_s <= e^40`` stays far from float32 overflow and the result is exact up to rounding.  Chunk-end
-states are carried across chunks by one small step per chunk.  The backward pass is the transposed
-scan (a reverse cumsum, done as a matmul with a triangular matrix) plus reductions; every big tensor
-is written into a reused buffer because first-touch page faults of fresh allocations cost as much as
-the arithmetic on CPU.  ``benchmarks/bench_selective_scan.py`` compares it with the step loop.
+Two exact pure-PyTorch formulations (``backend="steps"`` / ``"chunked"``), both with hand-written
+backward passes and equal to the step-by-step recurrence within 1e-5 (``tests/test_ssnet.py``):
+
+* **steps** (the default on CPU): the recurrence itself, one ``addcmul`` per time step on a
+  time-major ``(L, b, d_state, channels)`` copy, so each step touches one contiguous slab; the
+  decays ``exp(delta * A)`` (as ``exp2``, 3x faster than ``exp`` on CPU) and inputs
+  ``delta * u * B`` are computed for all steps at once, and ``y``, the transposed scan and all
+  gradient reductions are whole-tensor passes.  No division, so any decay (even below float32's
+  range) is exact.  Its big ``(L, b, N, channels)`` buffers come from a small workspace: glibc
+  serves allocations above 32 MiB by ``mmap`` and unmaps them on free, and first-touch page faults
+  of such a fresh buffer cost ~8x the arithmetic done in it.
+* **chunked** (the default on CUDA without ``mamba_ssm``: a few dozen kernels per call instead of
+  one per time step): chunks of ``T`` steps in closed form ``h_t = E_t * cumsum_s(x_s / E_s)``
+  with ``E_t = exp(cumsum(delta * A))`` the decay since the chunk start.  ``T`` (at most 32) is
+  chosen per call so that no chunk decays by more than ``exp(-40)``, so ``1 / E_s <= e^40`` stays
+  far from float32 overflow.  Chunk-end states are carried across chunks by one small step per
+  chunk; the backward is the transposed scan (a reverse cumsum as a triangular matmul).
+
+``benchmarks/bench_selective_scan.py`` times both against the step loop, mamba.py's ``pscan`` and a
+memory-traffic bound at SS-Net's 42 scan shapes.
 """
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["selective_scan", "selective_scan_reference", "linear_scan", "mamba_kernel_available"]
+__all__ = ["selective_scan", "selective_scan_reference", "linear_scan", "mamba_kernel_available",
+           "clear_workspace", "BACKENDS"]
+
+BACKENDS = ("auto", "torch", "steps", "chunked", "mamba")
 
 MAX_CHUNK_DECAY = 40.0  # a chunk may decay by at most exp(-40): 1/E <= 2.4e17, far from float32 overflow
 MAX_CHUNK = 32  # the backward's reverse cumsum is a (T x T) matmul: cost grows with T
+LOG2E = 1.0 / math.log(2.0)  # exp(x) = exp2(x * log2(e))
 
 
 def mamba_kernel_available() -> bool:
@@ -132,8 +146,8 @@ def _padded_empty(like: torch.Tensor, shape, length: int, padded: int) -> torch.
     return like.new_zeros(*shape, padded) if padded > length else like.new_empty(*shape, padded)
 
 
-class _SelectiveScanFunction(torch.autograd.Function):
-    """Selective scan on already-softplus'ed ``delta`` with an explicit (transposed-scan) backward."""
+class _ChunkedScanFunction(torch.autograd.Function):
+    """Chunked closed-form scan on already-softplus'ed ``delta`` with an explicit (transposed-scan) backward."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D):
@@ -199,14 +213,186 @@ class _SelectiveScanFunction(torch.autograd.Function):
         return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D
 
 
+
+# -- the time-major step scan ("steps") ---------------------------------------------------------------
+class _Workspace:
+    """Reused CPU buffers for the step scan's ``(L, b, N, channels)`` tensors, keyed by element count.
+
+    A buffer goes back in when the scan is done with it (after backward for the saved decays and
+    states); a second backward through a retained graph after another scan reused them fails in
+    autograd's saved-tensor version check instead of reading someone else's data.  At most
+    ``max_idle_bytes`` wait idle; CUDA tensors never come here (its caching allocator does this).
+    """
+
+    def __init__(self, max_idle_bytes: int = 2 ** 31):
+        self.max_idle_bytes = max_idle_bytes
+        self._free, self._idle_bytes, self._lock = {}, 0, threading.Lock()
+
+    def take(self, shape, like: torch.Tensor) -> torch.Tensor:
+        if like.device.type == "cpu":
+            with self._lock:
+                free = self._free.get(math.prod(shape))
+                if free:
+                    buffer = free.pop()
+                    self._idle_bytes -= buffer.numel() * 4
+                    return buffer.view(shape)
+        return like.new_empty(shape, dtype=torch.float32)
+
+    def give(self, *buffers: torch.Tensor) -> None:
+        with self._lock:
+            for buffer in buffers:
+                size = buffer.numel() * 4
+                if buffer.device.type == "cpu" and self._idle_bytes + size <= self.max_idle_bytes:
+                    self._free.setdefault(buffer.numel(), []).append(buffer)
+                    self._idle_bytes += size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free, self._idle_bytes = {}, 0
+
+
+_WORKSPACE = _Workspace()
+
+
+def clear_workspace() -> None:
+    """Free the step scan's idle CPU buffers (they are otherwise kept for the next call)."""
+    _WORKSPACE.clear()
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """``F.softplus(x)`` (threshold 20) as ``max(x, 0) + log1p(exp(-|x|))``, with ``log1p(z)`` as
+    ``log(w) * z / (w - 1)``, ``w = 1 + z`` (Goldberg's exact correction): torch's CPU ``log1p``
+    is not vectorised and made softplus cost more than the whole scan of a short sequence."""
+    z = torch.exp2(x.abs() * -LOG2E)
+    w = 1 + z
+    log1p = torch.where(w == 1, z, torch.log(w) * (z / (w - 1)))
+    return torch.where(x > 20, x, x.clamp(min=0) + log1p)
+
+
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    """``(..., L)`` -> contiguous ``(L, ...)`` by one 2-D transpose (torch's blocked 2-D transpose is
+    ~5x faster than a general permuted copy)."""
+    return x.reshape(-1, x.shape[-1]).t().contiguous().view(x.shape[-1], *x.shape[:-1])
+
+
+def _from_time_major(x: torch.Tensor) -> torch.Tensor:
+    """``(L, ...)`` -> contiguous ``(..., L)``."""
+    return x.reshape(x.shape[0], -1).t().contiguous().view(*x.shape[1:], x.shape[0])
+
+
+class _StepScanFunction(torch.autograd.Function):
+    """Step-by-step scan in time-major layout with delta's bias and softplus folded in.
+
+    Layout ``(L, b, N, groups, channels_per_group)``: ``h[l]`` is one contiguous slab, B/C broadcast
+    over a group's channels without copies, and the sums over ``N`` run over an outer dimension
+    (vectorised across channels).  Saves the decays and states; the backward is the transposed
+    scan ``g_l = C_l y'_l + a_{l+1} g_{l+1}`` and ``dL/dlog a_l = g_l a_l h_{l-1}``.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta_raw, A, B, C, D, delta_bias, delta_softplus):
+        pre = delta_raw if delta_bias is None else delta_raw + delta_bias.unsqueeze(-1)
+        delta = _softplus(pre) if delta_softplus else pre
+        y, decay, h, small = _step_scan_forward(u, delta, A, B, C, D)
+        ctx.save_for_backward(u, pre, delta, A, B, C, D, decay, h, *small)
+        ctx.has_bias, ctx.delta_softplus = delta_bias is not None, delta_softplus
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, pre, delta, A, B, C, D, decay, h, delta_t, du_t, B_t, C_t = ctx.saved_tensors
+        batch, channels, length = u.shape
+        groups, n = B.shape[1], B.shape[2]
+        split = (length, batch, n, groups, channels // groups)
+        gy_t = _time_major(grad_y.float())  # (L, b, ch)
+        grad_h = _WORKSPACE.take(decay.shape, u)
+        torch.mul(gy_t.view(length, batch, 1, groups, -1), C_t.unsqueeze(-1), out=grad_h.view(split))
+        gs, decays = grad_h.unbind(0), decay.unbind(0)
+        for l in range(length - 2, -1, -1):  # the transposed scan, from the end
+            torch.addcmul(gs[l], decays[l + 1], gs[l + 1], out=gs[l])
+
+        work = _WORKSPACE.take(decay.shape, u)
+        w = work.view(split)
+        grad_C = torch.mul(h.view(split), gy_t.view(length, batch, 1, groups, -1), out=w).sum(-1)  # (L, b, N, g)
+        grad_B = torch.mul(grad_h.view(split), du_t.view(length, batch, 1, groups, -1), out=w).sum(-1)
+        grad_drive = torch.mul(grad_h.view(split), B_t.unsqueeze(-1), out=w).sum(2).view(length, batch, channels)
+        # through the decay: dL/d(delta A)_l = g_l * a_l * h_{l-1} (h_0 = 0)
+        grad_log_decay = work
+        grad_log_decay[0] = 0
+        torch.mul(decay[1:], h[:-1], out=grad_log_decay[1:]).mul_(grad_h[1:])
+        grad_delta_t = torch.mul(grad_log_decay, A.t(), out=grad_h).sum(2)
+        grad_A = grad_log_decay.mul_(delta_t.unsqueeze(2)).sum((0, 1)).t()
+        _WORKSPACE.give(grad_h, work, decay, h)
+
+        grad_delta_t.addcmul_(grad_drive, _time_major(u))
+        grad_u = _from_time_major(grad_drive.mul_(delta_t))
+        grad_delta = _from_time_major(grad_delta_t)
+        if ctx.delta_softplus:
+            grad_delta.mul_(torch.sigmoid(pre))
+        grad_D = None
+        if D is not None:
+            grad_u.addcmul_(D.unsqueeze(-1), grad_y)
+            grad_D = (grad_y * u).sum((0, 2))
+        grad_bias = grad_delta.sum((0, 2)) if ctx.has_bias else None
+        return (grad_u, grad_delta, grad_A, _from_time_major(grad_B).transpose(1, 2),
+                _from_time_major(grad_C).transpose(1, 2), grad_D, grad_bias, None)
+
+
+def _step_scan_forward(u, delta, A, B, C, D):
+    """The step scan's forward: ``(y, decays, states, time-major inputs)``; decays and states are
+    workspace buffers the caller gives back."""
+    batch, channels, length = u.shape
+    groups, n = B.shape[1], B.shape[2]
+    split = (length, batch, n, groups, channels // groups)
+    delta_t, du_t = _time_major(delta), _time_major(delta * u)  # (L, b, ch)
+    B_t = _time_major(B).transpose(-1, -2).contiguous()  # (L, b, N, g)
+    C_t = _time_major(C).transpose(-1, -2).contiguous()
+    shape = (length, batch, n, channels)
+    decay = _WORKSPACE.take(shape, u)
+    torch.mul(delta_t.unsqueeze(2), (A * LOG2E).t(), out=decay).exp2_()
+    h = _WORKSPACE.take(shape, u)
+    torch.mul(du_t.view(length, batch, 1, groups, -1), B_t.unsqueeze(-1), out=h.view(split))
+    hs, decays = h.unbind(0), decay.unbind(0)  # views made once: indexing per step costs as much as the step
+    for l in range(1, length):
+        torch.addcmul(hs[l], decays[l], hs[l - 1], out=hs[l])
+    work = _WORKSPACE.take(shape, u)
+    y = torch.mul(h.view(split), C_t.unsqueeze(-1), out=work.view(split)).sum(2)
+    _WORKSPACE.give(work)
+    y = _from_time_major(y.view(length, batch, channels))
+    if D is not None:
+        y.addcmul_(D.unsqueeze(-1), u)
+    return y, decay, h, (delta_t, du_t, B_t, C_t)
+
+
+def _step_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    u, delta, A = u.float(), delta.float(), A.float()
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    B, C = B.float(), C.float()
+    _check_groups(u, B, C)
+    D = None if D is None else D.float()
+    delta_bias = None if delta_bias is None else delta_bias.float()
+    tensors = (u, delta, A, B, C, D, delta_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _StepScanFunction.apply(*tensors, delta_softplus)
+    pre = delta if delta_bias is None else delta + delta_bias.unsqueeze(-1)
+    y, decay, h, _ = _step_scan_forward(u, _softplus(pre) if delta_softplus else pre, A, B, C, D)
+    _WORKSPACE.give(decay, h)  # inference: nothing is saved
+    return y
+
+
+def _check_groups(u, B, C):
+    if u.shape[1] % B.shape[1] or C.shape != B.shape:
+        raise ValueError(f"selective_scan: B/C {tuple(B.shape)}/{tuple(C.shape)} do not split {u.shape[1]} channels "
+                         f"into groups")
+
+
 def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
     u, delta, A = u.float(), delta.float(), A.float()
     if B.dim() == 3:  # (b, N, L): one group
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     B, C = B.float(), C.float()
-    if u.shape[1] % B.shape[1] or C.shape != B.shape:
-        raise ValueError(f"selective_scan: B/C {tuple(B.shape)}/{tuple(C.shape)} do not split {u.shape[1]} channels "
-                         f"into groups")
+    _check_groups(u, B, C)
     if delta_bias is not None:
         delta = delta + delta_bias.float().unsqueeze(-1)
     if delta_softplus:
@@ -221,14 +407,18 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 
     u, delta: ``(b, channels, L)``; A: ``(channels, N)``; B, C: ``(b, groups, N, L)`` or ``(b, N, L)``;
     D, delta_bias: ``(channels,)``.  Returns float32 ``(b, channels, L)``.  ``backend``: ``"auto"``
-    (the CUDA kernel for CUDA tensors when ``mamba_ssm`` imports, else PyTorch), ``"torch"`` or
-    ``"mamba"``.  Always computed in float32 with autocast off.
+    (the CUDA kernel for CUDA tensors when ``mamba_ssm`` imports, else ``"torch"``), ``"torch"`` (the
+    faster pure-PyTorch form for the device: ``"steps"`` on CPU, ``"chunked"`` on other devices),
+    ``"steps"``, ``"chunked"`` or ``"mamba"``.  Always computed in float32 with autocast off.
     """
-    if backend not in ("auto", "torch", "mamba"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'mamba', not {backend!r}")
-    use_kernel = backend == "mamba" or (backend == "auto" and u.is_cuda and mamba_kernel_available())
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {backend!r}")
+    if backend == "auto":
+        backend = "mamba" if u.is_cuda and mamba_kernel_available() else "torch"
+    if backend == "torch":
+        backend = "steps" if u.device.type == "cpu" else "chunked"
     with torch.autocast(device_type=u.device.type, enabled=False):
-        if use_kernel:
+        if backend == "mamba":
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
             if B.dim() == 3:
                 B, C = B.unsqueeze(1), C.unsqueeze(1)
@@ -237,8 +427,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                                      None if D is None else D.float().contiguous(), z=None,
                                      delta_bias=None if delta_bias is None else delta_bias.float().contiguous(),
                                      delta_softplus=delta_softplus, return_last_state=False)
-        args = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
-        return _SelectiveScanFunction.apply(*args)
+        if backend == "steps":
+            return _step_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        return _ChunkedScanFunction.apply(*_prepare(u, delta, A, B, C, D, delta_bias, delta_softplus))
 
 
 def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True) -> torch.Tensor:

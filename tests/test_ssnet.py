@@ -134,10 +134,11 @@ def _scan_inputs(batch, groups, channels, length, d_state=8, seed=0, delta_shift
 # 1 -> 4 steps (e^-34), 1.5 -> 2 steps (e^-33), 12 -> single steps that decay below float32's range
 @pytest.mark.parametrize("batch,groups,channels,length,delta_shift", [
     (2, 2, 6, 37, -1.0), (1, 1, 16, 300, -1.0), (2, 2, 4, 4, -1.0), (2, 1, 4, 1000, -3.0),
-    (1, 1, 8, 100, -2.0), (1, 1, 8, 100, 1.0), (2, 2, 4, 61, 1.5), (2, 2, 4, 50, 12.0)])
-def test_selective_scan_matches_step_loop(batch, groups, channels, length, delta_shift):
+    (1, 1, 8, 100, -2.0), (1, 1, 8, 100, 1.0), (2, 2, 4, 61, 1.5), (2, 2, 4, 50, 12.0), (1, 1, 4, 1, 0.0)])
+@pytest.mark.parametrize("backend", ["steps", "chunked"])
+def test_selective_scan_matches_step_loop(batch, groups, channels, length, delta_shift, backend):
     inputs = [t.requires_grad_() for t in _scan_inputs(batch, groups, channels, length, delta_shift=delta_shift)]
-    ours = selective_scan(*inputs, backend="torch")
+    ours = selective_scan(*inputs, backend=backend)
     ref = selective_scan_reference(*inputs)
     grad_out = torch.randn_like(ref)
     g_ours = torch.autograd.grad(ours, inputs, grad_out)
@@ -151,6 +152,29 @@ def test_selective_scan_matches_step_loop(batch, groups, channels, length, delta
     names = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
     for name, a, b in zip(names, g_ours, g_ref):
         assert close(a, b), name
+
+
+@pytest.mark.parametrize("backend", ["steps", "chunked"])
+def test_selective_scan_without_softplus_bias_or_grad(backend):
+    u, delta, A, B, C, D, _ = _scan_inputs(1, 1, 4, 40)
+    delta = delta.exp()  # positive without the softplus
+    ref = selective_scan_reference(u, delta, A, B[:, 0], C[:, 0], D, delta_softplus=False)
+    with torch.no_grad():  # the inference path (no autograd graph, workspace buffers handed back)
+        ours = selective_scan(u, delta, A, B[:, 0], C[:, 0], D, delta_softplus=False, backend=backend)
+    assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_step_scan_second_backward_after_buffer_reuse_fails_loudly():
+    """The step scan hands its saved buffers back to the workspace after backward: a second backward
+    through a retained graph is exact until another scan reuses them, then autograd refuses."""
+    inputs = [t.requires_grad_() for t in _scan_inputs(1, 1, 4, 30)]
+    y = selective_scan(*inputs, backend="steps")
+    first = torch.autograd.grad(y.sum(), inputs[0], retain_graph=True)[0]
+    assert torch.equal(torch.autograd.grad(y.sum(), inputs[0], retain_graph=True)[0], first)
+    with torch.no_grad():
+        selective_scan(*_scan_inputs(1, 1, 4, 30, seed=1), backend="steps")  # takes the same buffers
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(y.sum(), inputs[0])
 
 
 def test_linear_scan_against_hand_values():
