@@ -310,18 +310,20 @@ def write_ddti_original(root, seed=9):
     return Path(root), {"n": len(expected), "labels": expected, "multi_region": "ddti_0001_1"}
 
 
-def write_folder(root, n=6, shape=(32, 40), seed=10):
-    """Generic ``images/NAME.png`` + ``masks/NAME_mask.png`` (one image with two masks)."""
+def write_folder(root, n=6, shape=(32, 40), seed=10, images_per_patient=0):
+    """Generic ``images/NAME.png`` + ``masks/NAME_mask.png`` (one image with two masks); with
+    ``images_per_patient``, a ``patient_id`` column groups that many consecutive images."""
     rng = np.random.default_rng(seed)
     base = Path(root) / "mydata"
-    lines = ["case,class"]
+    lines = ["case,class" + (",patient_id" if images_per_patient else "")]
     for k in range(n):
         m = random_disc(rng, shape)
         save_l(base / "images" / f"img {k}.png", frame(rng, shape, m))
         save_l(base / "masks" / f"img {k}_mask.png", mask255(m))
         if k == 0:
             save_l(base / "masks" / f"img {k}_mask2.png", mask255(disc(shape, (4, 4), 3)))
-        lines.append(f"img {k},{'malignant' if k % 2 else 'benign'}")
+        patient = f",p{k // images_per_patient}" if images_per_patient else ""
+        lines.append(f"img {k},{'malignant' if (k // max(1, images_per_patient)) % 2 else 'benign'}{patient}")
     (base / "classes.csv").write_text("\n".join(lines) + "\n")
     return base, {"n": n}
 

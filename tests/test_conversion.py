@@ -46,8 +46,9 @@ def check_nnunet_layout(folder, n_train, n_test=0):
     images = sorted((folder / "imagesTr").glob("*_0000.png"))
     labels = sorted((folder / "labelsTr").glob("*.png"))
     assert len(images) == len(labels) == n_train
-    assert [p.name[:-9] for p in images] == [p.stem for p in labels]
-    for img_path, lab_path in zip(images, labels):  # every case, not a sample
+    assert sorted(p.name[:-9] for p in images) == sorted(p.stem for p in labels)
+    for img_path in images:  # every case, not a sample
+        lab_path = folder / "labelsTr" / f"{img_path.name[:-9]}.png"
         img, lab = Image.open(img_path), Image.open(lab_path)
         assert img.mode == "L" and lab.mode == "L" and img.size == lab.size, img_path
         assert set(np.unique(np.asarray(lab))) <= {0, 1}, lab_path
@@ -299,6 +300,20 @@ def test_generic_folder_converter(tmp_path):
     rows, _ = check_nnunet_layout(folder, facts["n"])
     assert folder.name == "Dataset777_MyData" and "mydata_img_0" in rows
     assert int(rows["mydata_img_0"]["n_masks"]) == 2 and rows["mydata_img_1"]["class"] == "malignant"
+
+
+def test_folder_converter_keeps_a_patients_images_together(tmp_path):
+    """The ``patient_id`` column of --classes-csv: 24 images of 8 patients (3 each); no patient
+    spans two folds, or the hold-out and training (check_nnunet_layout asserts both)."""
+    source, _ = replicas.write_folder(tmp_path / "src", n=24, images_per_patient=3)
+    folder = run_convert("folder", source, tmp_path / "raw", "--folds", 3, "--test-fraction", 0.25,
+                         "--mask-pattern", "{stem}_mask*.png", "--classes-csv", source / "classes.csv")
+    rows = manifest(folder)
+    n_test = sum(r["split"] == "test" for r in rows.values())
+    assert n_test % 3 == 0 and n_test > 0  # whole patients held out
+    _, splits = check_nnunet_layout(folder, 24 - n_test, n_test)
+    assert len({r["patient_id"] for r in rows.values()}) == 8
+    assert all(len(f["val"]) % 3 == 0 for f in splits)
 
 
 def test_rgb_option_and_test_fraction(tmp_path):
