@@ -139,6 +139,11 @@ def test_predict_folder_of_mixed_files_with_the_fold_ensemble(trained_us, tmp_pa
                         "-f", "0", "1", "--disable-tta", "--no-progress"], env)
     assert sorted(p.name for p in (tmp_path / "ts" / "masks").iterdir()) == sorted(p.name for p in reference.glob("*.png"))
     assert "mirroring off" in proc.stdout
+    # ... which evaluate scores against labelsTs as it is
+    scored = tmp_path / "eval"
+    _nnunet.run(["bus-nnunet", "evaluate", "--pred", tmp_path / "ts" / "masks", "--gt", ds.raw / "labelsTs",
+                 "-o", scored, "--no-progress"], env)
+    assert json.loads((scored / "metrics.json").read_text())["all"]["n_cases"] == 2
 
 
 def test_predict_errors_name_the_fix(trained_us, tmp_path):
