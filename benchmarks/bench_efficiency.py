@@ -40,8 +40,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment_stamp, markdown_table, run_command, stamp_markdown  # noqa: E402
+from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E402
 from bus_nnunet.evaluation.profiling import MACS_METHOD  # noqa: E402
+from bus_nnunet.harness import CommandFailed, nnunet_env, peak_rss_bytes, plan_synthetic_dataset, rss_bytes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = ("nnUNetTrainer", "nnUNetTrainerUS")
@@ -95,20 +96,16 @@ def select_trainers(requested=None):
 # ------------------------------------------------------------------------------------------------
 def prepare_plan(workdir: Path, size: int, n_cases: int = 12) -> dict:
     """Synthetic ``size x size`` dataset planned and preprocessed by the real nnU-Net planner."""
-    from bus_nnunet.synthetic import write_nnunet_raw
-    env = {"nnUNet_raw": str(workdir / "raw"), "nnUNet_preprocessed": str(workdir / "preprocessed"),
-           "nnUNet_results": str(workdir / "results")}
-    for v in env.values():
-        Path(v).mkdir(parents=True, exist_ok=True)
-    name = f"Dataset{DATASET_ID:03d}_BenchUS{size}"
-    pre = Path(env["nnUNet_preprocessed"]) / name
+    env = nnunet_env(workdir)
+    name = f"BenchUS{size}"
+    pre = Path(env["nnUNet_preprocessed"]) / f"Dataset{DATASET_ID:03d}_{name}"
     if not (pre / "nnUNetPlans.json").exists():
-        write_nnunet_raw(env["nnUNet_raw"], DATASET_ID, f"BenchUS{size}", n_cases=n_cases, size=(size, size))
         log(f"planning a synthetic {size}x{size} dataset with nnUNetv2_plan_and_preprocess")
-        proc = run_command(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "2", "-npfp", "2",
-                            "--no_pbar"], {**env, "nnUNet_n_proc_DA": "2"})
-        if proc.returncode:
-            sys.exit(f"nnUNetv2_plan_and_preprocess failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        try:
+            plan_synthetic_dataset(env, DATASET_ID, name, n_cases=n_cases, size=(size, size), verify=False,
+                                   extra_env={"nnUNet_n_proc_DA": "2"})
+        except CommandFailed as e:
+            sys.exit(f"planning failed: {e}")
     return {"env": env, "preprocessed": str(pre)}
 
 
@@ -134,16 +131,6 @@ def _timed(fn, device, warmup: int, iters: int):
     # process CPU time: what the step costs when other jobs share the cores (wall time then inflates)
     return {"median_s": statistics.median(times), "min_s": min(times), "cpu_median_s": statistics.median(cpu),
             "n": len(times)}
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def _peak_rss_mib() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _synthetic_batch(trainer, batch: int, patch, in_ch: int, device, case_ids):
@@ -219,14 +206,15 @@ def measure(trainer_name: str, plan: dict, a) -> dict:
     batch = _synthetic_batch(trainer, a.batch, patch, in_ch, device, case_ids)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _rss_mib()
+    rss_before = rss_bytes() / 2 ** 20
     result["train_step_synthetic"] = _timed(lambda: trainer.train_step(batch), device, a.warmup, a.iters)
     if device.type == "cuda":
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
         result["peak_memory_kind"] = "torch.cuda.max_memory_allocated"
     else:
-        result["peak_memory_mib"] = round(_peak_rss_mib(), 1)
-        result["peak_memory_increase_mib"] = round(_peak_rss_mib() - rss_before, 1)
+        peak_mib = peak_rss_bytes() / 2 ** 20
+        result["peak_memory_mib"] = round(peak_mib, 1)
+        result["peak_memory_increase_mib"] = round(peak_mib - rss_before, 1)
         result["peak_memory_kind"] = "peak RSS of the worker process"
 
     # training step, data loading included (the trainer's own nnU-Net dataloader and augmentation)

@@ -5,7 +5,7 @@ Spec A.9: ACmix's unfold formulation would materialise B x C x 49 x H x W copies
 SCRNet here pads k and v once, visits the 49 window offsets as strided views, accumulates the
 key/value gradients in place in a hand-written backward and recomputes the attention weights
 there (``network_architectures/scrnet.py``).  This benchmark measures, each in a fresh subprocess
-(so ``ru_maxrss`` is that measurement's own peak):
+(so the process's peak RSS is that measurement's own peak):
 
 1. ``attention``: the attention path of one CCAPM (``CCAPM.cross_attention``: q/k/v embeddings,
    relative position, window attention; forward + backward, float32) at every encoder level of a
@@ -41,7 +41,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -50,20 +49,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E402
+from bus_nnunet.harness import peak_rss_bytes, rss_bytes  # noqa: E402
 
 WIDTHS = (64, 128, 256, 512, 1024)
 GIB = 1024 ** 3
 DEFAULT_OUT = HERE / "results" / "scrnet_memory.json"
 NOTES_MARKER = "<!-- notes: kept when bench_scrnet_memory.py rewrites this file -->"
-
-
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def _mem_available_gib() -> float:
@@ -87,7 +78,7 @@ def _worker_attention(level: int, batch: int, size: int, threads: int) -> dict:
     channels, side = WIDTHS[level], size // 2 ** level
     module = CCAPM(channels).train()
     q0, k0, v0 = (torch.randn(batch, channels, side, side, requires_grad=True) for _ in range(3))
-    baseline = _current_rss_bytes()
+    baseline = rss_bytes()
     load_before = _load()
     start = time.perf_counter()
     out = module.cross_attention(q0, k0, v0)
@@ -95,7 +86,7 @@ def _worker_attention(level: int, batch: int, size: int, threads: int) -> dict:
     out.square().mean().backward()
     seconds = time.perf_counter() - start
     return {"level": level + 1, "channels": channels, "side": side, "batch": batch,
-            "peak_above_baseline_gib": (_peak_rss_bytes() - baseline) / GIB,
+            "peak_above_baseline_gib": (peak_rss_bytes() - baseline) / GIB,
             "forward_seconds": forward_seconds, "seconds": seconds,
             "load_average_before_after": [load_before, _load()],
             "input_tensor_gib": batch * channels * side * side * 4 / GIB,
@@ -113,7 +104,7 @@ def _worker_training_step(batch: int, size: int, threads: int, amp: bool) -> dic
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=5e-4)
     x = torch.randn(batch, 3, size, size)
     target = torch.randint(0, 2, (batch, size, size))
-    baseline = _current_rss_bytes()
+    baseline = rss_bytes()
     load_before = _load()
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -123,8 +114,8 @@ def _worker_training_step(batch: int, size: int, threads: int, amp: bool) -> dic
     optimizer.step()
     seconds = time.perf_counter() - start
     return {"batch": batch, "size": size, "amp_bf16": amp, "measured": True,
-            "peak_above_baseline_gib": (_peak_rss_bytes() - baseline) / GIB,
-            "peak_rss_gib": _peak_rss_bytes() / GIB, "seconds": seconds,
+            "peak_above_baseline_gib": (peak_rss_bytes() - baseline) / GIB,
+            "peak_rss_gib": peak_rss_bytes() / GIB, "seconds": seconds,
             "load_average_before_after": [load_before, _load()],
             "parameters": sum(p.numel() for p in net.parameters())}
 

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from bus_nnunet.errors import UserError
+from bus_nnunet.harness import nnunet_env, plan_command, tool
 from bus_nnunet.io_utils import atomic_write_text, check_output_free
 
 DATASET_ID = 599
@@ -43,17 +43,10 @@ def learning_shown(dice: float, all_foreground_dice: float, empty_dice: float,
     return bool(dice > max(all_foreground_dice, empty_dice) + margin)
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
 class DemoRun:
     def __init__(self, out: Path, trainer: str, profile: str, device: str):
         self.out, self.trainer, self.profile, self.device = out, trainer, PROFILES[profile], device
-        self.env = {**os.environ,
-                    "nnUNet_raw": str(out / "nnUNet_raw"),
-                    "nnUNet_preprocessed": str(out / "nnUNet_preprocessed"),
-                    "nnUNet_results": str(out / "nnUNet_results"),
+        self.env = {**os.environ, **nnunet_env(out, prefix="nnUNet_"),
                     "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc", "2"),
                     "PYTHONUNBUFFERED": "1"}
         self.log = out / "logs"
@@ -65,7 +58,7 @@ class DemoRun:
         self.log.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         with open(self.log / f"{name}.log", "w") as logf:
-            proc = subprocess.Popen([str(c) for c in cmd], env={**self.env, **(extra_env or {})},
+            proc = subprocess.Popen([tool(cmd[0]), *map(str, cmd[1:])], env={**self.env, **(extra_env or {})},
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for line in proc.stdout:
                 logf.write(line)
@@ -87,19 +80,18 @@ class DemoRun:
         synthetic.write_busi_layout(source, p["counts"], size=p["size"], seed=0)
         self.write_test_set(self.out / "test", p["n_test"], p["size"])
 
-        self.step("convert", [_bin("bus-nnunet"), "convert", "busi", source, "--id", DATASET_ID,
+        self.step("convert", ["bus-nnunet", "convert", "busi", source, "--id", DATASET_ID,
                               "--name", "DemoBUSI", "--raw-root", self.env["nnUNet_raw"]])
-        self.step("plan_and_preprocess", [_bin("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "2d",
-                                          "-np", "2", "-npfp", "2", "--verify_dataset_integrity", "--no_pbar"])
+        self.step("plan_and_preprocess", plan_command(DATASET_ID))
         schedule = {"BUS_NNUNET_NUM_EPOCHS": str(p["epochs"]), "BUS_NNUNET_NUM_ITERATIONS": str(p["iterations"]),
                     "BUS_NNUNET_NUM_VAL_ITERATIONS": str(p["val_iterations"])}
-        self.step("train", [_bin("nnUNetv2_train"), DATASET_ID, "2d", "0", "-tr", self.trainer,
+        self.step("train", ["nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", self.trainer,
                             "-device", self.device], schedule)
         pred = self.out / "predictions_test"
-        self.step("predict", [_bin("nnUNetv2_predict"), "-i", self.out / "test" / "images", "-o", pred,
+        self.step("predict", ["nnUNetv2_predict", "-i", self.out / "test" / "images", "-o", pred,
                               "-d", DATASET_ID, "-c", "2d", "-tr", self.trainer, "-f", "0", "-device", self.device,
                               "-npp", "1", "-nps", "1"])
-        self.step("evaluate", [_bin("bus-nnunet"), "evaluate", "--pred", pred, "--gt", self.out / "test" / "labels",
+        self.step("evaluate", ["bus-nnunet", "evaluate", "--pred", pred, "--gt", self.out / "test" / "labels",
                                "--manifest", self.out / "test" / "manifest.csv", "-o", self.out / "evaluation",
                                "--no-progress"])
         return self.report(pred)

@@ -13,7 +13,7 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A GitHub-flavoured Markdown table."""
+    """A GitHub-flavoured Markdown table (``None`` cells left empty)."""
     out = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    out += ["| " + " | ".join("" if c is None else str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)

@@ -1,13 +1,9 @@
 """Helpers that drive the real nnU-Net command-line tools on tiny synthetic data (CPU smoke runs)."""
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus_nnunet.synthetic import write_nnunet_raw
-
-BIN = Path(sys.executable).parent
+from bus_nnunet import harness
 # nnUNet_n_proc_DA=0: in-process augmentation (no worker start-up); only for training, since
 # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA) and fails on 0.
 SMOKE_SCHEDULE = {"BUS_NNUNET_NUM_EPOCHS": "1", "BUS_NNUNET_NUM_ITERATIONS": "2",
@@ -16,22 +12,13 @@ DATASET_ID = 990
 
 
 def make_env(root: Path) -> dict:
-    env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
-           "nnUNet_results": str(root / "results"), "nnUNet_def_n_proc": "2", "OMP_NUM_THREADS": "2"}
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        Path(env[k]).mkdir(parents=True, exist_ok=True)
-    return env
+    return {**harness.nnunet_env(root), "nnUNet_def_n_proc": "2", "OMP_NUM_THREADS": "2"}
 
 
 def run(cmd, env: dict, timeout=900, check=True) -> subprocess.CompletedProcess:
-    """Run an nnU-Net / bus-nnunet command with ``env`` on top of os.environ; fail with its output."""
-    full_env = {**os.environ, **env}
-    exe = cmd[0] if os.path.isabs(cmd[0]) else str(BIN / cmd[0])
-    proc = subprocess.run([exe, *map(str, cmd[1:])], env=full_env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n--- stdout ---\n"
-                             f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
-    return proc
+    """Run an nnU-Net / bus-nnunet command of this venv with ``env`` on top of os.environ; with
+    ``check``, fail with its output."""
+    return harness.run_tool(cmd, env, timeout=timeout, check=check)
 
 
 @dataclass
@@ -50,10 +37,7 @@ class PlannedDataset:
 
 def plan_synthetic_dataset(root: Path, n_cases=12, size=(64, 64), n_test=2) -> PlannedDataset:
     env = make_env(root)
-    raw = write_nnunet_raw(env["nnUNet_raw"], DATASET_ID, "SyntheticUS", n_cases=n_cases, size=size,
-                           n_test=n_test)
-    run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "2", "-npfp", "2",
-         "--verify_dataset_integrity", "--no_pbar"], env)
+    raw = harness.plan_synthetic_dataset(env, DATASET_ID, "SyntheticUS", n_cases=n_cases, size=size, n_test=n_test)
     return PlannedDataset(root, env, DATASET_ID, raw)
 
 

@@ -38,6 +38,7 @@ def run(args) -> int:
     from bus_nnunet.evaluation import metrics as M
     from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text, check_output_free
     from bus_nnunet.manifest import case_classes_for
+    from bus_nnunet.reports import markdown_table
 
     check_output_free(args.output, args.overwrite, "output folder")
     dataset = R.resolve_dataset(args.dataset)
@@ -58,7 +59,7 @@ def run(args) -> int:
                f"--empty-truth {args.empty_truth}.")
     result_rows = R.results_table_rows(summaries)
     md = [f"# Cross-validation report: {dataset}", "", caption, "",
-          R.markdown_table(R.RESULTS_HEADER, result_rows), ""]
+          markdown_table(R.RESULTS_HEADER, result_rows), ""]
     for t, s in summaries.items():
         if s["folds_missing"]:
             md.append(f"- **{t}: fold(s) {', '.join(map(str, s['folds_missing']))} missing** "
@@ -73,18 +74,18 @@ def run(args) -> int:
                "trainer scores higher on more images, the CI where the mean difference lies: a small p "
                "with a CI that includes 0 means many small differences one way and a few large ones the "
                "other.", "",
-               R.markdown_table(R.COMPARISON_HEADER, R.comparison_table_rows(comparisons)), ""]
+               markdown_table(R.COMPARISON_HEADER, R.comparison_table_rows(comparisons)), ""]
     per_fold_rows = [[t, str(fold), str(s["per_fold"][fold]["n_cases"]),
                       F.fmt(s["per_fold"][fold]["per_image"]["dice"]["mean"]),
                       F.fmt(s["per_fold"][fold]["pooled"]["dice"])]
                      for t, s in summaries.items() for fold in s["folds_found"]]
-    md += ["## Per fold", "", R.markdown_table(["trainer", "fold", "n", "Dice (per image)", "Dice (pooled)"],
+    md += ["## Per fold", "", markdown_table(["trainer", "fold", "n", "Dice (per image)", "Dice (pooled)"],
                                                per_fold_rows), ""]
     class_rows = [[t, c, str(a["n_cases"]), F.fmt(a["per_image"]["dice"]["mean"]),
                    F.fmt(a["pooled"]["dice"]), F.fmt(a["normal_images"]["fp_rate"])]
                   for t, s in summaries.items() for c, a in s["by_class"].items()]
     if class_rows:
-        md += ["## Per class", "", R.markdown_table(["trainer", "class", "n", "Dice (per image)", "Dice (pooled)",
+        md += ["## Per class", "", markdown_table(["trainer", "class", "n", "Dice (per image)", "Dice (pooled)",
                                                      "FP rate (normal)"], class_rows), ""]
 
     all_rows = [{"trainer": t, **row} for t, r in results.items() for row in r.rows]
@@ -113,7 +114,7 @@ def run(args) -> int:
             tex += "\n" + R.latex_table(R.COMPARISON_HEADER, R.comparison_table_rows(comparisons),
                                         "Paired Wilcoxon signed-rank tests (Holm-corrected) on per-image scores.")
         atomic_write_text(tmp / "table.tex", tex)
-    print(R.markdown_table(R.RESULTS_HEADER, result_rows))
+    print(markdown_table(R.RESULTS_HEADER, result_rows))
     for t, s in summaries.items():
         if s["folds_missing"]:
             print(f"{t}: fold(s) {s['folds_missing']} missing")

@@ -180,11 +180,6 @@ RESULTS_HEADER = (["trainer", "folds", "Dice (folds)", "Dice (cases) [95% CI]"] 
                   + ["pooled Dice", "FP rate (normal)"])
 
 
-def markdown_table(header, rows) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(out + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-
 def latex_table(header, rows, caption: str) -> str:
     esc = lambda s: str(s).replace("_", r"\_").replace("±", r"$\pm$").replace("%", r"\%")  # noqa: E731
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}",

@@ -303,55 +303,27 @@ def peak_memory_cuda(net, x, train: bool, num_classes: int) -> int:
     return int(torch.cuda.max_memory_allocated() - base)
 
 
-def _rss_bytes() -> int:
-    import os
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0: clear_refs 5)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    """VmHWM from /proc/self/status (falls back to ru_maxrss, KiB on Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _measure_cpu_memory_here(spec: dict) -> int:
     """Inside the subprocess: build, run the step once, return peak RSS increase (bytes)."""
     import torch
+    from bus_nnunet.harness import peak_rss_bytes, reset_peak_rss, rss_bytes
     torch.set_num_threads(int(spec.get("threads", 1)))
     train = spec["mode"] == "train"
     net, _ = build_network(spec["trainer"], spec["in_channels"], spec["num_classes"], spec["size"],
                            deep_supervision=train and spec["deep_supervision"], plans=spec.get("plans"))
     x = torch.randn(spec["batch_size"], spec["in_channels"], *spec["size"])
     optimizer = make_optimizer(net) if train else None
-    before = _rss_bytes()
-    hwm_reset = _reset_peak_rss()
+    before = rss_bytes()
+    hwm_reset = reset_peak_rss()
     if not hwm_reset:  # without a reset the import-time high-water mark is the baseline
-        before = max(before, _peak_rss_bytes())
+        before = max(before, peak_rss_bytes())
     if train:
         training_step(net, x, optimizer, spec["num_classes"])
     else:
         net.eval()
         with torch.no_grad():
             _first_output(net(x))
-    peak = _peak_rss_bytes()
+    peak = peak_rss_bytes()
     return max(0, int(peak - before))
 
 
