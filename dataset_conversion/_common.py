@@ -13,6 +13,7 @@ Conventions of the written nnU-Net raw dataset:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import re
@@ -68,7 +69,8 @@ class Collection:
 
 @dataclass
 class DatasetInfo:
-    """Static facts of one converter (see the registry in ``bus_nnunet.dataset_conversion``)."""
+    """Static facts of one converter; a module of ``bus_nnunet.dataset_conversion`` that defines
+    ``INFO`` is a ``bus-nnunet convert`` dataset (found by itself, see that package)."""
     key: str
     default_id: int
     default_name: str
@@ -78,6 +80,31 @@ class DatasetInfo:
     license: str = ""
     description: str = ""
     collect: Callable = None  # collect(source: Path, options) -> Collection
+    #: other names ``bus-nnunet convert`` accepts for this dataset
+    aliases: Tuple[str, ...] = ()
+    #: the converter's own options: a dataclass whose fields (default, ``metadata["help"]``) become
+    #: ``--field-name`` options of ``bus-nnunet convert``; ``collect`` reads them as
+    #: ``options.dataset_options``
+    options: Optional[type] = None
+
+    def add_arguments(self, parser) -> None:
+        """Add this converter's own options to ``parser`` in a group of their own."""
+        if self.options is None:
+            return
+        group = parser.add_argument_group(f"{self.key} only", self.description)
+        for f in dataclasses.fields(self.options):
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(f.default, bool):
+                group.add_argument(flag, action="store_true", help=f.metadata.get("help"))
+            else:
+                group.add_argument(flag, default=f.default, help=f.metadata.get("help"))
+
+    def options_from(self, args) -> Optional[object]:
+        """This converter's options from parsed arguments (the defaults where ``args`` lacks one)."""
+        if self.options is None:
+            return None
+        return self.options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(self.options)
+                               if hasattr(args, f.name)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +338,8 @@ class Options:
     test_fraction: float = 0.0
     resize_masks: Optional[bool] = None  # None: the dataset's default
     progress: bool = True
-    extra: Dict[str, object] = field(default_factory=dict)  # dataset-specific (folder pattern...)
+    #: the converter's own options (an instance of ``DatasetInfo.options``; its defaults when None)
+    dataset_options: Optional[object] = None
 
 
 @dataclass
@@ -452,6 +480,8 @@ def convert(info: DatasetInfo, source: Path, options: Options, _fail_after: Opti
         raise UserError(f"dataset id {options.dataset_id} is already used by {existing[0]}; nnU-Net needs unique "
                         f"ids: choose another --id or remove that folder")
 
+    if options.dataset_options is None and info.options is not None:
+        options = dataclasses.replace(options, dataset_options=info.options())
     collection = info.collect(source, options)
     counters = Counter(collection.counters)
     cases = list(collection.cases)

@@ -76,7 +76,7 @@ def collect(source: Path, options) -> Collection:
 
 
 INFO = DatasetInfo(
-    key="busbra", default_id=506, default_name="BUSBRA", collect=collect,
+    key="busbra", default_id=506, default_name="BUSBRA", collect=collect, aliases=("bus-bra", "bus_bra"),
     reference="Gómez-Flores W, et al. BUS-BRA: A breast ultrasound dataset for assessing computer-aided "
               "diagnosis systems. Med Phys 51(4) (2024) 3110-3123",
     license="CC BY 4.0 (see LICENSE.txt of the release)",

@@ -4,7 +4,9 @@ all matches OR-merged).  An optional ``--classes-csv`` (columns ``case``, ``clas
 ``patient_id``]) adds classes and patient grouping."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, files_with_suffix, read_table,
                                                    require_dir, sanitize, unmatched_error)
@@ -13,16 +15,28 @@ from bus_nnunet.errors import UserError
 _EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+@dataclass
+class FolderOptions:
+    images_dir: str = field(default="images", metadata={"help": "image sub-folder of source_dir"})
+    masks_dir: str = field(default="masks", metadata={"help": "mask sub-folder of source_dir"})
+    mask_pattern: str = field(default="{stem}.png", metadata={
+        "help": "mask file name(s) for an image stem; glob characters allowed, all matches OR-merged, "
+                "e.g. '{stem}_mask*.png'"})
+    classes_csv: Optional[str] = field(default=None, metadata={
+        "help": "optional CSV with columns case (image stem), class [, patient_id]"})
+
+
 def collect(source: Path, options) -> Collection:
+    own = options.dataset_options
     source = require_dir(source, "source")
-    image_dir = require_dir(source / options.extra.get("images_dir", "images"), "images", "set --images-dir")
-    mask_dir = require_dir(source / options.extra.get("masks_dir", "masks"), "masks", "set --masks-dir")
-    pattern = options.extra.get("mask_pattern", "{stem}.png")
+    image_dir = require_dir(source / own.images_dir, "images", "set --images-dir")
+    mask_dir = require_dir(source / own.masks_dir, "masks", "set --masks-dir")
+    pattern = own.mask_pattern
     if "{stem}" not in pattern:
         raise UserError(f"--mask-pattern {pattern!r} must contain '{{stem}}'")
     classes, patients = {}, {}
-    if options.extra.get("classes_csv"):
-        csv_path = Path(options.extra["classes_csv"])
+    if own.classes_csv:
+        csv_path = Path(own.classes_csv)
         table = read_table(csv_path)
         if not {"case", "class"} <= set(table.columns):
             raise UserError(f"{csv_path} needs the columns case,class (found {list(table.columns)})")
@@ -63,5 +77,5 @@ def glob_escape(text: str) -> str:
     return escape(text)
 
 
-INFO = DatasetInfo(key="folder", default_id=599, default_name="UltrasoundFolder", collect=collect,
+INFO = DatasetInfo(key="folder", default_id=599, default_name="UltrasoundFolder", collect=collect, options=FolderOptions,
                    description="Generic images/ + masks/ ultrasound dataset.")

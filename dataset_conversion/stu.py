@@ -39,7 +39,7 @@ def collect(source: Path, options) -> Collection:
 
 
 INFO = DatasetInfo(
-    key="stu", default_id=504, default_name="STU", allow_mask_resize=True, collect=collect,
+    key="stu", default_id=504, default_name="STU", allow_mask_resize=True, collect=collect, aliases=("stu-hospital",),
     reference="Zhuang Z, et al. An RDAU-NET model for lesion segmentation in breast ultrasound images. "
               "PLOS ONE 14(8) (2019) e0221535",
     license="public research release (no licence stated)",

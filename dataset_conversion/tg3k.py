@@ -8,6 +8,7 @@ shipped split as the single fold instead."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -21,6 +22,12 @@ _EXT = (".jpg", ".jpeg", ".png")
 
 def _is_root(folder: Path) -> bool:
     return find_child_dir(folder, "thyroid-image") is not None
+
+
+@dataclass
+class TG3KOptions:
+    official_split: bool = field(default=False, metadata={
+        "help": "use tg3k-trainval.json as the single fold (it cuts through a video: leaks)"})
 
 
 def collect(source: Path, options) -> Collection:
@@ -44,7 +51,7 @@ def collect(source: Path, options) -> Collection:
                                      extra={"source_id": images[n].name, "frame_size": f"{size[0]}x{size[1]}"}))
     collection.notes.append(f"{video + 1} videos recovered as runs of constant frame size; folds keep videos together")
     split_file = root / "tg3k-trainval.json"
-    if options.extra.get("official_split"):
+    if options.dataset_options.official_split:
         if not split_file.is_file():
             raise UserError(f"--official-split needs {split_file}")
         spec = json.loads(split_file.read_text())
@@ -64,7 +71,7 @@ def collect(source: Path, options) -> Collection:
 
 
 INFO = DatasetInfo(
-    key="tg3k", default_id=513, default_name="TG3K", label_name="gland", collect=collect,
+    key="tg3k", default_id=513, default_name="TG3K", label_name="gland", collect=collect, options=TG3KOptions,
     reference="Gong H, et al. Thyroid region prior guided attention for ultrasound segmentation of thyroid nodules. "
               "Comput Biol Med 155 (2023) 106389; frames of Wunderling et al. 2017",
     license="no licence stated",

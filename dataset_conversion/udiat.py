@@ -56,7 +56,7 @@ def collect(source: Path, options) -> Collection:
 
 
 INFO = DatasetInfo(
-    key="udiat", default_id=503, default_name="UDIAT", collect=collect,
+    key="udiat", default_id=503, default_name="UDIAT", collect=collect, aliases=("datasetb",),
     reference="Yap MH, et al. Automated breast ultrasound lesions detection using convolutional neural networks. "
               "IEEE JBHI 22(4) (2018) 1218-1226",
     license="research licence agreement (no redistribution)",

@@ -24,6 +24,7 @@ Network modules must not import nnU-Net, and must import optional heavy packages
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -45,9 +46,6 @@ class ModelInfo:
 
 
 _MODELS: Dict[str, ModelInfo] = {}
-# modules that register models; imported on first registry access so that importing the package
-# stays cheap and one broken optional module cannot hide the others.
-_MODEL_MODULES: List[str] = []
 
 
 def register_model(fn: Callable = None, *, name: str = None, size_divisor: int = 32, min_size: int = 32,
@@ -70,13 +68,12 @@ def register_model(fn: Callable = None, *, name: str = None, size_divisor: int =
 
 
 def _load_all():
-    for mod in _MODEL_MODULES:
-        full = f"{__package__}.{mod}"
-        try:
-            importlib.import_module(full)
-        except ModuleNotFoundError as e:
-            if e.name != full:  # a missing dependency inside the module is a real error
-                raise
+    """Import every public module of the package, so each registers its networks (on the first
+    registry lookup, not at package import: importing the package stays cheap)."""
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{module.name}")
 
 
 def list_models() -> List[str]:

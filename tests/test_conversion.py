@@ -538,3 +538,52 @@ def test_output_root_that_is_a_file_and_scarce_hold_out_classes_are_messages(tmp
                       match="at least 2 cases per class; class malignant has 1")
     expect_user_error("busi", busi, "-o", tmp_path / "raw", "--test-fraction", 0.9, match="at most 0.5")
     assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
+
+
+NEW_CONVERTER = '''
+from dataclasses import dataclass, field
+from bus_nnunet.dataset_conversion._common import Case, Collection, DatasetInfo
+
+
+@dataclass
+class ToyOptions:
+    image_suffix: str = field(default=".png", metadata={"help": "ending of the toy images"})
+
+
+def collect(source, options):
+    suffix = options.dataset_options.image_suffix
+    images = sorted(p for p in source.glob("*" + suffix) if not p.name.startswith("mask_"))
+    return Collection(cases=[Case(case_id=f"toy_{i}", image=p, masks=[source / ("mask_" + p.name)])
+                             for i, p in enumerate(images)], split_policy="toy folds")
+
+
+INFO = DatasetInfo(key="toyus", default_id=777, default_name="ToyUS", collect=collect, aliases=("toy-us",),
+                   options=ToyOptions, description="A converter that no other file names.")
+'''
+
+
+def test_a_new_converter_module_is_all_it_takes(tmp_path, monkeypatch, capsys):
+    """A converter module dropped into the package (here: a folder added to its search path) is a
+    ``bus-nnunet convert`` dataset with its alias, default id and own option, editing no other file."""
+    import bus_nnunet.dataset_conversion as package
+    extra = tmp_path / "more_converters"
+    extra.mkdir()
+    (extra / "toyus.py").write_text(NEW_CONVERTER)
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(extra)])
+    monkeypatch.delitem(sys.modules, "bus_nnunet.dataset_conversion.toyus", raising=False)
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    help_text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "toyus" in help_text and "toy-us = toyus" in help_text and "toyus 777" in help_text
+    assert "--image-suffix" in help_text and "A converter that no other file names." in help_text
+    source = tmp_path / "toy"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(source / f"img{i}.bmp")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255
+        Image.fromarray(mask).save(source / f"mask_img{i}.bmp")
+    folder = run_convert("toy-us", source, tmp_path / "raw", "--folds", 2, "--image-suffix", ".bmp")
+    assert folder.name == "Dataset777_ToyUS"
+    check_nnunet_layout(folder, 4)

@@ -99,6 +99,29 @@ def tiny_network():
     _registry._MODELS.pop("_test_tiny")
 
 
+def test_a_new_network_module_registers_itself(tmp_path, monkeypatch):
+    """A module added to the network package (here: a folder added to its search path) is found on
+    the first lookup, with no list of modules to edit."""
+    from bus_nnunet import network_architectures as package
+    extra = tmp_path / "more_networks"
+    extra.mkdir()
+    (extra / "toynet.py").write_text(
+        "from torch import nn\n"
+        "from bus_nnunet.network_architectures._registry import register_model\n\n\n"
+        "@register_model(size_divisor=8)\n"
+        "def _toynet_for_test(in_channels=1, num_classes=2, deep_supervision=False, **kwargs):\n"
+        "    return nn.Conv2d(in_channels, num_classes, 1)\n")
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(extra)])
+    monkeypatch.delitem(sys.modules, f"{package.__name__}.toynet", raising=False)
+    monkeypatch.delitem(_registry._MODELS, "_toynet_for_test", raising=False)
+    try:
+        assert "_toynet_for_test" in _registry.list_models()
+        assert _registry.create_model("_toynet_for_test", in_channels=3).in_channels == 3
+    finally:
+        _registry._MODELS.pop("_toynet_for_test", None)
+        sys.modules.pop(f"{package.__name__}.toynet", None)
+
+
 def test_snap_patch_size_rules(tiny_network):
     assert _registry.snap_patch_size(tiny_network, (64, 100)) == (64, 96)
     assert _registry.snap_patch_size(tiny_network, (20, 57)) == (32, 64)  # min_size, then nearest multiple

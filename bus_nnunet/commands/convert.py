@@ -11,20 +11,25 @@ from pathlib import Path
 
 from bus_nnunet.errors import UserError
 
-DATASETS = ("busi", "breast", "udiat", "stu", "busis", "busbra", "tn3k", "ddti", "tg3k", "folder")
 
 
 def register(subparsers) -> None:
+    from bus_nnunet.dataset_conversion import converters
+    infos = converters()
     p = subparsers.add_parser(
         "convert", help="convert a public breast/thyroid ultrasound dataset to nnU-Net raw format",
         description="Convert a dataset in its distributed layout to $nnUNet_raw/DatasetNNN_<Name> "
                     "(grey PNG images, 0/1 labels, dataset.json, splits_final.json, manifest.csv).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("dataset", choices=DATASETS, type=str.lower, help="source dataset layout")
+    aliases = [f"{a} = {info.key}" for info in infos.values() for a in info.aliases]
+    p.add_argument("dataset", choices=[*infos, *(a for info in infos.values() for a in info.aliases)],
+                   type=str.lower, metavar="dataset",
+                   help=f"source dataset layout: {', '.join(infos)}" + (f" (aliases: {', '.join(aliases)})"
+                                                                        if aliases else ""))
     p.add_argument("source_dir", help="the unzipped release (any parent of its root folder works)")
     p.add_argument("--id", type=int, default=None, dest="dataset_id",
-                   help="nnU-Net dataset id (default: BUSI 501, BrEaST 502, UDIAT 503, STU 504, BUSIS 505, "
-                        "BUS-BRA 506, TN3K 511, DDTI 512, TG3K 513, folder 599)")
+                   help="nnU-Net dataset id (default: " +
+                        ", ".join(f"{key} {info.default_id}" for key, info in infos.items()) + ")")
     p.add_argument("--name", default=None, help="dataset name (DatasetNNN_<name>); default: the dataset's name")
     p.add_argument("-o", "--raw-root", default=None, help="output root (default: $nnUNet_raw)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
@@ -43,17 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--resize-masks", dest="resize_masks", action="store_true", default=None,
                    help="resize masks whose size differs from their image (nearest neighbour; default only for STU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("tg3k")
-    g.add_argument("--official-split", action="store_true",
-                   help="TG3K: use tg3k-trainval.json as the single fold (it cuts through a video: leaks)")
-    g = p.add_argument_group("folder (generic images/ + masks/)")
-    g.add_argument("--images-dir", default="images", help="image sub-folder of source_dir")
-    g.add_argument("--masks-dir", default="masks", help="mask sub-folder of source_dir")
-    g.add_argument("--mask-pattern", default="{stem}.png",
-                   help="mask file name(s) for an image stem; glob characters allowed, all matches OR-merged, "
-                        "e.g. '{stem}_mask*.png'")
-    g.add_argument("--classes-csv", default=None, help="optional CSV with columns case (image stem), class "
-                   "[, patient_id]")
+    for info in infos.values():
+        info.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -70,9 +66,7 @@ def run(args) -> int:
         name=args.name or info.default_name, raw_root=Path(raw_root), overwrite=args.overwrite,
         keep_normal=args.keep_normal, rgb=args.rgb, folds=args.folds, seed=args.seed, dedup=args.dedup,
         dedup_distance=args.dedup_distance, test_fraction=args.test_fraction, resize_masks=args.resize_masks,
-        progress=not args.no_progress,
-        extra={"official_split": args.official_split, "images_dir": args.images_dir, "masks_dir": args.masks_dir,
-               "mask_pattern": args.mask_pattern, "classes_csv": args.classes_csv})
+        progress=not args.no_progress, dataset_options=info.options_from(args))
     result = convert(info, Path(args.source_dir), options)
     print(result.summary)
     return 0
