@@ -1,0 +1,107 @@
+"""``bus-nnunet study run|status|report STUDY.toml``: a cross-validation study -- datasets x plans x
+trainers x folds -- through nnU-Net's own commands (convert, ``nnUNetv2_plan_and_preprocess``,
+``nnUNetv2_train``, ``nnUNetv2_find_best_configuration``, ``bus-nnunet cv-report``), on this
+machine or on SLURM (submitit), resumable: finished folds are never trained again.
+
+See the README's "Studies" section and ``examples/study_breast.toml``."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("study", help="run a cross-validation study (local GPUs or SLURM), resumable",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+    run = sub.add_parser("run", help="run (or continue) every job that is not done")
+    run.add_argument("study_file")
+    run.add_argument("--cluster", default=None, choices=("slurm", "local", "debug"),
+                     help="with executor kind 'slurm': submitit's cluster (default: slurm; 'local'/'debug' run the "
+                          "same submission on this machine)")
+    run.set_defaults(func=run_study)
+    status = sub.add_parser("status", help="dataset x plans x trainer x fold: done / running / failed / pending")
+    status.add_argument("study_file")
+    status.set_defaults(func=show_status)
+    report = sub.add_parser("report", help="write summary.md and summary.html from what is finished")
+    report.add_argument("study_file")
+    report.set_defaults(func=write_summary)
+
+
+def _load(path):
+    from bus_nnunet.study import jobs as J
+    from bus_nnunet.study.config import load_study
+    study = load_study(path)
+    layout = J.Layout(study)
+    return study, layout, J.build_jobs(study, layout)
+
+
+def _check_trainers(study) -> None:
+    from bus_nnunet.errors import UserError, did_you_mean
+    from bus_nnunet.registration import ensure_registered, lookup_trainer
+    ensure_registered()
+    missing = [t for t in study.trainers if lookup_trainer(t)["module"] is None]
+    if missing:
+        from bus_nnunet.trainers import TRAINERS
+        known = ["nnUNetTrainer", *TRAINERS]
+        raise UserError("; ".join(f"trainers: unknown trainer {t!r}: {did_you_mean(t, known)}"
+                                  f"`bus-nnunet trainers` lists them" for t in missing))
+
+
+def run_study(args) -> int:
+    from bus_nnunet.errors import UserError
+    from bus_nnunet.study import executors as E
+    from bus_nnunet.study import jobs as J
+    study, layout, jobs = _load(args.study_file)
+    _check_trainers(study)
+    mixed = J.budget_mismatches(study, layout)
+    if mixed:
+        raise UserError("the study's schedule differs from what these folds were trained with; a study does not "
+                        "mix budgets. Restore the [schedule] or delete those fold folders:\n  " + "\n  ".join(mixed))
+    layout.output.mkdir(parents=True, exist_ok=True)
+    if study.executor.kind == "slurm":
+        E.submit_slurm(study, layout, jobs, study.file, cluster=args.cluster)
+        print(f"follow it with: bus-nnunet study status {args.study_file}")
+        return 0
+    E.run_local(study, layout, jobs)
+    return _print_status(study, layout, jobs)
+
+
+def show_status(args) -> int:
+    study, layout, jobs = _load(args.study_file)
+    return _print_status(study, layout, jobs)
+
+
+def _print_status(study, layout, jobs) -> int:
+    from bus_nnunet.reports import format_table
+    from bus_nnunet.study import jobs as J
+    states = {j.key: J.job_state(j, study, layout) for j in jobs}
+    rows = []
+    for j in jobs:
+        where = str(j.log) if states[j.key] in ("failed", "running", "queued") else ""
+        if j.stage == "train":
+            rows.append([layout.dataset_name(j.dataset_id) or j.dataset_id, j.plans, j.trainer, j.fold,
+                         states[j.key], where])
+        else:
+            rows.append([layout.dataset_name(j.dataset_id) or (j.dataset_id or ""), j.plans, j.stage, "",
+                         states[j.key], where])
+    print(format_table(["dataset", "plans", "trainer / stage", "fold", "state", "log"], rows))
+    counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
+    print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for j in jobs:
+        if states[j.key] == "failed":
+            print(f"\n{j.key} failed; last lines of {j.log}:\n{J.log_tail(j, 8)}")
+    for line in J.budget_mismatches(study, layout):
+        print(f"budget differs: {line}")
+    if (layout.output / "summary.html").is_file():
+        print(f"\nsummary: {layout.output / 'summary.html'}")
+    return 1 if "failed" in states.values() else 0
+
+
+def write_summary(args) -> int:
+    from bus_nnunet.study import jobs as J
+    from bus_nnunet.study.report import write_report
+    study, layout, jobs = _load(args.study_file)
+    states = {j.key: J.job_state(j, study, layout) for j in jobs if j.stage != "summary"}
+    page = write_report(study, layout, states)
+    print(f"wrote {page} and {page.with_suffix('.md')}")
+    return 0

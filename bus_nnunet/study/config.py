@@ -1,0 +1,218 @@
+"""The study file: what to run, validated before anything runs.
+
+A study file is TOML (see ``examples/study_busi_breast.toml``)::
+
+    output = "studies/breast"                  # status logs and the report (relative to this file)
+    trainers = ["nnUNetTrainer", "nnUNetTrainerUS", "SSNetTrainer"]
+    plans = ["nnUNetPlans", "nnUNetResEncUNetMPlans"]
+    folds = [0, 1, 2, 3, 4]
+
+    [[datasets]]
+    id = 501
+    converter = "busi"                         # or leave out converter/source: an existing dataset
+    source = "/data/Dataset_BUSI_with_GT"
+
+    [executor]
+    kind = "slurm"
+    [executor.slurm]
+    partition = "gpu"
+
+Every key is checked (unknown keys too); an error names the key, e.g.
+``datasets[0].converter: unknown converter 'bussi': did you mean busi? known: ...``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import tomllib
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bus_nnunet.errors import UserError, did_you_mean
+
+#: nnU-Net's plans presets -> the planner that writes them (``nnUNetv2_plan_and_preprocess -pl``);
+#: nnU-Net's documentation recommends the residual-encoder presets over the old default
+PLANNERS = {
+    "nnUNetPlans": "ExperimentPlanner",
+    "nnUNetResEncUNetMPlans": "nnUNetPlannerResEncM",
+    "nnUNetResEncUNetLPlans": "nnUNetPlannerResEncL",
+    "nnUNetResEncUNetXLPlans": "nnUNetPlannerResEncXL",
+}
+NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    id: int = Field(ge=1, le=999)
+    converter: Optional[str] = None
+    source: Optional[Path] = None
+    convert_args: List[str] = []
+
+    @field_validator("converter")
+    @classmethod
+    def _known_converter(cls, name):
+        if name is not None and importlib.util.find_spec(f"bus_nnunet.dataset_conversion.{name}") is None:
+            from bus_nnunet.dataset_conversion import __path__ as conversion_path
+            import pkgutil
+            known = sorted(m.name for m in pkgutil.iter_modules(conversion_path) if not m.name.startswith("_"))
+            raise ValueError(f"unknown converter {name!r}: {did_you_mean(name, known)}known: {', '.join(known)}")
+        return name
+
+    @model_validator(mode="after")
+    def _source_with_converter(self):
+        if (self.converter is None) != (self.source is None):
+            raise ValueError("give converter and source together (to convert), or neither (an existing dataset id)")
+        return self
+
+
+class Schedule(_Strict):
+    """Shorter runs for smoke studies; every trainer, nnU-Net's own included, gets the same."""
+    epochs: Optional[int] = Field(None, ge=1)
+    iterations_per_epoch: Optional[int] = Field(None, ge=1)
+    val_iterations: Optional[int] = Field(None, ge=1)
+
+    def overrides(self) -> Dict[str, int]:
+        """nnU-Net trainer attribute -> value, only the ones the study sets."""
+        values = {"num_epochs": self.epochs, "num_iterations_per_epoch": self.iterations_per_epoch,
+                  "num_val_iterations_per_epoch": self.val_iterations}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+class SlurmSpec(_Strict):
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    timeout_min: int = Field(24 * 60, ge=1)
+    gpus_per_node: int = Field(1, ge=0)
+    cpus_per_task: int = Field(8, ge=1)
+    mem_gb: int = Field(64, ge=1)
+    array_parallelism: int = Field(64, ge=1)
+    #: other sbatch options, e.g. {constraint = "a100"}
+    additional: Dict[str, Union[str, int]] = {}
+    #: CPU-only stages (convert, plan, report) get these instead of the GPU ones
+    cpu_partition: Optional[str] = None
+    cpu_timeout_min: int = Field(4 * 60, ge=1)
+
+
+class ExecutorSpec(_Strict):
+    kind: Literal["local", "slurm"] = "local"
+    #: local: "auto" = every visible GPU (none: CPU, one job at a time), or a number of GPUs
+    gpus: Union[Literal["auto"], int] = "auto"
+    #: nnU-Net's preprocessing / export processes per job (-np / nnUNet_def_n_proc)
+    processes: int = Field(4, ge=1)
+    #: nnU-Net's data-augmentation workers per training run (nnUNet_n_proc_DA; 0 = in the training
+    #: process, for tiny smoke studies); default: nnU-Net's choice
+    augmentation_workers: Optional[int] = Field(None, ge=0)
+    slurm: SlurmSpec = SlurmSpec()
+
+
+class Study(_Strict):
+    trainers: List[str] = Field(min_length=1)
+    datasets: List[DatasetSpec] = Field(min_length=1)
+    plans: List[str] = ["nnUNetPlans"]
+    folds: List[Union[int, Literal["all"]]] = [0, 1, 2, 3, 4]
+    configuration: Literal["2d"] = "2d"
+    #: the paired tests and the "x baseline" column compare against this trainer (default: the first)
+    baseline: Optional[str] = None
+    output: Path = Path("study")
+    name: Optional[str] = None
+    #: flags passed to every nnUNetv2_train, e.g. ["--npz"] (needed for ensembling)
+    nnunet_train_flags: List[str] = ["--npz"]
+    schedule: Schedule = Schedule()
+    executor: ExecutorSpec = ExecutorSpec()
+    #: nnUNet_raw / nnUNet_preprocessed / nnUNet_results; default: the environment's
+    paths: Dict[str, Path] = {}
+    #: the study file and its folder (relative paths are resolved against it); set by :func:`load_study`
+    root: Path = Path(".")
+    file: Optional[Path] = None
+
+    @field_validator("plans")
+    @classmethod
+    def _known_plans(cls, plans):
+        for p in plans:
+            if p not in PLANNERS:
+                raise ValueError(f"unknown plans {p!r}: {did_you_mean(p, list(PLANNERS))}known: {', '.join(PLANNERS)}")
+        return plans
+
+    @field_validator("paths")
+    @classmethod
+    def _known_paths(cls, paths):
+        bad = [k for k in paths if k not in NNUNET_PATHS]
+        if bad:
+            raise ValueError(f"unknown path {bad[0]!r}; the keys are {', '.join(NNUNET_PATHS)}")
+        return paths
+
+    @field_validator("folds")
+    @classmethod
+    def _unique_folds(cls, folds):
+        if len(set(map(str, folds))) != len(folds):
+            raise ValueError(f"folds repeat: {folds}")
+        return folds
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        ids = [d.id for d in self.datasets]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"datasets: id repeated ({ids})")
+        if len(set(self.trainers)) != len(self.trainers):
+            raise ValueError(f"trainers: repeated ({self.trainers})")
+        if self.baseline is not None and self.baseline not in self.trainers:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the study's trainers")
+        return self
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def baseline_trainer(self) -> str:
+        return self.baseline or self.trainers[0]
+
+    @property
+    def output_dir(self) -> Path:
+        return (self.root / self.output).resolve()
+
+    def nnunet_paths(self) -> Dict[str, str]:
+        """The three nnU-Net folders: the study file's ``[paths]``, else the environment."""
+        out = {}
+        for key in NNUNET_PATHS:
+            value = self.paths.get(key) or os.environ.get(key)
+            if not value:
+                raise UserError(f"{key} is not set: export it (as for nnU-Net) or set it under [paths] in the study file")
+            out[key] = str((self.root / value).resolve())
+        return out
+
+
+def _key_path(loc) -> str:
+    """pydantic's ``("datasets", 0, "converter")`` -> ``datasets[0].converter``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_study(path) -> Study:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"study file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML: {e}") from None
+    for internal in ("root", "file"):
+        if internal in data:
+            raise UserError(f"{path}: {internal!r} is not a study key (relative paths are resolved against the "
+                            f"file's folder)")
+    try:
+        return Study(**data, root=path.resolve().parent, file=path.resolve())
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = _key_path(err["loc"]) or "(top level)"
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key (misspelled?)"
+            problems.append(f"{key}: {message}")
+        raise UserError(f"{path}: " + "; ".join(problems)) from None

@@ -1,0 +1,362 @@
+"""The stages of a study as jobs, and each job's state read from nnU-Net's outputs on disk.
+
+A job is one command line of nnU-Net or bus-nnunet (``nnUNetv2_train 501 2d 3 -tr X -p P``); the
+unit of scheduling is one training run.  State is what nnU-Net left on disk, never a private
+database: ``checkpoint_final.pth`` plus ``validation/summary.json`` is a finished fold,
+``checkpoint_final.pth`` alone a fold whose final validation was cut off (rerun with ``--val``),
+``checkpoint_latest.pth`` a fold to resume with ``--c``.  Beside that, each job's log and exit
+status live in ``<output>/logs`` so a failure can be shown with its log tail.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from bus_nnunet.errors import UserError
+from bus_nnunet.study.config import PLANNERS, Study
+# the trainer attributes a [schedule] sets -> the variables bus-nnunet trainers (and the study's
+# launcher, for nnU-Net's own trainers) read them from
+from bus_nnunet.trainers.base import SCHEDULE_ENV
+
+STAGES = ("convert", "plan", "train", "ensemble", "report", "summary")
+GPU_STAGES = ("train",)
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (the venv that runs the study)."""
+    return str(Path(sys.executable).parent / name)
+
+
+@dataclass
+class Job:
+    key: str
+    stage: str
+    cmd: List[str]
+    env: Dict[str, str]
+    log: Path
+    after: List[str] = field(default_factory=list)
+    dataset_id: int = 0
+    plans: str = ""
+    trainer: str = ""
+    fold: str = ""
+
+    @property
+    def rc_file(self) -> Path:
+        return self.log.with_suffix(".rc")
+
+    @property
+    def pid_file(self) -> Path:
+        return self.log.with_suffix(".pid")
+
+    @property
+    def slurm_file(self) -> Path:
+        return self.log.with_suffix(".slurm")
+
+
+def run_job(job: Job, extra_env: Optional[Dict[str, str]] = None) -> int:
+    """Run one job's command with its log and exit status written beside it (local and SLURM
+    alike: submitit pickles this function).  Returns the exit status."""
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    job.rc_file.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in SCHEDULE_ENV.values()}
+    env.update(job.env)
+    env.update(extra_env or {})
+    with open(job.log, "a", encoding="utf-8") as log:
+        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} "
+                  f"{' '.join(job.cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        job.pid_file.write_text(f"{proc.pid} {socket.gethostname()}\n")
+        rc = proc.wait()
+    job.rc_file.write_text(f"{rc}\n")
+    job.pid_file.unlink(missing_ok=True)
+    return rc
+
+
+class Layout:
+    """Where nnU-Net puts each thing of a study (its three folders and the study's own output)."""
+
+    def __init__(self, study: Study):
+        self.study = study
+        self.paths = study.nnunet_paths()
+        self.raw = Path(self.paths["nnUNet_raw"])
+        self.preprocessed = Path(self.paths["nnUNet_preprocessed"])
+        self.results = Path(self.paths["nnUNet_results"])
+        self.output = study.output_dir
+        self.logs = self.output / "logs"
+
+    def dataset_name(self, dataset_id: int) -> Optional[str]:
+        """``DatasetNNN_Name`` once it exists in raw or preprocessed (None before conversion)."""
+        for root in (self.raw, self.preprocessed):
+            found = sorted(root.glob(f"Dataset{dataset_id:03d}_*")) if root.is_dir() else []
+            if found:
+                return found[0].name
+        return None
+
+    def model_folder(self, dataset_id: int, trainer: str, plans: str) -> Optional[Path]:
+        name = self.dataset_name(dataset_id)
+        return self.results / name / f"{trainer}__{plans}__{self.study.configuration}" if name else None
+
+    def fold_folder(self, dataset_id: int, trainer: str, plans: str, fold) -> Optional[Path]:
+        model = self.model_folder(dataset_id, trainer, plans)
+        return model / f"fold_{fold}" if model else None
+
+    def cv_report(self, dataset_id: int, plans: str) -> Path:
+        return self.output / "cv_report" / f"Dataset{dataset_id:03d}" / plans
+
+
+# -- the job graph ---------------------------------------------------------------------------------
+def build_jobs(study: Study, layout: Layout) -> List[Job]:
+    """Every job of the study, in stage order, with the keys of the jobs it needs."""
+    base_env = dict(layout.paths, nnUNet_def_n_proc=str(study.executor.processes))
+    base_env.update({SCHEDULE_ENV[k]: str(v) for k, v in study.schedule.overrides().items()})
+    cfg = study.configuration
+    jobs: List[Job] = []
+
+    workers = study.executor.augmentation_workers
+    stage_env = {
+        # nnU-Net's planner passes nnUNet_n_proc_DA to torch.set_num_threads, which refuses 0
+        "plan": {"nnUNet_n_proc_DA": str(study.executor.processes)},
+        "train": {"nnUNet_n_proc_DA": str(workers)} if workers is not None else {},
+    }
+
+    def add(key, stage, cmd, after=(), **meta):
+        jobs.append(Job(key, stage, [str(c) for c in cmd], {**base_env, **stage_env.get(stage, {})},
+                        layout.logs / f"{key}.log", list(after), **meta))
+
+    for ds in study.datasets:
+        did = ds.id
+        convert = []
+        if ds.converter:
+            add(f"convert-{did}", "convert",
+                [tool("bus-nnunet"), "convert", ds.converter, (study.root / ds.source).resolve(), "--id", did,
+                 "-o", layout.raw, "--no-progress", *ds.convert_args], dataset_id=did)
+            convert = [f"convert-{did}"]
+        previous_plan = convert
+        for plans in study.plans:
+            # plans of one dataset one after the other: each run re-extracts the same fingerprint
+            add(f"plan-{did}-{plans}", "plan",
+                [tool("nnUNetv2_plan_and_preprocess"), "-d", did, "-c", cfg, "-pl", PLANNERS[plans],
+                 "-np", study.executor.processes, "--verify_dataset_integrity", "--no_pbar"],
+                previous_plan, dataset_id=did, plans=plans)
+            previous_plan = [f"plan-{did}-{plans}"]
+            for trainer in study.trainers:
+                for fold in study.folds:
+                    add(train_key(did, plans, trainer, fold), "train", [], previous_plan, dataset_id=did,
+                        plans=plans, trainer=trainer, fold=str(fold))
+        trains = [j.key for j in jobs if j.stage == "train" and j.dataset_id == did]
+        add(f"ensemble-{did}", "ensemble",
+            [tool("nnUNetv2_find_best_configuration"), did, "-c", cfg, "-tr", *study.trainers, "-p", *study.plans,
+             "-f", *study.folds, "-np", study.executor.processes,
+             *([] if "--npz" in study.nnunet_train_flags else ["--disable_ensembling"])],
+            trains, dataset_id=did)
+        for plans in study.plans:
+            add(f"report-{did}-{plans}", "report",
+                [tool("bus-nnunet"), "cv-report", did, "-tr", *study.trainers, "-p", plans, "-c", cfg,
+                 "-f", *[f for f in study.folds if f != "all"], "-o", layout.cv_report(did, plans), "--overwrite",
+                 "--no-progress"],
+                [k for k in trains if f"-{plans}-" in k], dataset_id=did, plans=plans)
+    add("summary", "summary", [tool("bus-nnunet"), "study", "report", study.file],
+        [j.key for j in jobs if j.stage in ("ensemble", "report")])
+    return jobs
+
+
+def train_key(dataset_id: int, plans: str, trainer: str, fold) -> str:
+    return f"train-{dataset_id}-{plans}-{trainer}-fold{fold}"
+
+
+def train_command(study: Study, layout: Layout, job: Job, device: str) -> List[str]:
+    """``nnUNetv2_train`` for this fold as its state asks: fresh, ``--c`` to resume, ``--val`` when
+    only the final validation is missing.  With a [schedule], through :mod:`.budget_train` so
+    nnU-Net's own trainers run the same budget as ours."""
+    folder = layout.fold_folder(job.dataset_id, job.trainer, job.plans, job.fold)
+    state = []
+    if folder is not None and (folder / "checkpoint_final.pth").is_file():
+        state = ["--val"]
+    elif folder is not None and (folder / "checkpoint_latest.pth").is_file():
+        state = ["--c"]
+    launcher = [sys.executable, "-m", "bus_nnunet.study.budget_train"] if study.schedule.overrides() else \
+        [tool("nnUNetv2_train")]
+    return [*launcher, str(job.dataset_id), study.configuration, job.fold, "-tr", job.trainer, "-p", job.plans,
+            "-device", device, *study.nnunet_train_flags, *state]
+
+
+# -- state -----------------------------------------------------------------------------------------
+def _newest_checkpoint(layout: Layout, study: Study, dataset_id: int, plans_list) -> float:
+    times = []
+    for plans in plans_list:
+        for trainer in study.trainers:
+            for fold in study.folds:
+                f = layout.fold_folder(dataset_id, trainer, plans, fold)
+                if f is not None and (f / "checkpoint_final.pth").is_file():
+                    times.append((f / "checkpoint_final.pth").stat().st_mtime)
+    return max(times, default=0.0)
+
+
+def is_done(job: Job, study: Study, layout: Layout) -> bool:
+    if job.stage == "convert":
+        name = layout.dataset_name(job.dataset_id)
+        return bool(name) and (layout.raw / name / "dataset.json").is_file()
+    if job.stage == "plan":
+        return plans_complete(layout, job.dataset_id, job.plans, study.configuration)
+    if job.stage == "train":
+        folder = layout.fold_folder(job.dataset_id, job.trainer, job.plans, job.fold)
+        return folder is not None and (folder / "checkpoint_final.pth").is_file() and \
+            (folder / "validation" / "summary.json").is_file()
+    if job.stage == "summary":
+        page = layout.output / "summary.html"
+        inputs = [layout.cv_report(d.id, p) / "metrics.json" for d in study.datasets for p in study.plans]
+        return page.is_file() and all(f.is_file() and f.stat().st_mtime <= page.stat().st_mtime for f in inputs)
+    name = layout.dataset_name(job.dataset_id)
+    if job.stage == "ensemble":
+        marker = layout.results / name / "inference_information.json" if name else None
+        return bool(marker) and marker.is_file() and \
+            marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id, study.plans)
+    marker = layout.cv_report(job.dataset_id, job.plans) / "metrics.json"
+    return marker.is_file() and marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id,
+                                                                               [job.plans])
+
+
+def plans_complete(layout: Layout, dataset_id: int, plans: str, configuration: str) -> bool:
+    """The plans file exists and every training case has been preprocessed for ``configuration``."""
+    name = layout.dataset_name(dataset_id)
+    if not name:
+        return False
+    plans_file = layout.preprocessed / name / f"{plans}.json"
+    dataset_json = layout.raw / name / "dataset.json"
+    if not plans_file.is_file() or not dataset_json.is_file():
+        return False
+    try:
+        identifier = json.loads(plans_file.read_text())["configurations"][configuration]["data_identifier"]
+        n_training = json.loads(dataset_json.read_text())["numTraining"]
+    except (KeyError, ValueError):
+        return False
+    data = layout.preprocessed / name / identifier
+    return data.is_dir() and sum(1 for _ in data.glob("*.pkl")) >= n_training
+
+
+def _process_alive(pid_file: Path) -> bool:
+    try:
+        pid, host = pid_file.read_text().split()
+        if host != socket.gethostname():
+            return True  # another node's job: trust its pid file until it writes an exit status
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _slurm_state(job: Job) -> Optional[str]:
+    """SLURM's state of the job recorded at submission (squeue), or None when unknown/finished."""
+    if not job.slurm_file.is_file():
+        return None
+    job_id = job.slurm_file.read_text().split()[0]
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().lower() or None
+
+
+def job_state(job: Job, study: Study, layout: Layout) -> str:
+    """``done`` / ``running`` / ``queued`` / ``failed`` / ``resumable`` / ``pending``."""
+    if is_done(job, study, layout):
+        return "done"
+    if job.pid_file.is_file() and _process_alive(job.pid_file):
+        return "running"
+    slurm = _slurm_state(job)
+    if slurm:
+        return "running" if slurm == "running" else "queued"
+    if job.rc_file.is_file() and job.rc_file.read_text().strip() != "0":
+        return "failed"
+    if job.stage == "train":
+        folder = layout.fold_folder(job.dataset_id, job.trainer, job.plans, job.fold)
+        if folder is not None and any((folder / c).is_file() for c in ("checkpoint_latest.pth",
+                                                                          "checkpoint_final.pth")):
+            return "resumable"
+    return "pending"
+
+
+def log_tail(job: Job, lines: int = 15) -> str:
+    if not job.log.is_file():
+        return "(no log)"
+    return "\n".join(job.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+# -- one budget for a study ------------------------------------------------------------------------
+def recorded_schedule(fold_folder: Path) -> Optional[Dict[str, int]]:
+    """The schedule a fold was trained with, from nnU-Net's own ``debug.json`` in the fold."""
+    debug = fold_folder / "debug.json"
+    if not debug.is_file():
+        return None
+    values = json.loads(debug.read_text())
+    try:
+        return {k: int(values[k]) for k in SCHEDULE_ENV if k in values}
+    except ValueError:
+        return None
+
+
+def trainer_default_schedule(trainer: str, plans_file: Path, dataset_json: Path, configuration: str) -> Dict[str, int]:
+    """The schedule ``trainer`` runs without overrides: the trainer is instantiated (on the CPU,
+    ``nnUNet_results`` pointed at a temporary folder, since its constructor makes folders and a
+    log there) and its attributes read."""
+    import tempfile
+    import torch
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints every module it inspects
+            cls = recursive_find_trainer_class_by_name(trainer)
+    except RuntimeError:
+        raise UserError(f"trainer {trainer} not found by nnU-Net's lookup (bus-nnunet doctor explains why)") from None
+    saved_env = {v: os.environ.pop(v) for v in (*SCHEDULE_ENV.values(), "nnUNet_results") if v in os.environ}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["nnUNet_results"] = tmp  # nnU-Net reads it when the trainer makes its folders
+            plans = {**json.loads(plans_file.read_text()), "continue_training": False}  # as nnU-Net's entry passes
+            with contextlib.redirect_stdout(io.StringIO()):
+                trainer_obj = cls(plans, configuration, 0, json.loads(dataset_json.read_text()),
+                                  device=torch.device("cpu"))
+            return {k: int(getattr(trainer_obj, k)) for k in SCHEDULE_ENV}
+    finally:
+        os.environ.pop("nnUNet_results", None)
+        os.environ.update(saved_env)
+
+
+def budget_mismatches(study: Study, layout: Layout) -> List[str]:
+    """Folds trained (or started) with another schedule than the study's, one line each."""
+    overrides = study.schedule.overrides()
+    defaults: Dict[tuple, Dict[str, int]] = {}
+    problems = []
+    for ds in study.datasets:
+        name = layout.dataset_name(ds.id)
+        if not name:
+            continue
+        for plans in study.plans:
+            for trainer in study.trainers:
+                for fold in study.folds:
+                    folder = layout.fold_folder(ds.id, trainer, plans, fold)
+                    recorded = recorded_schedule(folder) if folder else None
+                    if not recorded:
+                        continue
+                    key = (trainer, plans, ds.id)
+                    if key not in defaults and set(overrides) == set(SCHEDULE_ENV):
+                        defaults[key] = {}  # the study sets every length: no default is needed
+                    elif key not in defaults:
+                        defaults[key] = trainer_default_schedule(trainer, layout.preprocessed / name / f"{plans}.json",
+                                                                 layout.raw / name / "dataset.json",
+                                                                 study.configuration)
+                    expected = {**defaults[key], **overrides}
+                    diff = {k: (recorded[k], expected[k]) for k in expected if k in recorded and recorded[k] != expected[k]}
+                    if diff:
+                        problems.append(f"{name} {plans} {trainer} fold {fold}: trained with "
+                                        + ", ".join(f"{k}={a} (study: {b})" for k, (a, b) in diff.items()))
+    return problems

@@ -1,0 +1,306 @@
+"""``bus-nnunet study report``: the study's summary, ``summary.md`` and one self-contained
+``summary.html`` (figures inlined, no external assets).
+
+Built from what the stages left: each dataset x plans ``cv-report`` (``metrics.json``,
+``per_case.csv``, its Dice-distribution figure), nnU-Net's ``inference_information.json`` from
+``nnUNetv2_find_best_configuration`` (the ensemble's score) and the learning curves nnU-Net logs
+in every checkpoint.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from bus_nnunet.study import jobs as J
+from bus_nnunet.study.config import Study
+
+METRICS = (("dice", "Dice"), ("iou", "IoU"), ("hd95", "HD95 (px)"))
+LOWER_IS_BETTER = {"hd95"}
+
+
+def _mean_std(stat) -> str:
+    if not stat or stat.get("mean") is None or not np.isfinite(stat["mean"]):
+        return "–"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def collect(study: Study, layout: J.Layout) -> Dict[str, object]:
+    """Per dataset: the cv-report of each plans, the ensemble result and the fold states."""
+    datasets = []
+    for ds in study.datasets:
+        entry = {"id": ds.id, "name": layout.dataset_name(ds.id) or f"Dataset{ds.id:03d}", "plans": {},
+                 "ensemble": None}
+        for plans in study.plans:
+            metrics_file = layout.cv_report(ds.id, plans) / "metrics.json"
+            if metrics_file.is_file():
+                entry["plans"][plans] = json.loads(metrics_file.read_text())
+        info = layout.results / entry["name"] / "inference_information.json"
+        if info.is_file():
+            entry["ensemble"] = json.loads(info.read_text())
+        datasets.append(entry)
+    return {"datasets": datasets}
+
+
+def results_rows(study: Study, entry) -> List[Dict[str, object]]:
+    """One row per plans x trainer: mean ± std over all folds' validation cases."""
+    rows = []
+    for plans, report in entry["plans"].items():
+        for trainer in study.trainers:
+            summary = report["trainers"].get(trainer)
+            if not summary or not summary.get("all_cases"):
+                rows.append({"plans": plans, "trainer": trainer, "n": 0})
+                continue
+            per_image = summary["all_cases"]["per_image"]
+            rows.append({"plans": plans, "trainer": trainer, "n": summary["all_cases"]["n_cases"],
+                         "folds": summary["folds_found"], **{m: per_image.get(m) for m, _ in METRICS}})
+    return rows
+
+
+def best_row(rows) -> Optional[Dict[str, object]]:
+    scored = [r for r in rows if r.get("dice") and np.isfinite(r["dice"]["mean"])]
+    return max(scored, key=lambda r: r["dice"]["mean"]) if scored else None
+
+
+def baseline_tests(study: Study, report) -> List[Dict[str, object]]:
+    """cv-report's paired Dice tests of each trainer against the study's baseline."""
+    base = study.baseline_trainer
+    out = []
+    for c in report.get("comparisons", []):
+        if c["metric"] != "dice" or base not in (c["trainer_a"], c["trainer_b"]):
+            continue
+        other = c["trainer_b"] if c["trainer_a"] == base else c["trainer_a"]
+        sign = 1 if c["trainer_a"] == other else -1  # differences are a - b
+        diff = c.get("mean_difference")
+        out.append({"trainer": other, "difference": None if diff is None else sign * diff,
+                    "p_holm": c.get("p_holm"), "n": c.get("n_pairs")})
+    return out
+
+
+def ensemble_summary(info) -> Optional[str]:
+    """nnU-Net's choice and its cross-validation Dice, from ``inference_information.json``."""
+    if not info:
+        return None
+    best = info.get("best_model_or_ensemble", {})
+    chosen = best.get("selected_model_or_models", [])
+    names = " + ".join(f"{m.get('trainer')} ({m.get('plans_identifier')})" for m in chosen) or "?"
+    text = f"{'ensemble' if len(chosen) > 1 else 'single model'} {names}"
+    pre, post = best.get("result_on_crossval_pre_pp"), best.get("result_on_crossval_post_pp")
+    if isinstance(pre, (int, float)):
+        text += f"; nnU-Net's cross-validation Dice {pre:.3f}"
+        if isinstance(post, (int, float)):
+            text += f" ({post:.3f} with its postprocessing)"
+    return text
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def plot_learning_curves(study: Study, layout: J.Layout, dataset_id: int, plans: str, path: Path) -> bool:
+    """nnU-Net's logged pseudo-Dice (EMA) and losses per epoch, mean over folds, per trainer."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    curves = {}
+    for trainer in study.trainers:
+        per_fold = []
+        for fold in study.folds:
+            folder = layout.fold_folder(dataset_id, trainer, plans, fold)
+            ckpt = next((folder / c for c in ("checkpoint_final.pth", "checkpoint_latest.pth")
+                         if folder and (folder / c).is_file()), None)
+            if ckpt is None:
+                continue
+            logging = torch.load(ckpt, map_location="cpu", weights_only=False).get("logging", {})
+            if logging.get("ema_fg_dice"):
+                per_fold.append({k: np.asarray(logging.get(k, []), float)
+                                 for k in ("ema_fg_dice", "train_losses", "val_losses")})
+        if per_fold:
+            n = min(len(f["ema_fg_dice"]) for f in per_fold)
+            curves[trainer] = {k: np.mean([f[k][:n] for f in per_fold], 0) for k in per_fold[0]}
+    if not curves:
+        return False
+    fig, (ax_dice, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for trainer, c in curves.items():
+        epochs = np.arange(1, len(c["ema_fg_dice"]) + 1)
+        ax_dice.plot(epochs, c["ema_fg_dice"], ".-", label=trainer)
+        line, = ax_loss.plot(epochs, c["train_losses"], ".-", label=f"{trainer} train")
+        ax_loss.plot(epochs, c["val_losses"], ".--", color=line.get_color())
+    ax_dice.set(xlabel="epoch", ylabel="pseudo-Dice (EMA)", title="validation pseudo-Dice, mean over folds")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="train (solid) / validation (dashed) loss")
+    ax_dice.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_worst_cases(layout: J.Layout, dataset_id: int, plans: str, trainer: str, n: int, path: Path) -> List[str]:
+    """The ``n`` lowest-Dice validation cases of ``trainer``: image / reference / prediction."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from bus_nnunet.evaluation import folder as F
+    from bus_nnunet.evaluation.cv_report import find_raw_image
+    per_case = layout.cv_report(dataset_id, plans) / "per_case.csv"
+    name = layout.dataset_name(dataset_id)
+    rows = [r for r in csv.DictReader(open(per_case)) if r["trainer"] == trainer]
+    rows = sorted(rows, key=lambda r: (float(r["dice"]), r["case_id"]))[:n]
+    if not rows:
+        return []
+    refs = F.list_segmentations(layout.preprocessed / name / "gt_segmentations")
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
+    for ax_row, r in zip(axes, rows):
+        ref = F.read_segmentation(refs[r["case_id"]]) > 0
+        pred_file = F.list_segmentations(layout.fold_folder(dataset_id, trainer, plans, r["fold"]) / "validation").get(
+            r["case_id"])
+        pred = F.read_segmentation(pred_file) > 0 if pred_file else np.zeros(ref.shape, bool)
+        image_file = find_raw_image(layout.raw / name, r["case_id"])
+        image = F.read_segmentation(image_file) if image_file else np.zeros(ref.shape)
+        image = image if image.shape[:2] == ref.shape else np.zeros(ref.shape)
+        for ax, (title, mask, colour) in zip(ax_row, (("image", None, None), ("reference", ref, (0, 1, 0)),
+                                                      ("prediction", pred, (1, 0, 0)))):
+            ax.imshow(image, cmap="gray")
+            if mask is not None and mask.any():
+                overlay = np.zeros((*mask.shape, 4))
+                overlay[mask] = (*colour, 0.45)
+                ax.imshow(overlay)
+            ax.set_title(f"{r['case_id']} {title}" + (f" (Dice {float(r['dice']):.3f})" if title == "prediction" else ""),
+                         fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [r["case_id"] for r in rows]
+
+
+# -- the pages -------------------------------------------------------------------------------------
+def write_report(study: Study, layout: J.Layout, states: Dict[str, str], worst: int = 3) -> Path:
+    from bus_nnunet.io_utils import atomic_write_text, atomic_write_json
+    out = layout.output
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    data = collect(study, layout)
+    md = [f"# Study {study.name or study.output_dir.name}", "",
+          f"Trainers {', '.join(study.trainers)}; plans {', '.join(study.plans)}; folds "
+          f"{', '.join(map(str, study.folds))}; configuration {study.configuration}; baseline "
+          f"{study.baseline_trainer}." + (f" Schedule override: {study.schedule.overrides()}." if
+                                           study.schedule.overrides() else ""), ""]
+    counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
+    md += [f"Jobs: {', '.join(f'{n} {s}' for s, n in counts.items())}.", ""]
+    sections = []  # (title, markdown lines, [figure paths]) for the HTML too
+    for entry in data["datasets"]:
+        lines: List[str] = []
+        figs: List[Path] = []
+        rows = results_rows(study, entry)
+        best = best_row(rows)
+        if not rows:
+            lines += ["No cross-validation report yet (training or cv-report not finished).", ""]
+        else:
+            header = ["plans", "trainer", "cases", *[label for _, label in METRICS]]
+            table = []
+            for r in rows:
+                mark = " **(best)**" if r is best else ""
+                table.append([r["plans"], f"{r['trainer']}{mark}", str(r["n"]),
+                              *[_mean_std(r.get(m)) for m, _ in METRICS]])
+            lines += ["Mean ± std over all folds' validation cases (per image).", "", _md_table(header, table), ""]
+        for plans, report in entry["plans"].items():
+            tests = baseline_tests(study, report)
+            if tests:
+                lines += [f"Paired Dice against {study.baseline_trainer} ({plans}; Wilcoxon, Holm-corrected):", "",
+                          _md_table(["trainer", "Dice difference", "p (Holm)", "cases"],
+                                    [[t["trainer"], _signed(t["difference"]), _p(t["p_holm"]), str(t["n"] or "")]
+                                     for t in tests]), ""]
+            dist = layout.cv_report(entry["id"], plans) / "figures" / "dice_per_image.png"
+            if dist.is_file():
+                figs.append(dist)
+            curve = figures / f"learning_{entry['id']}_{plans}.png"
+            if plot_learning_curves(study, layout, entry["id"], plans, curve):
+                figs.append(curve)
+        ensemble = ensemble_summary(entry["ensemble"])
+        lines += [f"nnUNetv2_find_best_configuration: {ensemble}" if ensemble else
+                  "nnUNetv2_find_best_configuration: not run yet.", ""]
+        if best:
+            worst_png = figures / f"worst_{entry['id']}.png"
+            cases = plot_worst_cases(layout, entry["id"], best["plans"], best["trainer"], worst, worst_png)
+            if cases:
+                lines += [f"Worst cases of the best trainer ({best['trainer']}, {best['plans']}): {', '.join(cases)}.",
+                          ""]
+                figs.append(worst_png)
+        for f in figs:
+            lines += [f"![{f.stem}]({_relative(f, out)})", ""]
+        sections.append((entry["name"], lines, figs))
+        md += [f"## {entry['name']}", "", *lines]
+    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "summary.html", _html(study, md[:5], sections))
+    atomic_write_json(out / "summary.json", {"states": states, **data})
+    return out / "summary.html"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _signed(value) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def _p(value) -> str:
+    return "–" if value is None else (f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}")
+
+
+def _md_table(header, rows) -> str:
+    from bus_nnunet.reports import markdown_table
+    return markdown_table(header, rows)
+
+
+def _html(study: Study, intro: List[str], sections) -> str:
+    """One page, inline CSS, figures as data URIs: it can be mailed or archived as one file."""
+    import re
+    body = []
+    for line in intro:
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    for title, lines, figs in sections:
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        table: List[str] = []
+        for line in [part for entry in lines for part in entry.split("\n")] + [""]:
+            if line.startswith("|"):
+                table.append(line)
+                continue
+            if table:
+                body.append(_html_table(table))
+                table = []
+            if line and not line.startswith("!["):
+                text = html.escape(line)
+                text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+                body.append(f"<p>{text}</p>")
+        for f in figs:
+            data = base64.b64encode(f.read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{html.escape(f.stem)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(f.stem)}</figcaption></figure>")
+    css = ("body{font-family:sans-serif;margin:2em;max-width:75em}table{border-collapse:collapse;margin:1em 0}"
+           "td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left}th{background:#eee}"
+           "tr.best td{background:#e8f5e9;font-weight:bold}img{max-width:100%}figcaption{color:#666;font-size:.8em}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Study "
+            f"{html.escape(study.name or study.output_dir.name)}</title><style>{css}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")
+
+
+def _html_table(lines: List[str]) -> str:
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    header, rows = cells[0], [r for r in cells[2:]]
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for r in rows:
+        best = any("**(best)**" in c for c in r)
+        r = [html.escape(c.replace(" **(best)**", " (best)")) for c in r]
+        out.append(f"<tr{' class=best' if best else ''}>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>")
+    return "".join(out) + "</table>"
