@@ -5,7 +5,7 @@ Per trainer (each in its own process, so a broken trainer is skipped with a note
 memory is per network):
 
 * parameters (all / trainable) and MACs for one ``size x size`` image, counted by
-  ``bus_nnunet.evaluation.profiling.count_macs`` (the counter of ``bus-nnunet profile``:
+  ``bus_nnunet.profiling.count_macs`` (the counter of ``bus-nnunet profile``:
   torch.utils.flop_counter, every convolution / linear / matmul / attention call), and by thop's
   per-module rules (``count_macs_thop_rules``, the convention of the papers' "GFLOPs")
 * training step = ``trainer.train_step`` (forward + loss + backward + optimizer step, the trainer's
@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E402
-from bus_nnunet.evaluation.profiling import MACS_METHOD  # noqa: E402
+from bus_nnunet.profiling import MACS_METHOD  # noqa: E402
 from bus_nnunet.harness import CommandFailed, nnunet_env, peak_rss_bytes, plan_synthetic_dataset, rss_bytes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -188,7 +188,7 @@ def measure(trainer_name: str, plan: dict, a) -> dict:
     log(f"{trainer_name}: {result['params']:,} params, patch {patch}, DS {result['deep_supervision']}")
 
     # MACs: one image, eval mode, single output (the counters of bus-nnunet profile)
-    from bus_nnunet.evaluation.profiling import count_macs, count_macs_thop_rules
+    from bus_nnunet.profiling import count_macs, count_macs_thop_rules
     trainer.set_deep_supervision_enabled(False)
     example = torch.randn(1, in_ch, *patch, device=device)
     for key, counter in (("gmacs", count_macs), ("gmacs_thop_rules", count_macs_thop_rules)):
@@ -402,7 +402,7 @@ def main(argv=None) -> int:
                    "notes": [
                        "Wall times on a shared CPU inflate with the load (see load_average); process CPU time "
                        "(in brackets) is the steadier measure of compute and the ratio column uses it.",
-                       "GMACs = one forward pass of one image, bus_nnunet.evaluation.profiling.count_macs "
+                       "GMACs = one forward pass of one image, bus_nnunet.profiling.count_macs "
                        f"(as bus-nnunet profile): {MACS_METHOD}. 'thop rules' = thop's per-module rules with "
                        "each distinct module hooked once (count_macs_thop_rules), the convention of the papers' "
                        "'GFLOPs': it misses functional matmuls/einsums, counts norms and overcounts strided "

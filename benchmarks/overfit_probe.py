@@ -66,10 +66,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from bus_nnunet.evaluation.profiling import resolve_trainer
+    from bus_nnunet.registration import trainer_class
     from bus_nnunet.network_architectures import create_model
     from bus_nnunet.recipes import build_optimizer
-    cls = resolve_trainer(args.trainer)
+    cls = trainer_class(args.trainer)
     if not getattr(cls, "network_name", None):
         sys.exit(f"{args.trainer} builds its network from the plans; the probe takes registry-network trainers")
     kwargs = {**cls.network_kwargs, **json.loads(args.network_kwargs)}

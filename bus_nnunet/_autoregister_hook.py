@@ -21,6 +21,19 @@ def trainer_entry_folder():
     return os.path.join(list(spec.submodule_search_locations)[0], ENTRY_FOLDER_NAME)
 
 
+def is_listed(folder, environ=os.environ):
+    """Whether ``folder`` is one of the folders in ``environ['nnUNet_extTrainer']``."""
+    parts = environ.get("nnUNet_extTrainer", "").split(os.pathsep)
+    return os.path.normpath(folder) in {os.path.normpath(p) for p in parts if p}
+
+
+def append_folder(folder, environ=os.environ):
+    """Append ``folder`` to ``environ['nnUNet_extTrainer']`` unless listed, keeping the user's entries."""
+    if not is_listed(folder, environ):
+        parts = [p for p in environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+        environ["nnUNet_extTrainer"] = os.pathsep.join(parts + [folder])
+
+
 def register(environ=os.environ):
     """Append the entry folder to ``environ['nnUNet_extTrainer']``; returns the folder or None."""
     if environ.get("BUS_NNUNET_NO_AUTOREGISTER"):
@@ -28,10 +41,7 @@ def register(environ=os.environ):
     folder = trainer_entry_folder()
     if folder is None or not os.path.isdir(folder):
         return None
-    parts = [p for p in environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    if os.path.normpath(folder) not in {os.path.normpath(p) for p in parts}:
-        parts.append(folder)
-        environ["nnUNet_extTrainer"] = os.pathsep.join(parts)
+    append_folder(folder, environ)
     return folder
 
 

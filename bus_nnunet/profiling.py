@@ -31,6 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
+from bus_nnunet.registration import trainer_class
+
 MEMORY_METHOD = {"cuda": "torch.cuda.max_memory_allocated delta",
                  "cpu": "peak RSS (VmHWM) increase in a fresh subprocess"}
 #: nnU-Net trainers whose network comes from the plans (PlainConvUNet) instead of our registry
@@ -86,21 +88,6 @@ def default_plain_unet_2d(in_channels: int, num_classes: int, size: Sequence[int
         nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision)
 
 
-def resolve_trainer(name: str):
-    """A trainer class by name: ours (``bus_nnunet.trainers``) or nnU-Net's."""
-    from bus_nnunet import trainers
-    from bus_nnunet.errors import UserError
-    cls = getattr(trainers, name, None)
-    if cls is None:
-        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-        if name == "nnUNetTrainer":
-            return nnUNetTrainer
-        known = ", ".join(sorted(trainers.TRAINERS))
-        hint = f"; unavailable modules: {trainers.UNAVAILABLE}" if trainers.UNAVAILABLE else ""
-        raise UserError(f"unknown trainer {name!r} (known: nnUNetTrainer, {known}){hint}")
-    return cls
-
-
 def build_network(trainer_name: str, in_channels: int, num_classes: int, size: Sequence[int],
                   deep_supervision: bool = False, plans: Optional[str] = None, configuration: str = "2d"):
     """The network ``trainer_name`` trains, as ``(module, description)``.
@@ -111,7 +98,7 @@ def build_network(trainer_name: str, in_channels: int, num_classes: int, size: S
     """
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from bus_nnunet.trainers.base import BusNetworkTrainer
-    cls = resolve_trainer(trainer_name)
+    cls = trainer_class(trainer_name)
     if issubclass(cls, BusNetworkTrainer):
         net = cls.create_network(in_channels, num_classes, deep_supervision, tuple(size))
         return net, f"{cls.network_name} (registry)"
@@ -222,7 +209,7 @@ def count_params_thop_rules(net) -> int:
     thop counts a module it has a rule for with all its parameters; any other module only
     through its sub-modules, so raw ``nn.Parameter`` tensors held by modules without a rule (SSM
     matrices, learnable scalars, norms written by hand) are left out: SS-Net reports 16,210,955
-    of its 17,535,538 trainable parameters (spec section 5). Each distinct module counts once.
+    of its 17,535,538 trainable parameters. Each distinct module counts once.
     """
     import torch.nn as nn
     from thop.profile import register_hooks
@@ -329,7 +316,7 @@ def _measure_cpu_memory_here(spec: dict) -> int:
 
 def peak_memory_cpu(spec: dict, timeout: int = 600) -> int:
     """Peak RSS increase of a forward or training step, measured in a fresh Python process."""
-    proc = subprocess.run([sys.executable, "-m", "bus_nnunet.evaluation.profiling", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "bus_nnunet.profiling", json.dumps(spec)],
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement failed: {proc.stderr[-2000:]}")
@@ -343,7 +330,7 @@ def profile_trainer(trainer: str, size: Sequence[int] = (256, 256), in_channels:
     import torch
     from bus_nnunet.trainers.base import BusNetworkTrainer
     size = tuple(int(s) for s in size)
-    cls = resolve_trainer(trainer)
+    cls = trainer_class(trainer)
     trains_with_ds = bool(getattr(cls, "deep_supervision", True)) if issubclass(cls, BusNetworkTrainer) else True
     res = ProfileResult(trainer, (batch_size, in_channels, *size), num_classes, device,
                         memory_method=MEMORY_METHOD["cuda" if device.startswith("cuda") else "cpu"])

@@ -20,25 +20,45 @@ from bus_nnunet import _autoregister_hook
 
 
 def trainer_entry_folder() -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), _autoregister_hook.ENTRY_FOLDER_NAME)
+    return _autoregister_hook.trainer_entry_folder()
 
 
 def entry_folder_registered(environ=os.environ) -> bool:
-    folder = os.path.normpath(trainer_entry_folder())
-    return folder in {os.path.normpath(p) for p in environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p}
+    return _autoregister_hook.is_listed(trainer_entry_folder(), environ)
 
 
 def ensure_registered(environ=os.environ) -> None:
-    """Make this process (and its children) able to find our trainers, hook or not."""
-    if not entry_folder_registered(environ):
-        parts = [p for p in environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-        environ["nnUNet_extTrainer"] = os.pathsep.join(parts + [trainer_entry_folder()])
+    """Make this process (and its children) able to find our trainers, hook or not (also with
+    ``BUS_NNUNET_NO_AUTOREGISTER``, which only switches the start-up hook off)."""
+    _autoregister_hook.append_folder(trainer_entry_folder(), environ)
 
 
 def hook_installed() -> bool:
     """True if the start-up hook module is importable (installed next to the package)."""
     import importlib.util
     return importlib.util.find_spec("_bus_nnunet_hook") is not None
+
+
+def trainer_class(name: str):
+    """A trainer class by name: bus-nnunet's (schedule variants included) and nnU-Net's default
+    ``nnUNetTrainer`` directly, any other through nnU-Net's own search (its trainer folder, then
+    ``nnUNet_extTrainer``).  An unknown name is a :class:`UserError` with the close matches."""
+    from bus_nnunet import trainers
+    if name in trainers.__all__:
+        return getattr(trainers, name)
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    if name == nnUNetTrainer.__name__:
+        return nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return recursive_find_trainer_class_by_name(name)
+    except RuntimeError:  # nnU-Net's "could not find" (it prints its search, silenced above)
+        from bus_nnunet.errors import UserError, did_you_mean
+        hint = f"; unavailable modules: {trainers.UNAVAILABLE}" if trainers.UNAVAILABLE else ""
+        raise UserError(f"unknown trainer {name!r}: neither bus-nnunet nor nnU-Net's trainer search has it; "
+                        f"{did_you_mean(name, ['nnUNetTrainer', *trainers.TRAINERS])}"
+                        f"`bus-nnunet trainers` lists bus-nnunet's{hint}") from None
 
 
 def lookup_trainer(name: str) -> Dict[str, Optional[str]]:

@@ -34,11 +34,12 @@ def _optimizer(recipe) -> Dict[str, object]:
 def trainer_card(name: str, in_channels: int = 1, num_classes: int = 2, patch_size=(256, 256)) -> Dict[str, object]:
     """The recipe of trainer ``name`` (a base trainer or a ``_<N>epochs`` variant) as a JSON-able dict."""
     from bus_nnunet import augmentation
-    from bus_nnunet.evaluation.profiling import build_network, count_parameters, resolve_trainer
+    from bus_nnunet.profiling import build_network, count_parameters
+    from bus_nnunet.registration import trainer_class
     from bus_nnunet.trainers.base import UltrasoundAugmentationMixin
     from bus_nnunet.errors import UserError
 
-    cls = resolve_trainer(name)
+    cls = trainer_class(name)
     if not issubclass(cls, UltrasoundAugmentationMixin):
         raise UserError(f"{name} is not a bus-nnunet trainer; `bus-nnunet trainers` lists them")
     recipe = cls.recipe

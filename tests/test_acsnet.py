@@ -1,4 +1,4 @@
-"""ACSNet: network shapes and parameter count (spec A.5), DCNv2 against a bilinear-sampling
+"""ACSNet: network shapes and parameter count, DCNv2 against a bilinear-sampling
 reference, uncertainty loss weights, manifest labels, pretrained ResNet-18 loading, and the
 multi-task trainer through nnU-Net's CLI with ``bus-nnunet classify``."""
 import csv
@@ -44,7 +44,7 @@ def test_forward_shapes_train_and_eval():
 
 
 def test_parameter_count_matches_reference():
-    # reference configuration: RGB input, one logit map -> 31,824,945 parameters in use (spec A.5)
+    # reference configuration: RGB input, one logit map -> 31,824,945 parameters in use (released MyModel.py)
     net = create_model("acsnet", in_channels=3, num_classes=1)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert net.count_model_parameters() == 31_824_945
@@ -140,7 +140,7 @@ def test_manifest_labels_and_clear_errors(tmp_path):
 # -- pretrained encoder ----------------------------------------------------------------------------
 @pytest.mark.parametrize("source", ["torchvision", "timm"])
 def test_pretrained_resnet18_loading(tmp_path, source):
-    from bus_nnunet.trainers.acsnet import load_resnet18_encoder
+    from bus_nnunet.network_architectures.acsnet import load_resnet18_encoder
     torch.manual_seed(1)
     if source == "torchvision":
         import torchvision

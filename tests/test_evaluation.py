@@ -287,7 +287,7 @@ def test_evaluate_cli_shape_mismatch_is_user_error(tmp_path, capsys):
 # profiling
 def test_count_macs_counts_each_call_once_per_module():
     import torch.nn as nn
-    from bus_nnunet.evaluation import profiling as P
+    from bus_nnunet import profiling as P
 
     class Net(nn.Module):
         def __init__(self):
@@ -310,7 +310,7 @@ def test_count_macs_by_hand_where_thop_rules_differ():
     import torch
     import torch.nn as nn
     from torchvision.ops import deform_conv2d
-    from bus_nnunet.evaluation import profiling as P
+    from bus_nnunet import profiling as P
 
     class Attention(nn.Module):  # a Linear, then (q @ q^T) and (attn @ x) written as functional matmuls
         def __init__(self):
@@ -352,9 +352,9 @@ def test_count_macs_by_hand_where_thop_rules_differ():
 
 
 def test_count_macs_thop_rules_reproduces_ssnet_published_figure():
-    """SS-Net's published 4.93 G are thop MACs of the released code at 1x3x256x256 (spec section 5);
+    """SS-Net's published 4.93 G are thop MACs of the released code at 1x3x256x256;
     thop's rules on our module differ only by functional upsampling/softmax calls (0.02 %)."""
-    from bus_nnunet.evaluation import profiling as P
+    from bus_nnunet import profiling as P
     from bus_nnunet.network_architectures.ssnet import complexity_reference, ssnet
     net = ssnet(in_channels=3, num_classes=1, input_size=(256, 256))
     macs = P.count_macs_thop_rules(net, (1, 3, 256, 256))
@@ -366,7 +366,7 @@ def test_count_macs_thop_rules_reproduces_ssnet_published_figure():
 
 
 def test_profile_nnunet_default_unet(tmp_path, capsys):
-    from bus_nnunet.evaluation import profiling as P
+    from bus_nnunet import profiling as P
     out = tmp_path / "profile.json"
     assert main(["profile", "nnUNetTrainerUS", "--size", "32", "32", "--repeats", "2", "--json", str(out)]) == 0
     assert "GFLOPs" in capsys.readouterr().out

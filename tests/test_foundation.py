@@ -131,7 +131,7 @@ def test_snap_patch_size_rules(tiny_network):
         _registry.register_model(name=tiny_network)(lambda **kw: None)
 
 
-def test_build_network_architecture_both_signatures(tiny_network):
+def test_build_network_architecture_from_the_plans(tiny_network):
     from bus_nnunet.trainers.base import BusNetworkTrainer
 
     class TinyTrainer(BusNetworkTrainer):
@@ -140,11 +140,11 @@ def test_build_network_architecture_both_signatures(tiny_network):
     class FakeConfig:
         patch_size = [64, 96]
 
-    net = TinyTrainer.build_network_architecture(None, FakeConfig(), 3, 2, False)  # nnU-Net >= 2.7
+    net = TinyTrainer.build_network_architecture(None, FakeConfig(), 3, 2, False)
     assert net.conv.in_channels == 3 and not net.deep_supervision
-    legacy = TinyTrainer.build_network_architecture("PlainConvUNet", {}, (), 1, 2, True)  # nnU-Net < 2.7
-    assert legacy.conv.in_channels == 1 and legacy.deep_supervision
-    assert set(net.state_dict()) == set(legacy.state_dict())  # DS flag does not change the weights
+    with_ds = TinyTrainer.build_network_architecture(None, FakeConfig(), 1, 2, True)
+    assert with_ds.conv.in_channels == 1 and with_ds.deep_supervision
+    assert set(net.state_dict()) == set(with_ds.state_dict())  # DS flag does not change the weights
 
     class BadConfig:
         patch_size = [64, 90]

@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bus_nnunet.errors import UserError
-from bus_nnunet.network_architectures.acsnet import load_resnet18_encoder  # noqa: F401  (its old home)
 from bus_nnunet.recipes import PaperBudget, Recipe
 from bus_nnunet.trainers.base import BusNetworkTrainer, unwrap_network
 
@@ -111,13 +110,12 @@ class ACSNetTrainer(BusNetworkTrainer):
 
     # -- network -------------------------------------------------------------------------------------
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True, *legacy_args) -> nn.Module:
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        from bus_nnunet.classification_inference import classes_from_configuration
         network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                      num_output_channels, enable_deep_supervision, *legacy_args)
-        if not isinstance(plans_manager, str):
-            from bus_nnunet.classification_inference import classes_from_configuration
-            network.reset_classifier(len(classes_from_configuration(configuration_manager.configuration)))
+                                                      num_output_channels, enable_deep_supervision)
+        network.reset_classifier(len(classes_from_configuration(configuration_manager.configuration)))
         return network
 
     @classmethod

@@ -19,6 +19,16 @@ trains from scratch; ``BUS_NNUNET_PRETRAINED=none`` trains from scratch on purpo
 Schedule overrides (environment, for CPU smoke runs; logged when used):
 ``BUS_NNUNET_NUM_EPOCHS``, ``BUS_NNUNET_NUM_ITERATIONS`` (per epoch),
 ``BUS_NNUNET_NUM_VAL_ITERATIONS``.
+
+Schedule variants: every trainer also exists as ``<Trainer>_1epoch``, ``_5epochs``,
+``_100epochs`` and ``_250epochs`` (nnU-Net's naming).  They are made with ``type()`` by
+``_add_schedule_variants`` in ``bus_nnunet/trainers/__init__.py`` (they only set
+``variant_num_epochs``), so no file defines them; ``bus-nnunet trainers --variants`` lists them.
+
+Deep supervision is an extension point: a network that registers ``deep_supervision_strides``
+returns one output per stride when built with ``deep_supervision=True`` and is trained with
+nnU-Net's ``DeepSupervisionWrapper`` (weights ``deep_supervision_weights``).  None of the bundled
+networks has auxiliary outputs; the test network of ``tests/test_foundation.py`` exercises it.
 """
 from __future__ import annotations
 
@@ -273,27 +283,16 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
 
     # -- network -------------------------------------------------------------------------------------
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True, *legacy_args) -> nn.Module:
-        """Build the network; nnU-Net calls this for training and, with DS off, for inference.
-
-        Accepts both signatures: nnU-Net >= 2.7 passes ``(plans_manager, configuration_manager,
-        num_input_channels, num_output_channels, enable_deep_supervision)``; older versions pass
-        ``(arch_class_name, arch_init_kwargs, arch_init_kwargs_req_import, num_input_channels,
-        num_output_channels, enable_deep_supervision)``, which carries no patch size.
-        """
-        if isinstance(plans_manager, str):  # legacy call
-            num_input_channels, num_output_channels, enable_deep_supervision = (
-                num_output_channels, enable_deep_supervision, legacy_args[0] if legacy_args else True)
-            patch_size = None
-        else:
-            patch_size = tuple(int(s) for s in configuration_manager.patch_size)
-            accepted = snap_patch_size(cls.network_name, patch_size)
-            if accepted != patch_size:
-                raise ValueError(
-                    f"{cls.__name__}: the plans give patch size {list(patch_size)}, which {cls.network_name} cannot "
-                    f"take (nearest accepted: {list(accepted)}). Models trained by {cls.__name__} save the snapped "
-                    f"size in their plans.json; use that plans.json, or set the configuration's patch_size.")
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        """Build the network; nnU-Net calls this for training and, with DS off, for inference."""
+        patch_size = tuple(int(s) for s in configuration_manager.patch_size)
+        accepted = snap_patch_size(cls.network_name, patch_size)
+        if accepted != patch_size:
+            raise ValueError(
+                f"{cls.__name__}: the plans give patch size {list(patch_size)}, which {cls.network_name} cannot "
+                f"take (nearest accepted: {list(accepted)}). Models trained by {cls.__name__} save the snapped "
+                f"size in their plans.json; use that plans.json, or set the configuration's patch_size.")
         return cls.create_network(num_input_channels, num_output_channels, enable_deep_supervision, patch_size)
 
     @classmethod

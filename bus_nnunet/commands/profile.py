@@ -36,7 +36,7 @@ def register(subparsers):
 
 def run(args) -> int:
     from bus_nnunet.errors import UserError
-    from bus_nnunet.evaluation import profiling as P
+    from bus_nnunet import profiling as P
 
     if bool(args.trainer) == bool(args.all):
         raise UserError("give one TRAINER or --all")
