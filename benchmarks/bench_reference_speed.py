@@ -1,10 +1,10 @@
-"""Training-step and inference speed of our networks under the protocol of
-``shared/specs/reference_timings.md``, next to the released reference code's numbers.
+"""Training-step and inference speed of our networks under the protocol the released reference
+code was timed with, next to those numbers (:data:`REFERENCE`).
 
-Protocol (the spec's): 256 x 256 random image and mask, Adam lr 1e-4, training step = zero_grad +
+Protocol: 256 x 256 random image and mask, Adam lr 1e-4, training step = zero_grad +
 forward + loss + backward + optimizer step, median of 5 after 2 warm-ups; inference = eval mode,
-no_grad, batch 1, median of 10; each model in its own process; ``--threads`` torch threads (2 in
-the spec).  Our networks output two-class logits trained with cross-entropy (what our trainers
+no_grad, batch 1, median of 10; each model in its own process; ``--threads`` torch threads (2 for
+the reference numbers).  Our networks output two-class logits trained with cross-entropy (what our trainers
 use).  nnU-Net's default 2D PlainConvUNet (1 input channel, 7 stages 32..512, deep supervision) is
 measured in the same run: the ratio of each network to it is comparable with the reference
 table's ratio even when this machine is busier or faster than the one that made the table.
@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E402
 
-# reference_timings.md: trainable params, train step at bs2 / bs8 (s), inference bs1 (s)
+# the released reference code timed on the same machine kind (2026-11-22): trainable params, train step at
+# bs2 / bs8 (s), inference bs1 (s)
 REFERENCE = {
     "nnunet": ("nnU-Net 2.8 default 2D PlainConvUNet", 33_471_820, {2: 1.52, 8: 8.27}, 0.24),
     "acsnet": ("ACSNet, pure-PyTorch modulated deformable conv", 32_337_945, {2: 3.87, 8: 25.3}, 0.67),
@@ -40,7 +41,7 @@ SIZE = 256
 
 def build(name: str):
     if name == "nnunet":  # nnU-Net's default 2D plan at 256x256: 7 stages 32..512, deep supervision
-        from bus_nnunet.evaluation.profiling import default_plain_unet_2d
+        from bus_nnunet.profiling import default_plain_unet_2d
         return default_plain_unet_2d(1, 2, (SIZE, SIZE), deep_supervision=True)
     from bus_nnunet.network_architectures import create_model, model_info
     kwargs = {"input_size": (SIZE, SIZE)} if model_info(name).takes_input_size else {}
@@ -151,10 +152,10 @@ def main(argv=None) -> int:
     out.with_suffix(".json").write_text(json.dumps({"benchmark": "reference_speed", "stamp": stamp,
                                                     "size": SIZE, "results": results}, indent=2))
     out.with_suffix(".md").write_text(
-        "# Speed against the released reference code (reference_timings.md protocol)\n\n"
+        "# Speed against the released reference code (its timing protocol)\n\n"
         f"256 x 256, Adam, median of 5 training steps after 2 warm-ups, inference batch 1 median of 10, each model in "
-        f"its own process, {args.threads} torch threads. Reference columns: shared/specs/reference_timings.md "
-        "(released code, same machine kind, 2026-11-22). 'x nnU-Net' divides by nnU-Net's default 2D U-Net measured "
+        f"its own process, {args.threads} torch threads. Reference columns: the released code "
+        "timed on the same machine kind (2026-11-22; REFERENCE in benchmarks/bench_reference_speed.py). 'x nnU-Net' divides by nnU-Net's default 2D U-Net measured "
         "in the same run (ours; wall and, in brackets, process CPU time) or in the reference table, so it is comparable "
         "when machine load differs.\n\n"
         f"{stamp_markdown(stamp)}\n\n{table}\n")

@@ -1,6 +1,6 @@
 """Peak memory of SCRNet's attention path and of a whole SCRNet training step (CPU, max RSS).
 
-Spec A.9: ACmix's unfold formulation would materialise B x C x 49 x H x W copies of k and v
+ACmix's unfold formulation would materialise B x C x 49 x H x W copies of k and v
 (about 6.1 GiB each at level 1 for batch 8, 256 x 256), over 100 GB summed over the 5 levels.
 SCRNet here pads k and v once, visits the 49 window offsets as strided views, accumulates the
 key/value gradients in place in a hand-written backward and recomputes the attention weights
@@ -15,7 +15,7 @@ there (``network_architectures/scrnet.py``).  This benchmark measures, each in a
    k and v tensors the naive formulation would need (computed, not run).
 2. ``training_step``: a whole SCRNet training step (forward, cross-entropy, backward, Adam step;
    3 input channels, 2 classes) in each of ``--precisions`` (float32, and bf16 = CPU bfloat16
-   autocast, the analogue of nnU-Net's mixed-precision training that spec A.9 recommends) at the
+   autocast, the analogue of nnU-Net's mixed-precision training) at the
    ``--step-points`` (default 1 and 2 images of 256 x 256) and the linear extrapolation to
    ``--batch`` x ``--size``: peak = fixed + slope * B * H * W, fitted on those points.
    ``--full-batch 8`` also measures ``8 x --size`` directly.  It is launched only when

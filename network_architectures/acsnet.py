@@ -1,7 +1,7 @@
 """ACSNet: joint breast-ultrasound lesion segmentation and benign/malignant classification.
 
 He et al., "ACSNet" (Computers in Biology and Medicine, 2024); reference code
-``qqhe-frank/BUS-segmentation-and-classification`` (``MyModel.py``).  Layout (spec A.1):
+``qqhe-frank/BUS-segmentation-and-classification`` (``MyModel.py``).  Layout:
 
 * ResNet-18 encoder (torchvision layout, so ImageNet checkpoints load by name): E0 (stem, 1/2),
   E1 (maxpool + layer1, 1/4), E2..E4 (layer2..4, 1/8..1/32);
@@ -67,7 +67,7 @@ def deform_conv2d_sampling(x: torch.Tensor, offset: torch.Tensor, mask: torch.Te
 
 
 class DeformConv2d(nn.Module):
-    """Modulated deformable 3x3 convolution (DCNv2), one offset group, no bias (spec A.2.3).
+    """Modulated deformable 3x3 convolution (DCNv2), one offset group, no bias.
 
     ``torchvision.ops.deform_conv2d`` does the work (on CPU the equivalent, faster
     :func:`deform_conv2d_sampling`).  Offsets (torchvision's interleaved (dy, dx) layout) and the modulation mask are predicted by
@@ -105,7 +105,7 @@ class DeformConv2d(nn.Module):
 
 class GateUnit(nn.Module):
     """The paper's gate unit (code: ``GSA``): a per-sample scalar gate, mean of one sigmoid map plus
-    max of another, scales the skip, followed by conv + GroupNorm + ReLU (spec A.2.1)."""
+    max of another, scales the skip, followed by conv + GroupNorm + ReLU."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -121,7 +121,7 @@ class GateUnit(nn.Module):
 
 
 class DeformableSpatialAttention(nn.Module):
-    """DSA module (spec A.2.2): DCN -> mean- and max-map spatial attentions -> concat -> DCN."""
+    """DSA module: DCN -> mean- and max-map spatial attentions -> concat -> DCN."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -153,7 +153,7 @@ class ChannelAttention(nn.Module):
 
 
 class ClassificationBranch(nn.Module):
-    """Multi-scale channel-attention classifier (spec A.2.4) on E3 (1/16), E4 (1/32), D1 (1/16)."""
+    """Multi-scale channel-attention classifier on E3 (1/16), E4 (1/32), D1 (1/16)."""
 
     def __init__(self, num_classes: int = 2):
         super().__init__()
@@ -217,7 +217,7 @@ class ResNet18Encoder(nn.Module):
 
 
 class ACSNet(nn.Module):
-    """ACSNet (spec A). Input H and W must be multiples of :attr:`size_divisor`."""
+    """ACSNet (He et al. 2024; released ``MyModel.py``). Input H and W must be multiples of :attr:`size_divisor`."""
 
     size_divisor = 32
 

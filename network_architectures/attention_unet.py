@@ -2,7 +2,7 @@
 segmentation using a combination of UNet, ResNet, DenseNet, and EfficientNet models",
 Scientific Reports 2025, doi:10.1038/s41598-024-84504-y).
 
-Architecture, as pinned by the paper's parameter table (spec ``scrnet_attention_unet.md``, part B):
+Architecture, as pinned by the paper's parameter table:
 
 * up to three timm encoders run on the same input -- ResNet-18 (512 ch), DenseNet-121 with norm5
   (1024 ch), EfficientNet-B0 with its 1×1 conv head (1280 ch) -- each taken at stride 32

@@ -1,7 +1,7 @@
 """SCRNet: Spatial-Channel Regulation Network (Xu & Wang, arXiv 2508.13899, 2025).
 
 No official code exists; this is a reconstruction from the paper, SCConv (CVPR'23), ACmix (CVPR'22)
-and simplified SKNet, following ``shared/specs/scrnet_attention_unet.md`` part A.
+and simplified SKNet, following the paper's description.
 
 Architecture (input B x in_channels x H x W, H and W multiples of 16, at least 64)::
 
@@ -30,7 +30,7 @@ Choices the paper leaves open (the spec's default reading; alternatives as keywo
 8.  "Linear embedding": separate conv1x1 q/k/v embeddings on the FI outputs of the attention path.
 9.  Cross-attention: ACmix's local 7x7 window attention, 4 heads, scale d^-1/2, relative
     position from a conv1x1 on a [-1, 1] coordinate grid, reflection padding.  Memory-light
-    (spec A.9): k and v are padded once and the 49 offsets are strided views of them (never
+    k and v are padded once and the 49 offsets are strided views of them (never
     unfolded into B x C x 49 x H x W tensors); a hand-written backward accumulates the key and
     value gradients in place into one padded buffer each, and with ``checkpoint_attention`` (the
     default) the attention weights are recomputed there instead of being stored.  Peak memory at
@@ -43,7 +43,7 @@ Choices the paper leaves open (the spec's default reading; alternatives as keywo
 13. Ablation "w/o FAM" (``use_fam=False``): FAM replaced by ``X_H + X_L`` (the paper reports the
     better of sum and concatenation; sum has no parameters).
 
-Parameter count (3 input channels, 1 output, as in the paper; spec A.8): 63,213,805.
+Parameter count (3 input channels, 1 output, as in the paper; derived from the layer shapes): 63,213,805.
 With nnU-Net's 1 input channel and 2 output classes: 63,212,718.
 """
 from __future__ import annotations
@@ -278,7 +278,7 @@ def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
     ``k``/``v`` (reflection padded).  q, k, v: B x C x H x W (relative position already folded
     into k); returns B x C x H x W in v's dtype.
 
-    Memory-light (spec A.9): k and v are padded once and each of the window^2 offsets is a strided
+    Memory-light: k and v are padded once and each of the window^2 offsets is a strided
     view of them, so nothing of size B x C x window^2 x H x W (ACmix's unfolded k and v) exists;
     the largest extra tensors are the B x heads x window^2 x H x W logits.  The products run in at
     least float32 (bfloat16/half inputs are upcast inside).  While gradients are needed, the
@@ -434,7 +434,7 @@ class SCRNet(nn.Module):
                 paper="Xu & Wang, SCRNet: Spatial-Channel Regulation Network for medical ultrasound image "
                       "segmentation, arXiv 2508.13899 (2025)")
 def scrnet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False, **kwargs) -> nn.Module:
-    """SCRNet (spec default reading; see the module docstring). ``use_fam=False`` is the paper's
+    """SCRNet (the default reading of the paper; see the module docstring). ``use_fam=False`` is the paper's
     "w/o FAM" ablation. Inputs: sides multiples of 16, at least 64 (the 7x7 reflection-padded
     window attention needs 4 pixels at the bottleneck)."""
     return SCRNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

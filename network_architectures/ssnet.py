@@ -2,8 +2,8 @@
 
 Yan, Li, Dong, Yang, "SS-Net: Semantic-aware and Spectrum-guided Network for Ultrasound Image Breast
 Tumor Segmentation" (Pattern Recognition, submitted 2026); released code
-``HvitAska-Eyjafjalla/SS-Net`` (class ``SS_UNet``).  Written from the project spec
-(``shared/specs/ssnet.md``), layer by layer:
+``HvitAska-Eyjafjalla/SS-Net`` (class ``SS_UNet``), written from the paper and that code, layer by
+layer:
 
 * encoder: PVTv2-b2 stages 1-2 (partial ImageNet transfer, :data:`PVT_TRANSFER_PREFIXES`), then
   ``pwc2`` / ``encoder2`` (9 STA blocks) / ``pwc3`` / ``encoder3`` (3 STA blocks), each stage with a
@@ -23,8 +23,8 @@ deterministic; any number of input channels (a pretrained RGB stem is adapted wi
 for one channel); rectangular
 inputs are allowed (the DCT bases are built per axis); the DCT bases and index tables are
 non-persistent buffers, so a state dict loads at any input size.  ``faithful_tiles=True`` (default)
-keeps the released code's tile-scan index quirks (spec section 7, #1 and #2: unfold memory read as
-tiles, Hilbert distance map used as gather index); ``faithful_tiles=False`` scans real p x p tiles
+keeps the released code's tile-scan index quirks (unfold memory read as tiles, Hilbert distance
+map used as gather index); ``faithful_tiles=False`` scans real p x p tiles
 in true Hilbert order.  Both variants have identical parameters.
 
 Complexity at 1x3x256x256 (``num_classes=1``, see :func:`complexity_reference`): 17,535,538
@@ -146,7 +146,7 @@ def dct_band_means(coeffs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
 
 def hilbert_distance_table(p: int) -> torch.Tensor:
     """``h[y*p + x]`` = Hilbert-curve distance of pixel (x, y) on a p x p grid (``hilbertcurve``'s
-    ``distances_from_points`` convention; spec appendix A)."""
+    ``distances_from_points`` convention)."""
     table = []
     for y in range(p):
         for x in range(p):
@@ -347,7 +347,7 @@ class SelectiveScan2D(nn.Module):
 
 class DynamicTilesScan(nn.Module):
     """STA token mixer on BHWC maps: tile scoring by a bidirectional Mamba over tile descriptors,
-    score-ordered tile scan, ECA-style channel re-weighting (spec section 2.1)."""
+    score-ordered tile scan, ECA-style channel re-weighting (the paper's STA block)."""
 
     def __init__(self, dim: int, tile: int, d_state: int = 8, expand: int = 2, bottleneck: int = 4,
                  faithful_tiles: bool = True):
@@ -551,7 +551,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class DWTFusion(nn.Module):
-    """Skip fusion (spec section 2.3): deep ``high`` (C_hr, H, W) + shallow ``low`` (C, 2H, 2W) ->
+    """Skip fusion: deep ``high`` (C_hr, H, W) + shallow ``low`` (C, 2H, 2W) ->
     (C, 2H, 2W).  Haar sub-bands of the merged map steer a dynamic "HPF" on the skip and a
     Hamming-windowed LPF on the deep feature, which is upsampled by :class:`VectorSampling`."""
 

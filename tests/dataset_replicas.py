@@ -1,4 +1,4 @@
-"""Small fake copies of every dataset layout in specs/datasets.md ("Replica recipe" sections),
+"""Small fake copies of every dataset layout in docs/datasets.md,
 for converter tests.  Each ``write_<dataset>(root)`` returns the folder to pass to
 ``bus-nnunet convert`` and a dict of facts the tests check (counts, special cases).
 

@@ -23,7 +23,7 @@ def n_params(module):
 
 # -- network ------------------------------------------------------------------------------------------
 def test_parameter_count_matches_the_reference():
-    # spec B.5: 92,857,282 parameters in use for RGB input (reference prints 94.9 M with the unused fc)
+    # 92,857,282 parameters in use for RGB input (reference prints 94.9 M with the unused fc)
     net = create_model("anatosegnet", in_channels=3, num_classes=2)
     assert n_params(net) == 92_857_282
     assert n_params(net.attention3) == 4 * 1024 ** 2 + 1024 == 4_195_328
@@ -123,7 +123,7 @@ def test_intended_differences_are_spatial():
 
 
 def test_released_differences_follow_the_spec_closed_form():
-    # spec B.2: with N | C and W | C, the released "horizontal" term at (token p', channel c') is
+    # with N | C and W | C, the released "horizontal" term at (token p', channel c') is
     # x[n, c+1] - x[n, c] (0 when c mod W = W-1), "vertical" x[n, c+W] - x[n, c] (0 when c mod N >= N-W),
     # where n = (c'N + p') // C and c = (c'N + p') mod C.
     h = w = 4

@@ -28,7 +28,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-# -- parameter counts (spec A.8, derived by hand from the layer shapes) ------------------------------
+# -- parameter counts (derived by hand from the layer shapes) ------------------------------
 def ccapm_params(c):  # 3 FI (2C^2+56C) + 3 embeddings (C^2+C) + pe 3C/4 + fc 108 + shift 82C + 2 scalars
     return 3 * (2 * c * c + 56 * c) + 3 * (c * c + c) + 3 * c // 4 + 108 + 82 * c + 2
 
@@ -188,7 +188,7 @@ def test_window_attention_float32_and_bfloat16_close_to_float64():
 
 
 def test_window_attention_never_materialises_the_unfolded_window():
-    """Spec A.9: no tensor of B x C x 49 x H x W (ACmix's unfolded k/v) in the forward or backward
+    """No tensor of B x C x 49 x H x W (ACmix's unfolded k/v) in the forward or backward
     pass; the largest allowed are the B x heads x 49 x H x W weights and the padded k/v."""
     from torch.utils._python_dispatch import TorchDispatchMode
 

@@ -1,6 +1,6 @@
 """SS-Net (Yan et al.) as an nnU-Net trainer, with the partial PVTv2-b2 transfer of stages 1-2.
 
-Recipe (released ``start.py``, spec section 4): AdamW (lr 1e-4, betas 0.9/0.999, weight decay 0.01),
+Recipe (released ``start.py``): AdamW (lr 1e-4, betas 0.9/0.999, weight decay 0.01),
 cosine decay to 1e-5, BCE + Dice with weights 1/1 (two-class softmax CE == the paper's sigmoid BCE),
 gradient clipping at norm 1.  Adaptation to nnU-Net epochs: the released CosineAnnealingLR(T_max=50,
 eta_min=1e-5) restarts periodically every 100 short epochs (~25 iterations each on BUSI); here the
@@ -16,7 +16,7 @@ real tiles, learns within 200 steps (0.47).
 Pretrained stages 1-2 (152 tensors): timm's ``pvt_v2_b2.in1k`` from the shared cache (``bus-nnunet
 weights fetch pvt_v2_b2.in1k``); ``BUS_NNUNET_PVT_V2_B2`` overrides it with a local ``pvt_v2_b2.pth``
 (official whai362 layout) or a saved timm ``pvt_v2_b2`` state dict.  The released ``start.py`` never
-calls ``load_from`` (spec section 7, #3); here the transfer happens whenever weights are available.
+calls ``load_from``; here the transfer happens whenever weights are available.
 """
 
 from bus_nnunet.recipes import PaperBudget, Recipe
