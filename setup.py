@@ -143,6 +143,8 @@ setup(
         "grad-cam>=1.5",
         "openpyxl",
         "ImageHash",
+        "pydantic>=2",  # the study file's validation
+        "submitit>=1.5",  # `bus-nnunet study` on SLURM
     ],
     extras_require={
         "mamba": ["mamba-ssm", "causal-conv1d"],

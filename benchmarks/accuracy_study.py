@@ -1,20 +1,12 @@
 """Accuracy study: every selected trainer on the same dataset, plan, folds and training budget,
 compared by ``bus-nnunet cv-report`` on the out-of-fold validation predictions.
 
-Steps (each skipped when its output already exists in --workdir, so an interrupted study resumes):
-
-1. convert  ``bus-nnunet convert <dataset> SOURCE --id N --raw-root WORKDIR/raw``
-   (with ``--max-size S``: from a copy of the source whose PNGs are downscaled so the longer side
-   is at most S pixels -- images bilinear, masks nearest; the CPU smoke setting)
-2. plan     ``nnUNetv2_plan_and_preprocess -d N -c 2d``
-3. train    ``nnUNetv2_train N 2d FOLD -tr TRAINER`` per trainer and fold, through
-   ``benchmarks/_common.py budget-train`` so the BUS_NNUNET_NUM_EPOCHS / _NUM_ITERATIONS budget
-   also applies to nnU-Net's stock nnUNetTrainer; nnU-Net's final validation writes the
-   out-of-fold predictions (``fold_k/validation``).
-4. report   ``bus-nnunet cv-report N -tr ... -f ... -o OUT``; its JSON/Markdown are copied to --out.
-
-A trainer that is missing or fails is recorded with the reason (log tail) and left out of the
-report; the study never stops for one trainer.
+A thin use of ``bus-nnunet study``: the benchmark writes a study file (WORKDIR/study.toml: the
+dataset converted from --source, optionally a downscaled copy, the trainers, folds and budget)
+and runs it with ``bus-nnunet study run``, which converts, plans, trains every trainer x fold
+through nnUNetv2_train with one budget for all (nnU-Net's stock trainer included), runs
+cv-report and resumes an interrupted study.  This script then collects the cv-report and the
+run status into OUT.json / OUT.md.
 
 CPU smoke study (default)::
 
@@ -35,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment_stamp, markdown_table, run_command, stamp_markdown  # noqa: E402
+from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SOURCES = {"breast": HERE.parent.parent / "shared" / "data" / "BrEaST"}
@@ -80,11 +72,6 @@ def downscaled_copy(source: Path, target: Path, max_size: int) -> Path:
     return target
 
 
-def dataset_folder_name(raw_root: Path, dataset_id: int):
-    found = sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*"))
-    return found[0].name if found else None
-
-
 def tail(text: str, n: int = 1500) -> str:
     return text[-n:] if text else ""
 
@@ -115,8 +102,6 @@ def parse_args(argv=None):
                    help="nnUNet_raw/_preprocessed/_results root (default benchmarks/work/accuracy)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "accuracy_smoke",
                    help="report prefix: writes OUT.json and OUT.md (default benchmarks/results/accuracy_smoke)")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds per training run before it is abandoned")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples in the report (default 1000)")
     args = p.parse_args(argv)
     if args.full:
         (args.folds, args.epochs, args.iterations, args.val_iterations, args.max_size,
@@ -133,120 +118,82 @@ def resolve_trainers(names):
     return names, UNAVAILABLE
 
 
+def study_file_text(args, source: Path, work: Path) -> str:
+    """The study file this benchmark runs: one dataset, the trainers, folds and budget of ``args``."""
+    trainers, _ = resolve_trainers(args.trainers)
+    lines = [f'name = "accuracy-{args.dataset}"', 'output = "study"', f"trainers = {json.dumps(trainers)}",
+             f"folds = {json.dumps(args.folds)}", 'plans = ["nnUNetPlans"]', "nnunet_train_flags = []", "",
+             "[paths]", 'nnUNet_raw = "raw"', 'nnUNet_preprocessed = "preprocessed"', 'nnUNet_results = "results"', "",
+             "[[datasets]]", f"id = {args.dataset_id}", f'converter = "{args.dataset}"', f"source = {json.dumps(str(source))}",
+             ""]
+    if not args.full:
+        lines += ["[schedule]", f"epochs = {args.epochs}", f"iterations_per_epoch = {args.iterations}",
+                  f"val_iterations = {args.val_iterations}"] + ([f"batch_size = {args.batch_size}"] if args.batch_size
+                                                                else []) + [""]
+    cpu = args.device == "cpu"
+    # on the CPU: in-process augmentation (worker processes only compete for the same few cores)
+    lines += ["[executor]", 'kind = "local"', f"gpus = {0 if cpu else json.dumps('auto')}", "processes = 2"] + \
+        (["augmentation_workers = 0"] if cpu else [])
+    return "\n".join(lines) + "\n"
+
+
+def fold_record(layout, job, state: str) -> dict:
+    """status, seconds (nnU-Net's epoch timestamps) and, for a failure, the log tail of one run."""
+    from bus_nnunet.study import jobs as J
+    record = {"status": {"done": "ok", "failed": "failed"}.get(state, state)}
+    folder = layout.fold_folder(job.dataset_id, job.trainer, job.plans, job.fold)
+    checkpoint = folder / "checkpoint_final.pth" if folder else None
+    if checkpoint is not None and checkpoint.is_file():
+        import torch
+        logging = torch.load(checkpoint, map_location="cpu", weights_only=False).get("logging", {})
+        if logging.get("epoch_start_timestamps"):
+            record["seconds"] = round(logging["epoch_end_timestamps"][-1] - logging["epoch_start_timestamps"][0], 1)
+    if state == "failed":
+        record["log_tail"] = J.log_tail(job, 30)
+    return record
+
+
 def main(argv=None) -> int:
+    """Write the study file, run it with ``bus-nnunet study run`` (the one engine: resumable, one
+    budget), and collect its cv-report into OUT.json / OUT.md."""
+    from bus_nnunet.harness import run_tool
+    from bus_nnunet.study import jobs as J
+    from bus_nnunet.study.config import load_study
     args = parse_args(argv)
     work = args.workdir.resolve()
-    env = {"nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "preprocessed"),
-           "nnUNet_results": str(work / "results")}
-    for v in env.values():
-        Path(v).mkdir(parents=True, exist_ok=True)
-    if args.device == "cpu":
-        # in-process augmentation: worker processes only compete for the same few cores
-        env.update({"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2"})
-    budget = {}
-    if not args.full:
-        budget = {"BUS_NNUNET_NUM_EPOCHS": str(args.epochs), "BUS_NNUNET_NUM_ITERATIONS": str(args.iterations),
-                  "BUS_NNUNET_NUM_VAL_ITERATIONS": str(args.val_iterations)}
-    study = {"environment": environment_stamp(args.device), "kind": "full study" if args.full else "CPU smoke study",
-             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-             "budget_env": budget, "steps": [], "trainers": {}}
+    work.mkdir(parents=True, exist_ok=True)
+    source = args.source or DEFAULT_SOURCES.get(args.dataset)
+    if source is None or not Path(source).exists():
+        sys.exit(f"--source is required for {args.dataset} (no default copy at {source})")
+    source = Path(source).resolve()
+    if args.max_size:
+        source = downscaled_copy(source, work / f"source_max{args.max_size}", args.max_size)
+    study_path = work / "study.toml"
+    study_path.write_text(study_file_text(args, source, work))
+    log(f"study file {study_path}")
+    proc = run_tool(["bus-nnunet", "study", "run", study_path], {}, check=False)
+    print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
 
-    # 1. convert
-    raw_name = dataset_folder_name(Path(env["nnUNet_raw"]), args.dataset_id)
-    if raw_name is None:
-        source = args.source or DEFAULT_SOURCES.get(args.dataset)
-        if source is None or not Path(source).exists():
-            sys.exit(f"--source is required for {args.dataset} (no default copy at {source})")
-        source = Path(source).resolve()
-        if args.max_size:
-            source = downscaled_copy(source, work / f"source_max{args.max_size}", args.max_size)
-        t = time.time()
-        proc = run_command(["bus-nnunet", "convert", args.dataset, source, "--id", args.dataset_id,
-                            "--raw-root", env["nnUNet_raw"], "--no-progress"], env, log=log)
-        if proc.returncode:
-            sys.exit(f"conversion failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        study["steps"].append({"step": "convert", "seconds": round(time.time() - t, 1)})
-        raw_name = dataset_folder_name(Path(env["nnUNet_raw"]), args.dataset_id)
-    log(f"dataset {raw_name}")
-
-    # 2. plan + preprocess
-    plans_file = Path(env["nnUNet_preprocessed"]) / raw_name / "nnUNetPlans.json"
-    if not plans_file.exists():
-        t = time.time()
-        proc = run_command(["nnUNetv2_plan_and_preprocess", "-d", args.dataset_id, "-c", "2d", "-np", "2",
-                            "-npfp", "2", "--verify_dataset_integrity", "--no_pbar"],
-                           {**env, "nnUNet_n_proc_DA": "2"}, log=log)  # the planner refuses 0 threads
-        if proc.returncode:
-            sys.exit(f"planning failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        study["steps"].append({"step": "plan_and_preprocess", "seconds": round(time.time() - t, 1)})
-    plans_name = "nnUNetPlans"
-    if args.batch_size:
-        plans = json.loads(plans_file.read_text())
-        plans_name = f"nnUNetPlans_bs{args.batch_size}"
-        plans["plans_name"] = plans_name
-        plans["configurations"]["2d"]["batch_size"] = args.batch_size  # data_identifier unchanged: same data
-        plans_file = plans_file.with_name(plans_name + ".json")
-        plans_file.write_text(json.dumps(plans, indent=2))
-    study["plans"] = plans_name
-    plan_2d = json.loads(plans_file.read_text())["configurations"]["2d"]
-    study["plan_2d"] = {k: plan_2d.get(k) for k in ("patch_size", "batch_size", "spacing", "median_image_size_in_voxels")}
-    log(f"2d plan: patch {plan_2d['patch_size']}, batch {plan_2d['batch_size']}")
-
-    # 3. train every trainer on every fold (nnU-Net's final validation writes the OOF predictions)
-    trainers, unavailable = resolve_trainers(args.trainers)
-    if unavailable:
-        study["unavailable_trainer_modules"] = unavailable
-    ok = []
-    for trainer in trainers:
-        record = study["trainers"].setdefault(trainer, {"folds": {}})
-        for fold in args.folds:
-            model_dir = Path(env["nnUNet_results"]) / raw_name / f"{trainer}__{plans_name}__2d" / f"fold_{fold}"
-            if (model_dir / "checkpoint_final.pth").exists() and (model_dir / "validation").is_dir():
-                earlier = model_dir / "benchmark_run.json"
-                earlier = json.loads(earlier.read_text()) if earlier.exists() else {}
-                earlier_budget = {k: earlier.get(k) for k in budget}
-                if earlier and earlier_budget != budget:  # never mix budgets in one comparison
-                    sys.exit(f"{model_dir} was trained with {earlier_budget}, this study uses {budget}: "
-                             f"use another --workdir, or delete that folder to retrain it")
-                record["folds"][fold] = {**earlier, "status": "done earlier"}
-                continue
-            t = time.time()
-            try:
-                proc = run_command([sys.executable, HERE / "_common.py", "budget-train", args.dataset_id, "2d", fold,
-                                    "-tr", trainer, "-p", plans_name, "-device", args.device], {**env, **budget},
-                                   timeout=args.timeout, log=log)
-                status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-                detail = "" if proc.returncode == 0 else tail(proc.stderr or proc.stdout)
-            except Exception as e:  # timeout: note and go on
-                status, detail = f"failed ({type(e).__name__})", str(e)
-            record["folds"][fold] = {"status": status, "seconds": round(time.time() - t, 1)}
-            if detail:
-                record["folds"][fold]["log_tail"] = detail
-            elif model_dir.is_dir():  # lets a resumed study report how long this fold took
-                (model_dir / "benchmark_run.json").write_text(json.dumps({**record["folds"][fold], **budget}))
-            log(f"{trainer} fold {fold}: {status} in {time.time() - t:.0f} s")
-        if all(f["status"] in ("ok", "done earlier") for f in record["folds"].values()):
-            ok.append(trainer)
-
-    # 4. cross-validation report over the trainers that finished
-    report = {}
-    if ok:
-        report_dir = work / "cv_report"
-        proc = run_command(["bus-nnunet", "cv-report", args.dataset_id, "-tr", *ok, "-f", *args.folds, "-p", plans_name,
-                            "-o", report_dir, "--overwrite", "--no-progress", "--bootstrap", args.bootstrap], env,
-                           log=log)
-        study["cv_report"] = {"exit": proc.returncode, "folder": str(report_dir)}
-        if proc.returncode:
-            study["cv_report"]["log_tail"] = tail(proc.stderr or proc.stdout, 3000)
-        for path in sorted(report_dir.glob("*.json")):
-            try:
-                report[path.name] = json.loads(path.read_text())
-            except ValueError:
-                pass
-        study["cv_report"]["markdown"] = {p.name: p.read_text() for p in sorted(report_dir.glob("*.md"))}
-    study["cv_report_json"] = report
-    write_outputs(study, args.out)
-    return 0 if ok else 1
+    study = load_study(study_path)
+    layout = J.Layout(study)
+    plans = study.trained_plans("nnUNetPlans")
+    result = {"environment": environment_stamp(args.device), "kind": "full study" if args.full else "CPU smoke study",
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "study_file": str(study_path), "plans": plans, "trainers": {}}
+    name = layout.dataset_name(args.dataset_id)
+    if name:
+        plan_2d = json.loads((layout.preprocessed / name / f"{plans}.json").read_text())["configurations"]["2d"]
+        result["plan_2d"] = {k: plan_2d.get(k) for k in ("patch_size", "batch_size", "spacing",
+                                                         "median_image_size_in_voxels")}
+    for job in (j for j in J.build_jobs(study, layout) if j.stage == "train"):
+        folds = result["trainers"].setdefault(job.trainer, {"folds": {}})["folds"]
+        folds[job.fold] = fold_record(layout, job, J.job_state(job, study, layout))
+    report_dir = layout.cv_report(args.dataset_id, plans)
+    result["cv_report"] = {"folder": str(report_dir),
+                           "markdown": {p.name: p.read_text() for p in sorted(report_dir.glob("*.md"))}}
+    result["cv_report_json"] = {p.name: json.loads(p.read_text()) for p in sorted(report_dir.glob("*.json"))}
+    write_outputs(result, args.out)
+    return 0 if result["cv_report_json"] else 1
 
 
 def write_outputs(study: dict, out: Path) -> None:
@@ -294,8 +241,8 @@ def write_outputs(study: dict, out: Path) -> None:
             # figures stay in the cv-report folder (work dir); keep the tables
             text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(("![", "## Figures")))
             lines += [f"### {name} (figures: {study['cv_report']['folder']})", "", text.rstrip(), ""]
-    elif "cv_report" in study:
-        lines += ["cv-report failed:", "", "```", study["cv_report"].get("log_tail", ""), "```"]
+    else:
+        lines += [f"No cv-report (see `bus-nnunet study status {study['study_file']}`)."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 

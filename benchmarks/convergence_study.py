@@ -58,7 +58,6 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--workdir", type=Path, default=HERE / "work" / "convergence")
     p.add_argument("--out", type=Path, default=HERE / "results" / "convergence")
-    p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per training run")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per training run (default 0: nnU-Net's choice, every core); 1 leaves a "
                         "core free on a shared machine")
@@ -213,8 +212,7 @@ def main(argv=None) -> int:
     accuracy_study.main(["--trainers", *args.trainers, "--folds", str(args.fold), "--epochs", str(args.epochs),
                          "--iterations", str(args.iterations), "--val-iterations", str(args.val_iterations),
                          "--max-size", str(args.max_size), "--batch-size", str(args.batch_size),
-                         "--device", args.device, "--workdir", str(args.workdir), "--out", str(cv_out),
-                         "--timeout", str(args.timeout), "--bootstrap", "200"])
+                         "--device", args.device, "--workdir", str(args.workdir), "--out", str(cv_out)])
     accuracy = json.loads(cv_out.with_suffix(".json").read_text())
     work = args.workdir.resolve()
     raw = sorted((work / "raw").glob("Dataset*"))[0]

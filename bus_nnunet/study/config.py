@@ -75,6 +75,8 @@ class Schedule(_Strict):
     epochs: Optional[int] = Field(None, ge=1)
     iterations_per_epoch: Optional[int] = Field(None, ge=1)
     val_iterations: Optional[int] = Field(None, ge=1)
+    #: trains on a copy of each plans with this 2D batch size (``<plans>_bs<N>``, same data)
+    batch_size: Optional[int] = Field(None, ge=1)
 
     def overrides(self) -> Dict[str, int]:
         """nnU-Net trainer attribute -> value, only the ones the study sets."""
@@ -169,6 +171,10 @@ class Study(_Strict):
     @property
     def baseline_trainer(self) -> str:
         return self.baseline or self.trainers[0]
+
+    def trained_plans(self, plans: str) -> str:
+        """The plans identifier training runs use: the preset, or its ``[schedule] batch_size`` copy."""
+        return f"{plans}_bs{self.schedule.batch_size}" if self.schedule.batch_size else plans
 
     @property
     def output_dir(self) -> Path:

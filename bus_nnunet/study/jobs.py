@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from bus_nnunet.errors import UserError
+from bus_nnunet.harness import tool  # console scripts of the venv that runs the study
 from bus_nnunet.study.config import PLANNERS, Study
 # the trainer attributes a [schedule] sets -> the variables bus-nnunet trainers (and the study's
 # launcher, for nnU-Net's own trainers) read them from
@@ -29,11 +30,6 @@ from bus_nnunet.trainers.base import SCHEDULE_ENV
 
 STAGES = ("convert", "plan", "train", "ensemble", "report", "summary")
 GPU_STAGES = ("train",)
-
-
-def tool(name: str) -> str:
-    """A console script of this environment (the venv that runs the study)."""
-    return str(Path(sys.executable).parent / name)
 
 
 @dataclass
@@ -142,24 +138,26 @@ def build_jobs(study: Study, layout: Layout) -> List[Job]:
                  "-o", layout.raw, "--no-progress", *ds.convert_args], dataset_id=did)
             convert = [f"convert-{did}"]
         previous_plan = convert
-        for plans in study.plans:
+        for preset in study.plans:
+            plans = study.trained_plans(preset)
             # plans of one dataset one after the other: each run re-extracts the same fingerprint
-            add(f"plan-{did}-{plans}", "plan",
-                [tool("nnUNetv2_plan_and_preprocess"), "-d", did, "-c", cfg, "-pl", PLANNERS[plans],
-                 "-np", study.executor.processes, "--verify_dataset_integrity", "--no_pbar"],
-                previous_plan, dataset_id=did, plans=plans)
-            previous_plan = [f"plan-{did}-{plans}"]
+            add(f"plan-{did}-{preset}", "plan",
+                [sys.executable, "-m", "bus_nnunet.study.plan_dataset", did, cfg, PLANNERS[preset], preset,
+                 study.executor.processes, study.schedule.batch_size or 0],
+                previous_plan, dataset_id=did, plans=preset)
+            previous_plan = [f"plan-{did}-{preset}"]
             for trainer in study.trainers:
                 for fold in study.folds:
                     add(train_key(did, plans, trainer, fold), "train", [], previous_plan, dataset_id=did,
                         plans=plans, trainer=trainer, fold=str(fold))
         trains = [j.key for j in jobs if j.stage == "train" and j.dataset_id == did]
+        trained_plans = [study.trained_plans(p) for p in study.plans]
         add(f"ensemble-{did}", "ensemble",
-            [tool("nnUNetv2_find_best_configuration"), did, "-c", cfg, "-tr", *study.trainers, "-p", *study.plans,
+            [tool("nnUNetv2_find_best_configuration"), did, "-c", cfg, "-tr", *study.trainers, "-p", *trained_plans,
              "-f", *study.folds, "-np", study.executor.processes,
              *([] if "--npz" in study.nnunet_train_flags else ["--disable_ensembling"])],
             trains, dataset_id=did)
-        for plans in study.plans:
+        for plans in trained_plans:
             add(f"report-{did}-{plans}", "report",
                 [tool("bus-nnunet"), "cv-report", did, "-tr", *study.trainers, "-p", plans, "-c", cfg,
                  "-f", *[f for f in study.folds if f != "all"], "-o", layout.cv_report(did, plans), "--overwrite",
@@ -207,20 +205,25 @@ def is_done(job: Job, study: Study, layout: Layout) -> bool:
         name = layout.dataset_name(job.dataset_id)
         return bool(name) and (layout.raw / name / "dataset.json").is_file()
     if job.stage == "plan":
-        return plans_complete(layout, job.dataset_id, job.plans, study.configuration)
+        name = layout.dataset_name(job.dataset_id)
+        derived = study.trained_plans(job.plans)
+        return plans_complete(layout, job.dataset_id, job.plans, study.configuration) and \
+            (layout.preprocessed / name / f"{derived}.json").is_file()
     if job.stage == "train":
         folder = layout.fold_folder(job.dataset_id, job.trainer, job.plans, job.fold)
         return folder is not None and (folder / "checkpoint_final.pth").is_file() and \
             (folder / "validation" / "summary.json").is_file()
     if job.stage == "summary":
         page = layout.output / "summary.html"
-        inputs = [layout.cv_report(d.id, p) / "metrics.json" for d in study.datasets for p in study.plans]
+        inputs = [layout.cv_report(d.id, study.trained_plans(p)) / "metrics.json" for d in study.datasets
+                  for p in study.plans]
         return page.is_file() and all(f.is_file() and f.stat().st_mtime <= page.stat().st_mtime for f in inputs)
     name = layout.dataset_name(job.dataset_id)
     if job.stage == "ensemble":
         marker = layout.results / name / "inference_information.json" if name else None
         return bool(marker) and marker.is_file() and \
-            marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id, study.plans)
+            marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id,
+                                                         [study.trained_plans(p) for p in study.plans])
     marker = layout.cv_report(job.dataset_id, job.plans) / "metrics.json"
     return marker.is_file() and marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id,
                                                                                [job.plans])
@@ -340,7 +343,8 @@ def budget_mismatches(study: Study, layout: Layout) -> List[str]:
         name = layout.dataset_name(ds.id)
         if not name:
             continue
-        for plans in study.plans:
+        for preset in study.plans:
+            plans = study.trained_plans(preset)
             for trainer in study.trainers:
                 for fold in study.folds:
                     folder = layout.fold_folder(ds.id, trainer, plans, fold)

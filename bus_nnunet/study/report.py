@@ -36,7 +36,7 @@ def collect(study: Study, layout: J.Layout) -> Dict[str, object]:
     for ds in study.datasets:
         entry = {"id": ds.id, "name": layout.dataset_name(ds.id) or f"Dataset{ds.id:03d}", "plans": {},
                  "ensemble": None}
-        for plans in study.plans:
+        for plans in map(study.trained_plans, study.plans):
             metrics_file = layout.cv_report(ds.id, plans) / "metrics.json"
             if metrics_file.is_file():
                 entry["plans"][plans] = json.loads(metrics_file.read_text())

@@ -1,0 +1,269 @@
+"""``bus-nnunet study``: a synthetic 2-dataset x 2-trainer x 2-fold study through the local
+executor to summary.html (with a training run SIGKILLed on the way and the rerun finishing it
+without retraining anything), the submitit path (its local cluster, and the sbatch files and
+dependencies it would give SLURM), a ResEnc plan with one of our trainers, and bad study files."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _nnunet
+from bus_nnunet import harness
+from bus_nnunet.errors import UserError
+
+SMOKE = """
+[schedule]
+epochs = 1
+iterations_per_epoch = 2
+val_iterations = 1
+"""
+
+
+def _study_file(folder: Path, body: str, executor: str = 'kind = "local"\ngpus = 0\n', output: str = "out") -> Path:
+    text = (f'output = "{output}"\n{body}\n[paths]\nnnUNet_raw = "nn/raw"\nnnUNet_preprocessed = "nn/pre"\n'
+            f'nnUNet_results = "nn/res"\n{SMOKE}\n[executor]\nprocesses = 2\naugmentation_workers = 0\n{executor}')
+    path = folder / f"study_{abs(hash(body + executor)) % 10**6}.toml"
+    path.write_text(text)
+    return path
+
+
+def _env():
+    # the study's own [paths] must win over whatever the test session exported
+    return {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")} | {"OMP_NUM_THREADS": "2"}
+
+
+def _run(args, check=True, **kw):
+    proc = subprocess.run([str(harness.tool("bus-nnunet")), *map(str, args)], env=_env(), capture_output=True,
+                          text=True, timeout=1500, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    from bus_nnunet.synthetic import write_busi_layout, write_nnunet_raw
+    root = tmp_path_factory.mktemp("study")
+    write_busi_layout(root / "busi_src", counts={"benign": 6, "malignant": 4, "normal": 0}, size=(64, 64))
+    write_nnunet_raw(root / "nn" / "raw", 982, "SynthB", n_cases=10, size=(64, 64))
+    for sub in ("pre", "res"):
+        (root / "nn" / sub).mkdir()
+    return root
+
+
+TWO_BY_TWO = """
+name = "smoke"
+trainers = ["nnUNetTrainer", "nnUNetTrainerUS"]
+folds = [0, 1]
+[[datasets]]
+id = 981
+converter = "busi"
+source = "busi_src"
+convert_args = ["--folds", "2"]
+[[datasets]]
+id = 982
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_study(sources):
+    """The study run once with one training run SIGKILLed mid-way, then rerun to the end."""
+    study = _study_file(sources, TWO_BY_TWO)
+    logs = sources / "out" / "logs"
+    victim = logs / "train-982-nnUNetPlans-nnUNetTrainerUS-fold0.pid"
+    proc = subprocess.Popen([str(harness.tool("bus-nnunet")), "study", "run", str(study)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 1200
+    while not victim.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert victim.is_file(), "the training run to kill never started"
+    time.sleep(3)  # in the middle of nnUNetv2_train
+    os.kill(int(victim.read_text().split()[0]), signal.SIGKILL)
+    first_out, _ = proc.communicate(timeout=1500)
+    first_rc = proc.returncode
+    models = sources / "nn" / "res"
+    finished = {p: p.stat().st_mtime_ns for p in models.rglob("checkpoint_final.pth")}
+    second = _run(["study", "run", study])
+    return {"study": study, "first_out": first_out, "first_rc": first_rc, "finished_before_rerun": finished,
+            "rerun": second, "root": sources}
+
+
+def test_killed_training_run_fails_alone_and_the_rerun_completes_it(finished_study):
+    first = finished_study["first_out"]
+    assert finished_study["first_rc"] == 1
+    assert "train-982-nnUNetPlans-nnUNetTrainerUS-fold0: FAILED (exit status -9)" in first
+    # the other training runs went on; only what needs the killed run waited
+    assert "train-982-nnUNetPlans-nnUNetTrainerUS-fold1: done" in first
+    assert "report-982-nnUNetPlans: skipped" in first and "report-981-nnUNetPlans: done" in first
+    # the rerun trained only the killed fold: every checkpoint_final already there is untouched
+    before = finished_study["finished_before_rerun"]
+    assert len(before) == 7
+    for path, mtime in before.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was trained again"
+    rerun = finished_study["rerun"].stdout
+    assert "train-982-nnUNetPlans-nnUNetTrainerUS-fold0: done" in rerun
+    ran = [line.split("]")[1].split(":")[0].strip() for line in rerun.splitlines() if line.startswith("[")]
+    assert sorted(ran) == sorted(["train-982-nnUNetPlans-nnUNetTrainerUS-fold0", "ensemble-982",
+                                  "report-982-nnUNetPlans", "summary"])
+
+
+def test_status_table_of_the_finished_study(finished_study):
+    proc = _run(["study", "status", finished_study["study"]])
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("Dataset98")]
+    trains = [r for r in rows if len(r) >= 5 and r[3] in ("0", "1")]
+    assert len(trains) == 8 and all(r[4] == "done" for r in trains)
+    assert "16 done" in proc.stdout and "summary: " in proc.stdout
+
+
+def test_summary_page_renders_its_table(finished_study):
+    out = finished_study["root"] / "out"
+    md = (out / "summary.md").read_text()
+    for name in ("Dataset981_BUSI", "Dataset982_SynthB"):
+        assert f"## {name}" in md
+    assert md.count("**(best)**") == 2  # one best trainer per dataset
+    assert "Paired Dice against nnUNetTrainer" in md and "nnUNetv2_find_best_configuration: " in md
+    assert "nnU-Net's cross-validation Dice" in md
+    metrics = json.loads((out / "cv_report" / "Dataset981" / "nnUNetPlans" / "metrics.json").read_text())
+    dice = metrics["trainers"]["nnUNetTrainerUS"]["all_cases"]["per_image"]["dice"]
+    assert f"{dice['mean']:.3f} ± {dice['std']:.3f}" in md  # the table is cv-report's numbers
+    page = (out / "summary.html").read_text()
+    assert "src=\"http" not in page and "<link" not in page and page.count("data:image/png;base64,") >= 6
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("chromium is not installed (.ci/run installs it): the page was not rendered")
+    shot = out / "screenshot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1000,900", (out / "summary.html").as_uri()], capture_output=True, timeout=120)
+    from PIL import Image
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    best_row = (pixels == (232, 245, 233)).all(1).sum()  # the best row's background (#e8f5e9)
+    header = (pixels == (238, 238, 238)).all(1).sum()  # table headers (#eee)
+    assert best_row > 1000 and header > 1000, "the results table was not rendered"
+
+
+def test_submitit_local_cluster_runs_the_same_submission(finished_study):
+    """Executor kind slurm through submitit's local cluster: one more fold is trained by the same
+    submission code (job arrays, dependencies waited for) and the report includes it."""
+    root = finished_study["root"]
+    study = _study_file(root, 'trainers = ["nnUNetTrainerUS"]\nfolds = [0, 1, 2]\n[[datasets]]\nid = 982\n',
+                        executor='kind = "slurm"\n', output="slurm_out")
+    proc = _run(["study", "run", study, "--cluster", "local"])
+    assert "submitted train: train-982-nnUNetPlans-nnUNetTrainerUS-fold2=" in proc.stdout
+    assert (root / "nn" / "res" / "Dataset982_SynthB" / "nnUNetTrainerUS__nnUNetPlans__2d" / "fold_2" /
+            "checkpoint_final.pth").is_file()
+    status = _run(["study", "status", study]).stdout
+    assert "failed" not in status and (root / "slurm_out" / "summary.html").is_file()
+    assert list((root / "slurm_out" / "slurm").rglob("*_log.out"))  # submitit's own logs per job
+
+
+def test_sbatch_files_and_dependencies(tmp_path, monkeypatch):
+    """What SLURM would be given, read from the sbatch files submitit writes (a stand-in sbatch
+    records them): the study file's partition, time, GPUs, CPUs and memory, training as one job
+    array, and every stage after the one it needs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\nn=$(ls "$SBATCH_LOG" | wc -l); n=$((n + 100))\n'
+                                    'cp "$1" "$SBATCH_LOG/$n.sh"\necho "Submitted batch job $n"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks that it is on a cluster
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    (tmp_path / "sbatch_log").mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SBATCH_LOG", str(tmp_path / "sbatch_log"))
+    study = _study_file(tmp_path, 'trainers = ["nnUNetTrainerUS", "SSNetTrainer"]\nfolds = [0, 1]\n'
+                        '[[datasets]]\nid = 501\nconverter = "busi"\nsource = "src"\n',
+                        executor='kind = "slurm"\n[executor.slurm]\npartition = "gpu"\ncpu_partition = "cpu"\n'
+                                 'timeout_min = 600\ngpus_per_node = 1\ncpus_per_task = 6\nmem_gb = 48\n'
+                                 'array_parallelism = 3\naccount = "lab"\n')
+    from bus_nnunet.study import executors as E
+    from bus_nnunet.study import jobs as J
+    from bus_nnunet.study.config import load_study
+    s = load_study(study)
+    layout = J.Layout(s)
+    ids = E.submit_slurm(s, layout, J.build_jobs(s, layout), study, cluster="slurm", log=lambda m: None)
+    files = {int(p.stem): p.read_text() for p in (tmp_path / "sbatch_log").glob("*.sh")}
+    by_job = {key: files[int(job_id.split("_")[0])] for key, job_id in ids.items()}
+
+    def option(text, name):
+        return [line.split(f"--{name}=", 1)[1] for line in text.splitlines() if line.startswith(f"#SBATCH --{name}=")]
+
+    convert, plan = by_job["convert-501"], by_job["plan-501-nnUNetPlans"]
+    assert option(convert, "partition") == ["cpu"] and not option(convert, "dependency")
+    assert option(plan, "dependency") == [f"afterok:{ids['convert-501']}"]
+    train = by_job["train-501-nnUNetPlans-SSNetTrainer-fold1"]
+    assert option(train, "array") == ["0-3%3"]  # 2 trainers x 2 folds in one array
+    assert option(train, "partition") == ["gpu"] and option(train, "time") == ["600"]
+    assert option(train, "gpus-per-node") == ["1"] and option(train, "cpus-per-task") == ["6"]
+    assert option(train, "mem") == ["48GB"] and option(train, "account") == ["lab"]
+    assert option(train, "dependency") == [f"afterok:{ids['plan-501-nnUNetPlans']}"]
+    train_ids = sorted({ids[k] for k in ids if k.startswith("train-")})
+    report = by_job["report-501-nnUNetPlans"]
+    assert option(report, "dependency")[0].startswith("afterok:") and \
+        set(option(report, "dependency")[0][len("afterok:"):].split(":")) == set(train_ids)
+    assert option(by_job["summary"], "dependency")[0].count(":") == 2  # after the ensemble and the report
+    assert (layout.logs / "train-501-nnUNetPlans-SSNetTrainer-fold1.slurm").read_text().split()[0] == \
+        ids["train-501-nnUNetPlans-SSNetTrainer-fold1"]
+
+
+def test_resenc_plan_with_our_trainer(sources, tmp_path):
+    """nnU-Net's ResEnc M preset planned by the study, one of our networks trained on it: it takes
+    the patch and batch size from that plan, and nnUNetv2_predict -p uses it."""
+    study = _study_file(sources, 'trainers = ["AttUNet_CBAM_BCE_Trainer"]\nplans = ["nnUNetResEncUNetMPlans"]\n'
+                        'folds = [0]\n[[datasets]]\nid = 982\n', output="resenc_out")
+    _run(["study", "run", study])
+    pre = sources / "nn" / "pre" / "Dataset982_SynthB"
+    plans = json.loads((pre / "nnUNetResEncUNetMPlans.json").read_text())["configurations"]["2d"]
+    assert "ResidualEncoderUNet" in plans["architecture"]["network_class_name"]
+    model = sources / "nn" / "res" / "Dataset982_SynthB" / "AttUNet_CBAM_BCE_Trainer__nnUNetResEncUNetMPlans__2d"
+    debug = json.loads((model / "fold_0" / "debug.json").read_text())
+    assert int(debug["batch_size"]) == plans["batch_size"]
+    assert f"'patch_size': {plans['patch_size']}" in debug["configuration_manager"]
+    env = {"nnUNet_raw": str(sources / "nn" / "raw"), "nnUNet_preprocessed": str(sources / "nn" / "pre"),
+           "nnUNet_results": str(sources / "nn" / "res")}
+    images = sources / "nn" / "raw" / "Dataset982_SynthB" / "imagesTr"
+    _nnunet.run(["nnUNetv2_predict", "-i", images, "-o", tmp_path / "pred", "-d", 982, "-c", "2d", "-p",
+                 "nnUNetResEncUNetMPlans", "-tr", "AttUNet_CBAM_BCE_Trainer", "-f", 0, "-device", "cpu",
+                 "-npp", 0, "-nps", 0], env)
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 10
+
+
+def test_bad_study_files_name_the_key(tmp_path):
+    from bus_nnunet.study.config import load_study
+
+    def error(text):
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(UserError) as e:
+            load_study(path)
+        return str(e.value)
+
+    ok = 'trainers = ["nnUNetTrainerUS"]\n[[datasets]]\nid = 501\n'
+    (tmp_path / "ok.toml").write_text(ok)
+    assert load_study(tmp_path / "ok.toml").folds == [0, 1, 2, 3, 4]
+    assert "trainers: Field required" in error('[[datasets]]\nid = 501\n')
+    assert "datasets[0].converter: unknown converter 'bussi': did you mean busi" in \
+        error(ok.replace("id = 501", 'id = 501\nconverter = "bussi"\nsource = "x"'))
+    assert "datasets[0]: give converter and source together" in error(ok.replace("id = 501", 'id = 501\nsource = "x"'))
+    assert "plans: unknown plans 'nnUNetResEncPlans'" in error('plans = ["nnUNetResEncPlans"]\n' + ok)
+    assert "executor.slurm.partiton: unknown key" in error(ok + '[executor]\nkind = "slurm"\n[executor.slurm]\n'
+                                                                'partiton = "gpu"\n')
+    assert "executor.kind: Input should be 'local' or 'slurm'" in error(ok + '[executor]\nkind = "sge"\n')
+    assert "schedule.epochs: Input should be greater than or equal to 1" in error(ok + "[schedule]\nepochs = 0\n")
+    assert "datasets: id repeated" in error(ok + "[[datasets]]\nid = 501\n")
+    assert "baseline 'X' is not one of the study's trainers" in error('baseline = "X"\n' + ok)
+    assert "is not valid TOML" in error("trainers = [")
+
+
+def test_example_study_file_is_valid():
+    """The study file the README points to validates and names only trainers that exist."""
+    from bus_nnunet.study.config import load_study
+    from bus_nnunet.trainers import TRAINERS
+    study = load_study(Path(__file__).resolve().parents[1] / "examples" / "study_breast.toml")
+    assert study.executor.kind == "slurm" and "nnUNetResEncUNetMPlans" in study.plans
+    assert set(study.trainers) <= {"nnUNetTrainer", *TRAINERS}
