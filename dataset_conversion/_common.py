@@ -458,16 +458,41 @@ def drop_normal_cases(cases: List[Case], keep_normal: bool, counters: Counter) -
     return cases if keep_normal else [c for c in cases if c.cls != "normal"]
 
 
-def convert(info: DatasetInfo, source: Path, options: Options, _fail_after: Optional[int] = None) -> Result:
-    """Convert ``source`` with dataset module ``info`` into ``raw_root/DatasetNNN_Name``.
+@dataclass
+class ProcessedCase:
+    """One case after reading: the image as written, its OR-merged 0/1 label, the sizes its masks
+    were resized from, and the grey pixels (and their hash) that de-duplication compares."""
+    case: Case
+    image: np.ndarray
+    label: np.ndarray  # uint8, values {0, 1}
+    resized_from: List[str]
+    pixel_hash: str
+    grey: np.ndarray
 
-    ``_fail_after`` (tests only) raises after that many cases, to prove nothing is left behind."""
-    from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text, check_output_free
-    from bus_nnunet.manifest import write_manifest
 
-    source = Path(source)
-    if not source.is_dir():
-        raise UserError(f"source folder {source} not found (or not a folder)")
+@dataclass
+class Grouping:
+    """Which cases must share a fold: same patient or (with ``--dedup``) duplicates of each other."""
+    groups: Dict[str, str]  # case id -> id of its group
+    duplicates: List[Dict[str, object]]
+    by_patient: Dict[str, List[str]]
+
+
+@dataclass
+class Split:
+    """The test set, the cross-validation folds over the rest and the sentence that says how."""
+    test_ids: set
+    train_ids: List[str]
+    folds: List[Dict[str, List[str]]]
+    policy: str
+
+    def fold_of(self) -> Dict[str, int]:
+        return {c: k for k, f in enumerate(self.folds) for c in f["val"]}
+
+
+def _output_folder(options: Options) -> Path:
+    """The dataset folder ``options`` asks for, after checking the id, the name and that it is free."""
+    from bus_nnunet.io_utils import check_output_free
     if not 1 <= options.dataset_id <= 999:
         raise UserError(f"--id must be between 1 and 999 (got {options.dataset_id})")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", options.name):
@@ -479,9 +504,11 @@ def convert(info: DatasetInfo, source: Path, options: Options, _fail_after: Opti
     if existing:
         raise UserError(f"dataset id {options.dataset_id} is already used by {existing[0]}; nnU-Net needs unique "
                         f"ids: choose another --id or remove that folder")
+    return folder
 
-    if options.dataset_options is None and info.options is not None:
-        options = dataclasses.replace(options, dataset_options=info.options())
+
+def _collect(info: DatasetInfo, source: Path, options: Options) -> Tuple[Collection, Counter, List[Case]]:
+    """The dataset module's cases (unique ids, normal cases dropped unless kept) and its counters."""
     collection = info.collect(source, options)
     counters = Counter(collection.counters)
     cases = list(collection.cases)
@@ -490,148 +517,183 @@ def convert(info: DatasetInfo, source: Path, options: Options, _fail_after: Opti
     dup_ids = [cid for cid, n in Counter(c.case_id for c in cases).items() if n > 1]
     if dup_ids:
         raise UserError(f"case ids are not unique ({dup_ids[:3]}): the source holds files that map to the same name")
+    return collection, counters, drop_normal_cases(cases, options.keep_normal, counters)
 
-    cases = drop_normal_cases(cases, options.keep_normal, counters)
-    resize = info.allow_mask_resize if options.resize_masks is None else options.resize_masks
 
-    # ---- read every case (pixels are needed for dedup before splitting) ---------------------
-    processed = []
-    for case in _progress(cases, len(cases), options.progress, f"reading {info.key}"):
-        image, coloured = read_image(case.image, options.rgb)
-        h, w = image.shape[:2]
-        counters["coloured_images"] += coloured
-        label = np.zeros((h, w), bool)
-        resized_from = []
-        if case.mask_loader is not None:
-            label |= case.mask_loader((w, h))
-        for mask_path in case.masks:
-            read = read_mask(mask_path)
-            counters["masks_with_grey_values"] += read.grey_values
-            m = read.mask
-            if m.shape != (h, w):
-                if not resize:
-                    raise UserError(f"mask {mask_path} is {m.shape[1]}x{m.shape[0]} but its image {case.image} is "
-                                    f"{w}x{h}; pass --resize-masks to resize masks to their image "
-                                    f"(nearest neighbour) if that is right for this dataset")
-                resized_from.append(f"{m.shape[1]}x{m.shape[0]}")
-                m = resize_nearest(m, (w, h))
-            label |= m  # logical OR: overlapping masks never overflow
-        counters["resized_masks"] += bool(resized_from)
-        counters["merged_masks"] += len(case.masks) > 1
-        if not label.any():
-            counters["empty_labels"] += 1
-            if case.cls and case.cls != "normal":
-                collection.warnings.append(f"{case.case_id} ({case.image.name}) is {case.cls} but its mask is empty")
-        grey = image if image.ndim == 2 else np.asarray(Image.fromarray(image).convert("L"))
-        processed.append((case, image, label.astype(np.uint8), resized_from, pixel_sha256(grey), grey))
+def read_case(case: Case, rgb: bool, resize: bool, counters: Counter, warnings: List[str]) -> ProcessedCase:
+    """Phase 1 for one case: read its image and OR-merge its masks (resized only when ``resize``)."""
+    image, coloured = read_image(case.image, rgb)
+    h, w = image.shape[:2]
+    counters["coloured_images"] += coloured
+    label = np.zeros((h, w), bool)
+    resized_from = []
+    if case.mask_loader is not None:
+        label |= case.mask_loader((w, h))
+    for mask_path in case.masks:
+        read = read_mask(mask_path)
+        counters["masks_with_grey_values"] += read.grey_values
+        m = read.mask
+        if m.shape != (h, w):
+            if not resize:
+                raise UserError(f"mask {mask_path} is {m.shape[1]}x{m.shape[0]} but its image {case.image} is "
+                                f"{w}x{h}; pass --resize-masks to resize masks to their image "
+                                f"(nearest neighbour) if that is right for this dataset")
+            resized_from.append(f"{m.shape[1]}x{m.shape[0]}")
+            m = resize_nearest(m, (w, h))
+        label |= m  # logical OR: overlapping masks never overflow
+    counters["resized_masks"] += bool(resized_from)
+    counters["merged_masks"] += len(case.masks) > 1
+    if not label.any():
+        counters["empty_labels"] += 1
+        if case.cls and case.cls != "normal":
+            warnings.append(f"{case.case_id} ({case.image.name}) is {case.cls} but its mask is empty")
+    grey = image if image.ndim == 2 else np.asarray(Image.fromarray(image).convert("L"))
+    return ProcessedCase(case, image, label.astype(np.uint8), resized_from, pixel_sha256(grey), grey)
 
-    case_ids = [p[0].case_id for p in processed]
+
+def group_cases(processed: List[ProcessedCase], options: Options, counters: Counter) -> Grouping:
+    """Phase 2: union cases of one patient and (with ``--dedup``) exact or near duplicates."""
+    case_ids = [p.case.case_id for p in processed]
     duplicates = []
     if options.dedup:
         import imagehash
-        phashes = [np.asarray(imagehash.phash(Image.fromarray(p[5])).hash, np.uint8).ravel() for p in processed]
-        duplicates = find_duplicates(case_ids, [p[4] for p in processed], phashes, options.dedup_distance)
+        phashes = [np.asarray(imagehash.phash(Image.fromarray(p.grey)).hash, np.uint8).ravel() for p in processed]
+        duplicates = find_duplicates(case_ids, [p.pixel_hash for p in processed], phashes, options.dedup_distance)
         counters["dedup_checked"] = 1
     groups_uf = _UnionFind(case_ids)
     by_patient = defaultdict(list)
-    for case, *_ in processed:
-        if case.patient_id:
-            by_patient[case.patient_id].append(case.case_id)
+    for p in processed:
+        if p.case.patient_id:
+            by_patient[p.case.patient_id].append(p.case.case_id)
     for members in by_patient.values():
         for other in members[1:]:
             groups_uf.union(members[0], other)
     for pair in duplicates:
         groups_uf.union(pair["case_a"], pair["case_b"])
-    groups = {cid: groups_uf.find(cid) for cid in case_ids}
+    return Grouping({cid: groups_uf.find(cid) for cid in case_ids}, duplicates, dict(by_patient))
 
-    # ---- test split ------------------------------------------------------------------------
-    official_test = {p[0].case_id for p in processed if p[0].split == "test"}
+
+def _test_ids(info: DatasetInfo, processed: List[ProcessedCase], grouping: Grouping, options: Options,
+              warnings: List[str]) -> set:
+    """The official test set, or a ``--test-fraction`` hold-out where the dataset has none."""
+    test_ids = {p.case.case_id for p in processed if p.case.split == "test"}
     if options.test_fraction:
-        if official_test:
-            raise UserError(f"{info.key} has an official test set ({len(official_test)} cases); --test-fraction "
+        if test_ids:
+            raise UserError(f"{info.key} has an official test set ({len(test_ids)} cases); --test-fraction "
                             f"would mix it up: drop the option")
-        official_test = set(holdout_test([p[0] for p in processed], options.test_fraction, groups, options.seed))
-    if official_test and duplicates:
-        crossing = [d for d in duplicates if (d["case_a"] in official_test) != (d["case_b"] in official_test)]
+        test_ids = set(holdout_test([p.case for p in processed], options.test_fraction, grouping.groups,
+                                    options.seed))
+    if test_ids and grouping.duplicates:
+        crossing = [d for d in grouping.duplicates if (d["case_a"] in test_ids) != (d["case_b"] in test_ids)]
         if crossing:
-            collection.warnings.append(f"{len(crossing)} duplicate pairs cross the train/test boundary of the "
-                                       f"official test set (listed in duplicates.csv)")
-    train_ids = [cid for cid in case_ids if cid not in official_test]
+            warnings.append(f"{len(crossing)} duplicate pairs cross the train/test boundary of the "
+                            f"official test set (listed in duplicates.csv)")
+    return test_ids
 
-    # ---- cross-validation folds -------------------------------------------------------------
-    split_policy = collection.split_policy
-    if collection.official_folds:
-        keep = set(train_ids)
-        splits = [{"train": sorted(c for c in f["train"] if c in keep), "val": sorted(c for c in f["val"] if c in keep)}
-                  for f in collection.official_folds]
-        missing = keep - {c for f in splits for c in f["val"]}
-        if missing:
-            collection.warnings.append(f"{len(missing)} training cases are in no official validation fold "
-                                       f"(e.g. {sorted(missing)[:3]})")
-        if duplicates:
-            fold_of = {c: k for k, f in enumerate(splits) for c in f["val"]}
-            crossing = [d for d in duplicates if d["case_a"] in fold_of and d["case_b"] in fold_of
-                        and fold_of[d["case_a"]] != fold_of[d["case_b"]]]
-            if crossing:
-                collection.warnings.append(f"{len(crossing)} duplicate pairs fall in different official folds "
-                                           f"(official folds kept; see duplicates.csv)")
-    else:
-        cls_of = {p[0].case_id: p[0].cls or "none" for p in processed}
-        splits = make_folds(train_ids, [cls_of[c] for c in train_ids], [groups[c] for c in train_ids],
-                            options.folds, options.seed)
-        grouped_by = "patient" if by_patient else ""
-        grouped_by += (" and duplicate group" if grouped_by else "duplicate group") if duplicates else ""
-        by_class = "by class" if any(cls_of[c] != "none" for c in train_ids) else "(no classes)"
-        split_policy = (f"{options.folds}-fold StratifiedGroupKFold {by_class}"
-                        f"{', grouped by ' + grouped_by if grouped_by else ''}, seed {options.seed}")
-    fold_of = {c: k for k, f in enumerate(splits) for c in f["val"]}
 
-    # ---- write --------------------------------------------------------------------------------
-    dup_group_of = {}
+def _official_folds(collection: Collection, train_ids: List[str], duplicates) -> List[Dict[str, List[str]]]:
+    """The dataset's own folds restricted to ``train_ids``, with warnings for what they leave out or split."""
+    keep = set(train_ids)
+    folds = [{"train": sorted(c for c in f["train"] if c in keep), "val": sorted(c for c in f["val"] if c in keep)}
+             for f in collection.official_folds]
+    missing = keep - {c for f in folds for c in f["val"]}
+    if missing:
+        collection.warnings.append(f"{len(missing)} training cases are in no official validation fold "
+                                   f"(e.g. {sorted(missing)[:3]})")
     if duplicates:
-        members = defaultdict(list)
-        for pair in duplicates:
-            for cid in (pair["case_a"], pair["case_b"]):
-                members[groups_uf.find(cid)].append(cid)
-        for root in members:
-            for cid in members[root]:
-                dup_group_of[cid] = root
+        fold_of = {c: k for k, f in enumerate(folds) for c in f["val"]}
+        crossing = [d for d in duplicates if d["case_a"] in fold_of and d["case_b"] in fold_of
+                    and fold_of[d["case_a"]] != fold_of[d["case_b"]]]
+        if crossing:
+            collection.warnings.append(f"{len(crossing)} duplicate pairs fall in different official folds "
+                                       f"(official folds kept; see duplicates.csv)")
+    return folds
+
+
+def split_cases(info: DatasetInfo, processed: List[ProcessedCase], grouping: Grouping, collection: Collection,
+                options: Options) -> Split:
+    """Phase 3: the test set, then the official folds or stratified group folds, and the policy text."""
+    test_ids = _test_ids(info, processed, grouping, options, collection.warnings)
+    train_ids = [p.case.case_id for p in processed if p.case.case_id not in test_ids]
+    if collection.official_folds:
+        return Split(test_ids, train_ids, _official_folds(collection, train_ids, grouping.duplicates),
+                     collection.split_policy)
+    cls_of = {p.case.case_id: p.case.cls or "none" for p in processed}
+    folds = make_folds(train_ids, [cls_of[c] for c in train_ids], [grouping.groups[c] for c in train_ids],
+                       options.folds, options.seed)
+    grouped_by = "patient" if grouping.by_patient else ""
+    grouped_by += (" and duplicate group" if grouped_by else "duplicate group") if grouping.duplicates else ""
+    by_class = "by class" if any(cls_of[c] != "none" for c in train_ids) else "(no classes)"
+    policy = (f"{options.folds}-fold StratifiedGroupKFold {by_class}"
+              f"{', grouped by ' + grouped_by if grouped_by else ''}, seed {options.seed}")
+    return Split(test_ids, train_ids, folds, policy)
+
+
+def write_case(folder: Path, p: ProcessedCase, split: str, source: Path, cv_fold, duplicate_group) -> Dict[str, object]:
+    """Phase 4 for one case: its image and label PNGs under ``folder``; returns its manifest row."""
+    case, image, label = p.case, p.image, p.label
+    suffix = "Ts" if split == "test" else "Tr"
+    # fast zlib level: PNG encoding otherwise dominates the conversion time (lossless either way)
+    Image.fromarray(image).save(folder / f"images{suffix}" / f"{case.case_id}_0000.png", compress_level=1)
+    Image.fromarray(label).save(folder / f"labels{suffix}" / f"{case.case_id}.png", compress_level=1)
+    row = {"case_id": case.case_id, "split": split, "class": case.cls,
+           "source_image": _relative(case.image, source),
+           "source_masks": ";".join(_relative(m, source) for m in case.masks),
+           "patient_id": case.patient_id, "birads": case.birads,
+           "height": image.shape[0], "width": image.shape[1], "sha256": file_sha256(case.image),
+           "n_masks": len(case.masks), "mask_resized_from": ";".join(p.resized_from),
+           "lesion_pixels": int(label.sum()), "cv_fold": cv_fold, "duplicate_group": duplicate_group}
+    row.update(case.extra)
+    return row
+
+
+def write_dataset(folder: Path, info: DatasetInfo, source: Path, options: Options, processed: List[ProcessedCase],
+                  grouping: Grouping, split: Split, collection: Collection) -> List[Dict[str, object]]:
+    """Phase 4: every case, dataset.json, splits_final.json, manifest.csv (and duplicates.csv), all
+    into a temporary folder that replaces ``folder`` only when complete; returns the manifest rows."""
+    from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text
+    from bus_nnunet.manifest import write_manifest
+    in_duplicate = {cid for pair in grouping.duplicates for cid in (pair["case_a"], pair["case_b"])}
+    fold_of = split.fold_of()
     rows = []
     with atomic_output_dir(folder, overwrite=options.overwrite, what="dataset folder") as tmp:
-        for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if official_test else ()):
+        for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if split.test_ids else ()):
             (tmp / sub).mkdir()
-        for case, image, label, resized_from, _, _ in _progress(processed, len(processed), options.progress,
-                                                                f"writing {folder.name}"):
-            split = "test" if case.case_id in official_test else "train"
-            suffix = "Ts" if split == "test" else "Tr"
-            # fast zlib level: PNG encoding otherwise dominates the conversion time (lossless either way)
-            Image.fromarray(image).save(tmp / f"images{suffix}" / f"{case.case_id}_0000.png", compress_level=1)
-            Image.fromarray(label).save(tmp / f"labels{suffix}" / f"{case.case_id}.png", compress_level=1)
-            row = {"case_id": case.case_id, "split": split, "class": case.cls,
-                   "source_image": _relative(case.image, source),
-                   "source_masks": ";".join(_relative(m, source) for m in case.masks),
-                   "patient_id": case.patient_id, "birads": case.birads,
-                   "height": image.shape[0], "width": image.shape[1], "sha256": file_sha256(case.image),
-                   "n_masks": len(case.masks), "mask_resized_from": ";".join(resized_from),
-                   "lesion_pixels": int(label.sum()), "cv_fold": fold_of.get(case.case_id, ""),
-                   "duplicate_group": dup_group_of.get(case.case_id, "")}
-            row.update(case.extra)
-            rows.append(row)
-            if _fail_after is not None and len(rows) >= _fail_after:
-                raise RuntimeError("simulated failure while writing")
-        _write_dataset_json(tmp, info, options, len(train_ids), split_policy, collection)
-        atomic_write_json(tmp / "splits_final.json", splits)
+        for p in _progress(processed, len(processed), options.progress, f"writing {folder.name}"):
+            cid = p.case.case_id
+            rows.append(write_case(tmp, p, "test" if cid in split.test_ids else "train", source,
+                                   fold_of.get(cid, ""), grouping.groups[cid] if cid in in_duplicate else ""))
+        _write_dataset_json(tmp, info, options, len(split.train_ids), split.policy, collection)
+        atomic_write_json(tmp / "splits_final.json", split.folds)
         write_manifest(tmp / "manifest.csv", rows)
         if options.dedup:
             buf = io.StringIO()
             writer = csv.DictWriter(buf, ["case_a", "case_b", "kind", "phash_distance"], lineterminator="\n")
             writer.writeheader()
-            writer.writerows(duplicates)
+            writer.writerows(grouping.duplicates)
             atomic_write_text(tmp / "duplicates.csv", buf.getvalue())
+    return rows
 
-    summary = _summary(info, folder, rows, splits, counters, duplicates, split_policy, collection,
+
+def convert(info: DatasetInfo, source: Path, options: Options) -> Result:
+    """Convert ``source`` with dataset module ``info`` into ``raw_root/DatasetNNN_Name``: read every
+    case (pixels are needed for de-duplication before splitting), group them, split, write."""
+    source = Path(source)
+    if not source.is_dir():
+        raise UserError(f"source folder {source} not found (or not a folder)")
+    folder = _output_folder(options)
+    if options.dataset_options is None and info.options is not None:
+        options = dataclasses.replace(options, dataset_options=info.options())
+    collection, counters, cases = _collect(info, source, options)
+    resize = info.allow_mask_resize if options.resize_masks is None else options.resize_masks
+    processed = [read_case(case, options.rgb, resize, counters, collection.warnings)
+                 for case in _progress(cases, len(cases), options.progress, f"reading {info.key}")]
+    grouping = group_cases(processed, options, counters)
+    split = split_cases(info, processed, grouping, collection, options)
+    rows = write_dataset(folder, info, source, options, processed, grouping, split, collection)
+    summary = _summary(info, folder, rows, split.folds, counters, grouping.duplicates, split.policy, collection,
                        options.keep_normal)
-    return Result(folder, rows, splits, summary, duplicates, counters)
+    return Result(folder, rows, split.folds, summary, grouping.duplicates, counters)
 
 
 def _write_dataset_json(folder: Path, info: DatasetInfo, options: Options, n_train: int, split_policy: str,

@@ -366,12 +366,24 @@ def test_refuses_existing_output_and_overwrites_on_request(tmp_path, capsys):
     assert not (folder / "marker").exists() and len(list((folder / "imagesTr").iterdir())) == 6
 
 
-def test_failure_midway_leaves_no_output(tmp_path):
+def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
+    from bus_nnunet.dataset_conversion import _common
     source, _ = replicas.write_stu(tmp_path / "src")
     raw = tmp_path / "raw"
     options = Options(dataset_id=504, name="STU", raw_root=raw, folds=3, progress=False)
+    written = []
+
+    def write_case_then_fail(*args, **kwargs):  # the third case is written, then the writing fails
+        written.append(_common_write_case(*args, **kwargs))
+        if len(written) >= 3:
+            raise RuntimeError("simulated failure while writing")
+        return written[-1]
+
+    _common_write_case = _common.write_case
+    monkeypatch.setattr(_common, "write_case", write_case_then_fail)
     with pytest.raises(RuntimeError, match="simulated"):
-        convert(get_converter("stu"), source, options, _fail_after=3)
+        convert(get_converter("stu"), source, options)
+    assert len(written) == 3
     assert not raw.exists() or list(raw.iterdir()) == []
 
 
