@@ -152,7 +152,7 @@ def test_submitit_local_cluster_runs_the_same_submission(finished_study):
     submission code (job arrays, dependencies waited for) and the report includes it."""
     root = finished_study["root"]
     study = _study_file(root, 'trainers = ["nnUNetTrainerUS"]\nfolds = [0, 1, 2]\n[[datasets]]\nid = 982\n',
-                        executor='kind = "slurm"\n', output="slurm_out")
+                        executor='kind = "slurm"\n[executor.slurm]\ngpus_per_node = 0\n', output="slurm_out")
     proc = _run(["study", "run", study, "--cluster", "local"])
     assert "submitted train: train-982-nnUNetPlans-nnUNetTrainerUS-fold2=" in proc.stdout
     assert (root / "nn" / "res" / "Dataset982_SynthB" / "nnUNetTrainerUS__nnUNetPlans__2d" / "fold_2" /

@@ -60,6 +60,8 @@ def run_study(args) -> int:
     layout.output.mkdir(parents=True, exist_ok=True)
     if study.executor.kind == "slurm":
         E.submit_slurm(study, layout, jobs, study.file, cluster=args.cluster)
+        if args.cluster in ("local", "debug"):  # it ran here, to the end: report as the local executor does
+            return _print_status(study, layout, jobs)
         print(f"follow it with: bus-nnunet study status {args.study_file}")
         return 0
     E.run_local(study, layout, jobs)

@@ -48,19 +48,20 @@ def run_local(study: Study, layout: J.Layout, jobs: List[J.Job], log: Callable[[
     gpus = visible_gpus(study.executor.gpus)
     states: Dict[str, str] = {}
     total = sum(not J.is_done(j, study, layout) for j in jobs)
-    counter = iter(range(1, total + 1))
+    finished = []
     log(f"study: {len(jobs)} jobs, {total} to run; training on "
         f"{', '.join(f'GPU {g}' for g in gpus) if gpus else 'the CPU, one run at a time'}")
 
     def finish(job: J.Job, rc: int, seconds: float):
         done = J.is_done(job, study, layout)
         states[job.key] = "done" if rc == 0 and done else "failed"
-        n = next(counter)
+        finished.append(job.key)
+        n = f"{len(finished)}/{max(total, len(finished))}"
         if states[job.key] == "done":
-            log(f"[{n}/{total}] {job.key}: done in {seconds / 60:.1f} min")
+            log(f"[{n}] {job.key}: done in {seconds / 60:.1f} min")
         else:
             why = f"exit status {rc}" if rc else "exited 0 but its outputs are missing"
-            log(f"[{n}/{total}] {job.key}: FAILED ({why}); log {job.log}\n" + _indent(J.log_tail(job)))
+            log(f"[{n}] {job.key}: FAILED ({why}); log {job.log}\n" + _indent(J.log_tail(job)))
 
     for stage in J.STAGES:
         runnable = []

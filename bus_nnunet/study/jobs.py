@@ -221,9 +221,15 @@ def is_done(job: Job, study: Study, layout: Layout) -> bool:
     name = layout.dataset_name(job.dataset_id)
     if job.stage == "ensemble":
         marker = layout.results / name / "inference_information.json" if name else None
-        return bool(marker) and marker.is_file() and \
-            marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id,
-                                                         [study.trained_plans(p) for p in study.plans])
+        if not marker or not marker.is_file():
+            return False
+        trained = [study.trained_plans(p) for p in study.plans]
+        info = json.loads(marker.read_text())
+        considered = {(m.get("trainer"), m.get("plans")) for m in info.get("considered_models", [])}
+        # nnU-Net writes one such file per dataset: it is this study's only for these models and folds
+        return considered == {(t, p) for t in study.trainers for p in trained} and \
+            [str(f) for f in info.get("folds", [])] == [str(f) for f in study.folds] and \
+            marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id, trained)
     marker = layout.cv_report(job.dataset_id, job.plans) / "metrics.json"
     return marker.is_file() and marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id,
                                                                                [job.plans])
