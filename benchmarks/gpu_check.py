@@ -120,7 +120,7 @@ def build_trainer(name: str, plan: dict, batch: int, device: torch.device):
     """``name`` initialised on nnU-Net's plan as nnUNetv2_train would, without torch.compile (the compile
     check does that separately)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from bus_nnunet.evaluation.profiling import resolve_trainer
+    from bus_nnunet.registration import trainer_class
     os.environ.update(plan["env"])
     os.environ["nnUNet_compile"] = "false"
     pre = Path(plan["preprocessed"])
@@ -128,7 +128,7 @@ def build_trainer(name: str, plan: dict, batch: int, device: torch.device):
     if batch:
         plans["configurations"]["2d"]["batch_size"] = batch
     plans["continue_training"] = False
-    trainer = resolve_trainer(name)(plans, "2d", 0, load_json(pre / "dataset.json"), device)
+    trainer = trainer_class(name)(plans, "2d", 0, load_json(pre / "dataset.json"), device)
     threads = torch.get_num_threads()
     trainer.initialize()
     torch.set_num_threads(threads)  # nnU-Net sets its own count on CPU
