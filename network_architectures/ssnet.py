@@ -27,7 +27,7 @@ keeps the released code's tile-scan index quirks (unfold memory read as tiles, H
 map used as gather index); ``faithful_tiles=False`` scans real p x p tiles
 in true Hilbert order.  Both variants have identical parameters.
 
-Complexity at 1x3x256x256 (``num_classes=1``, see :func:`complexity_reference`): 17,535,538
+Complexity at 1x3x256x256 (``num_classes=1``, checked by tests/test_ssnet.py): 17,535,538
 trainable parameters (this module, as the released code); thop reports 16,210,955 "params" (this
 module: identical) and 4,932,388,960 MACs for the released code -- the paper's 16.21 M / 4.93 G.
 thop on this module gives 4,931,318,848 MACs: 1.07 M (0.02 %) fewer, because a few cheap ops
@@ -51,23 +51,8 @@ from bus_nnunet.network_architectures._registry import register_model
 from bus_nnunet.network_architectures.selective_scan import selective_scan
 
 __all__ = ["SSNet", "ssnet", "DTSBlock", "DynamicTilesScan", "SelectiveScan2D", "DWTFusion",
-           "HybridFrequencyAttention", "PVTv2Stages12", "complexity_reference", "PVT_TRANSFER_PREFIXES",
+           "HybridFrequencyAttention", "PVTv2Stages12", "PVT_TRANSFER_PREFIXES",
            "pvt_state_dict_from_checkpoint", "load_pvt_v2_b2", "load_pvt_v2_b2_report"]
-
-#: counts from the spec (section 5 / appendix B) at 1x3x256x256 with one output channel
-COMPLEXITY_256 = {"trainable_params": 17_535_538, "thop_params": 16_210_955, "thop_macs": 4_932_388_960,
-                  "thop_macs_this_module": 4_931_318_848, "backbone_params": 3_545_984, "backbone_tensors": 152}
-
-
-def complexity_reference() -> Dict[str, int]:
-    """Parameter and MAC counts of SS-Net at 1x3x256x256 (``in_channels=3, num_classes=1``).
-
-    ``trainable_params`` is ``sum(p.numel())``; ``thop_params`` / ``thop_macs`` are what
-    ``thop.profile`` reports for the released code and what the paper quotes (16.21 M, 4.93 G);
-    ``thop_macs_this_module`` is thop on :class:`SSNet` (measured).  thop omits 1,324,583 raw
-    parameters (SSM, GroupNorm, learnable DCT/temperature scalars).
-    """
-    return dict(COMPLEXITY_256)
 
 
 # ---------------------------------------------------------------------------------------------------

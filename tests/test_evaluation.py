@@ -355,14 +355,15 @@ def test_count_macs_thop_rules_reproduces_ssnet_published_figure():
     """SS-Net's published 4.93 G are thop MACs of the released code at 1x3x256x256;
     thop's rules on our module differ only by functional upsampling/softmax calls (0.02 %)."""
     from bus_nnunet import profiling as P
-    from bus_nnunet.network_architectures.ssnet import complexity_reference, ssnet
+    from bus_nnunet.network_architectures.ssnet import ssnet
+    from test_ssnet import COMPLEXITY_256
     net = ssnet(in_channels=3, num_classes=1, input_size=(256, 256))
     macs = P.count_macs_thop_rules(net, (1, 3, 256, 256))
-    assert macs == complexity_reference()["thop_macs_this_module"] == 4_931_318_848
-    assert abs(macs / complexity_reference()["thop_macs"] - 1) < 3e-4
+    assert macs == COMPLEXITY_256["thop_macs_this_module"] == 4_931_318_848
+    assert abs(macs / COMPLEXITY_256["thop_macs"] - 1) < 3e-4
     # and the paper's 16.21 M "params": thop leaves out the raw SSM/scalar parameters
-    assert P.count_params_thop_rules(net) == complexity_reference()["thop_params"] == 16_210_955
-    assert sum(p.numel() for p in net.parameters()) == complexity_reference()["trainable_params"]
+    assert P.count_params_thop_rules(net) == COMPLEXITY_256["thop_params"] == 16_210_955
+    assert sum(p.numel() for p in net.parameters()) == COMPLEXITY_256["trainable_params"]
 
 
 def test_profile_nnunet_default_unet(tmp_path, capsys):

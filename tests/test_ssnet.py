@@ -9,8 +9,15 @@ import torch
 import _nnunet
 from bus_nnunet.network_architectures import create_model, model_info, snap_patch_size
 from bus_nnunet.network_architectures.selective_scan import linear_scan, selective_scan, selective_scan_reference
-from bus_nnunet.network_architectures.ssnet import (DynamicTilesScan, complexity_reference, hilbert_distance_table,
-                                                     load_pvt_v2_b2)
+from bus_nnunet.network_architectures.ssnet import DynamicTilesScan, hilbert_distance_table, load_pvt_v2_b2
+
+
+#: SS-Net at 1x3x256x256 (``in_channels=3, num_classes=1``): ``trainable_params`` is ``sum(p.numel())``;
+#: ``thop_params`` / ``thop_macs`` are what ``thop.profile`` reports for the released code and what the
+#: paper quotes (16.21 M, 4.93 G); ``thop_macs_this_module`` is thop on our SSNet (measured).  thop omits
+#: 1,324,583 raw parameters (SSM, GroupNorm, learnable DCT/temperature scalars).
+COMPLEXITY_256 = {"trainable_params": 17_535_538, "thop_params": 16_210_955, "thop_macs": 4_932_388_960,
+                  "thop_macs_this_module": 4_931_318_848, "backbone_params": 3_545_984, "backbone_tensors": 152}
 
 
 def n_params(model):
@@ -26,7 +33,7 @@ def net128():
 # -- architecture ---------------------------------------------------------------------------------
 def test_parameter_count_matches_spec():
     model = create_model("ssnet", in_channels=3, num_classes=1, input_size=256)
-    assert n_params(model) == 17_535_538 == complexity_reference()["trainable_params"]
+    assert n_params(model) == 17_535_538 == COMPLEXITY_256["trainable_params"]
     assert n_params(model.backbone) == 3_545_984 and len(model.backbone.state_dict()) == 152
     # spec section 5 per-component counts
     assert n_params(model.encoder2) == 9 * 523_786 and n_params(model.decoder0) == 3 * 45_702
