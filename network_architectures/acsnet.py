@@ -22,17 +22,16 @@ network; they take no part in ``forward``.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bus_nnunet.network_architectures._layers import TorchvisionResNetEncoder
 from bus_nnunet.network_architectures._pretrained import LoadReport, PretrainedPart, load_resnet_encoder
 from bus_nnunet.network_architectures._registry import register_model
 
 __all__ = ["ACSNet", "DeformConv2d", "deform_conv2d_sampling", "GateUnit", "DeformableSpatialAttention", "ChannelAttention",
-           "ClassificationBranch", "UncertaintyLossWeighting", "ResNet18Encoder", "acsnet"]
+           "ClassificationBranch", "UncertaintyLossWeighting", "acsnet"]
 
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
@@ -195,27 +194,6 @@ class UncertaintyLossWeighting(nn.Module):
         return 0.5 / self.sigma.detach().float() ** 2
 
 
-class ResNet18Encoder(nn.Module):
-    """torchvision ResNet-18 without avgpool/fc; parameter names match torchvision's and timm's."""
-
-    def __init__(self, in_channels: int = 3):
-        super().__init__()
-        from torchvision.models.resnet import BasicBlock, ResNet
-        resnet = ResNet(BasicBlock, [2, 2, 2, 2])
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.bn1, self.relu, self.maxpool = resnet.bn1, resnet.relu, resnet.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        e0 = self.relu(self.bn1(self.conv1(x)))
-        e1 = self.layer1(self.maxpool(e0))
-        e2 = self.layer2(e1)
-        e3 = self.layer3(e2)
-        e4 = self.layer4(e3)
-        return [e0, e1, e2, e3, e4]
-
-
 class ACSNet(nn.Module):
     """ACSNet (He et al. 2024; released ``MyModel.py``). Input H and W must be multiples of :attr:`size_divisor`."""
 
@@ -224,7 +202,7 @@ class ACSNet(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 2, num_classification_classes: int = 2):
         super().__init__()
         self.num_classification_classes = num_classification_classes
-        self.encoder = ResNet18Encoder(in_channels)
+        self.encoder = TorchvisionResNetEncoder(18, in_channels, stem_init="kaiming")
         self.gate4, self.gate3 = GateUnit(512), GateUnit(256)
         self.gate2, self.gate1, self.gate0 = GateUnit(128), GateUnit(64), GateUnit(64)
         # decoder stage 1 (1/16)
@@ -285,7 +263,7 @@ def load_imagenet_encoder(network: ACSNet, source) -> LoadReport:
     return load_resnet_encoder(network.encoder, source, "ResNet-18")
 
 
-def load_resnet18_encoder(encoder: ResNet18Encoder, path: str) -> str:
+def load_resnet18_encoder(encoder: TorchvisionResNetEncoder, path: str) -> str:
     """Load a torchvision or timm ResNet-18 checkpoint into ACSNet's encoder; a one-line report."""
     return str(load_resnet_encoder(encoder, path, "ResNet-18"))
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bus_nnunet.network_architectures._layers import ConvBlock
+from bus_nnunet.network_architectures._layers import ConvBlock, TorchvisionResNetEncoder
 from bus_nnunet.network_architectures._pretrained import LoadReport, PretrainedPart, load_resnet_encoder
 from bus_nnunet.network_architectures._registry import register_model
 
@@ -155,28 +155,13 @@ class UpBlock(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))
 
 
-class ResNet50Encoder(nn.Module):
-    """torchvision ResNet-50 without avgpool/fc; parameter names match torchvision's and timm's
-    ``resnet50`` so their state dicts load directly."""
-
-    def __init__(self, in_channels: int = 3):
-        super().__init__()
-        from torchvision.models import resnet50  # lazy: keeps the registry import cheap
-
-        resnet = resnet50(weights=None)
-        if in_channels != 3:
-            resnet.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
-
-
 class AnatoSegNet(nn.Module):
     """ResNet-50 U-Net with anatomical attention after layer3 and layer4; returns raw logits."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, num_heads: int = 8, gamma: float = 1.0,
                  beta: float = 3.5, token_layout: str = "released", position_bias: str = "raster"):
         super().__init__()
-        self.encoder = ResNet50Encoder(in_channels)
+        self.encoder = TorchvisionResNetEncoder(50, in_channels)
         attn = dict(num_heads=num_heads, gamma=gamma, beta=beta, token_layout=token_layout,
                     position_bias=position_bias)
         self.attention3 = AnatomicalAttention(1024, **attn)  # reference: attention4
