@@ -148,17 +148,24 @@ def test_summary_page_renders_its_table(finished_study):
 
 
 def test_submitit_local_cluster_runs_the_same_submission(finished_study):
-    """Executor kind slurm through submitit's local cluster: one more fold is trained by the same
-    submission code (job arrays, dependencies waited for) and the report includes it."""
+    """Executor kind slurm through submitit's local cluster: a study of folds already trained (none
+    is trained again) gets its ensemble, report and summary from jobs submitted by the same code
+    that submits to SLURM, each waiting for the one it needs; submitit keeps its own log per job.
+    (Training as a job array is in the sbatch test below; running it here would only repeat the
+    local executor's training at the cost of a minute.)"""
     root = finished_study["root"]
-    study = _study_file(root, 'trainers = ["nnUNetTrainerUS"]\nfolds = [0, 1, 2]\n[[datasets]]\nid = 982\n',
+    study = _study_file(root, 'trainers = ["nnUNetTrainerUS"]\nfolds = [0, 1]\n[[datasets]]\nid = 982\n',
                         executor='kind = "slurm"\n[executor.slurm]\ngpus_per_node = 0\n', output="slurm_out")
+    checkpoints = {p: p.stat().st_mtime_ns for p in (root / "nn" / "res").rglob("checkpoint_final.pth")}
     proc = _run(["study", "run", study, "--cluster", "local"])
-    assert "submitted train: train-982-nnUNetPlans-nnUNetTrainerUS-fold2=" in proc.stdout
-    assert (root / "nn" / "res" / "Dataset982_SynthB" / "nnUNetTrainerUS__nnUNetPlans__2d" / "fold_2" /
-            "checkpoint_final.pth").is_file()
-    status = _run(["study", "status", study]).stdout
-    assert "failed" not in status and (root / "slurm_out" / "summary.html").is_file()
+    for stage in ("ensemble", "report", "summary"):
+        assert f"submitted {stage}: " in proc.stdout
+    assert "submitted train" not in proc.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in checkpoints.items())
+    assert "failed" not in _run(["study", "status", study]).stdout
+    assert (root / "slurm_out" / "summary.html").is_file()
+    info = json.loads((root / "nn" / "res" / "Dataset982_SynthB" / "inference_information.json").read_text())
+    assert [m["trainer"] for m in info["considered_models"]] == ["nnUNetTrainerUS"]
     assert list((root / "slurm_out" / "slurm").rglob("*_log.out"))  # submitit's own logs per job
 
 
@@ -258,6 +265,21 @@ def test_bad_study_files_name_the_key(tmp_path):
     assert "datasets: id repeated" in error(ok + "[[datasets]]\nid = 501\n")
     assert "baseline 'X' is not one of the study's trainers" in error('baseline = "X"\n' + ok)
     assert "is not valid TOML" in error("trainers = [")
+
+
+def test_plan_jobs_use_the_presets_planner(tmp_path):
+    from bus_nnunet.study import jobs as J
+    from bus_nnunet.study.config import load_study
+    path = tmp_path / "s.toml"
+    path.write_text('trainers = ["nnUNetTrainerUS"]\nplans = ["nnUNetPlans", "nnUNetResEncUNetLPlans"]\n'
+                    '[schedule]\nbatch_size = 4\n[paths]\nnnUNet_raw = "r"\nnnUNet_preprocessed = "p"\n'
+                    'nnUNet_results = "x"\n[[datasets]]\nid = 7\n')
+    study = load_study(path)
+    jobs = {j.key: j for j in J.build_jobs(study, J.Layout(study))}
+    assert "ExperimentPlanner" in jobs["plan-7-nnUNetPlans"].cmd
+    assert "nnUNetPlannerResEncL" in jobs["plan-7-nnUNetResEncUNetLPlans"].cmd
+    assert jobs["plan-7-nnUNetResEncUNetLPlans"].after == ["plan-7-nnUNetPlans"]  # one fingerprint at a time
+    assert "train-7-nnUNetResEncUNetLPlans_bs4-nnUNetTrainerUS-fold4" in jobs  # trains on the batch-4 copy
 
 
 def test_example_study_file_is_valid():
