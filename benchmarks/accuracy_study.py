@@ -185,9 +185,11 @@ def main(argv=None) -> int:
         plan_2d = json.loads((layout.preprocessed / name / f"{plans}.json").read_text())["configurations"]["2d"]
         result["plan_2d"] = {k: plan_2d.get(k) for k in ("patch_size", "batch_size", "spacing",
                                                          "median_image_size_in_voxels")}
-    for job in (j for j in J.build_jobs(study, layout) if j.stage == "train"):
+    trains = [j for j in J.build_jobs(study, layout) if j.stage == "train"]
+    states = J.job_states(trains, study, layout)
+    for job in trains:
         folds = result["trainers"].setdefault(job.trainer, {"folds": {}})["folds"]
-        folds[job.fold] = fold_record(layout, job, J.job_state(job, study, layout))
+        folds[job.fold] = fold_record(layout, job, states[job.key])
     report_dir = layout.cv_report(args.dataset_id, plans)
     result["cv_report"] = {"folder": str(report_dir),
                            "markdown": {p.name: p.read_text() for p in sorted(report_dir.glob("*.md"))}}

@@ -76,7 +76,7 @@ def show_status(args) -> int:
 def _print_status(study, layout, jobs) -> int:
     from bus_nnunet.reports import format_table
     from bus_nnunet.study import jobs as J
-    states = {j.key: J.job_state(j, study, layout) for j in jobs}
+    states = J.job_states(jobs, study, layout)
     rows = []
     for j in jobs:
         where = str(j.log) if states[j.key] in ("failed", "running", "queued") else ""
@@ -103,7 +103,7 @@ def write_summary(args) -> int:
     from bus_nnunet.study import jobs as J
     from bus_nnunet.study.report import write_report
     study, layout, jobs = _load(args.study_file)
-    states = {j.key: J.job_state(j, study, layout) for j in jobs if j.stage != "summary"}
+    states = J.job_states([j for j in jobs if j.stage != "summary"], study, layout)
     page = write_report(study, layout, states)
     print(f"wrote {page} and {page.with_suffix('.md')}")
     return 0

@@ -165,11 +165,12 @@ def submit_slurm(study: Study, layout: J.Layout, jobs: List[J.Job], study_file: 
     gpu_device = "cuda" if study.executor.slurm.gpus_per_node else "cpu"
     handles: Dict[str, object] = {}
     failed: set = set()
+    states = J.job_states(jobs, study, layout)
     # jobs of an earlier submission still in SLURM's queue: new jobs wait for them by their ids
     earlier = {j.key: j.slurm_file.read_text().split()[0] for j in jobs
-               if J.job_state(j, study, layout) in ("queued", "running") and j.slurm_file.is_file()}
+               if states[j.key] in ("queued", "running") and j.slurm_file.is_file()}
     for stage in J.STAGES:
-        todo = [j for j in jobs if j.stage == stage and J.job_state(j, study, layout) not in ("done", "running", "queued")]
+        todo = [j for j in jobs if j.stage == stage and states[j.key] not in ("done", "running", "queued")]
         if not todo:
             continue
         groups = [todo] if stage in J.GPU_STAGES else [[j] for j in todo]  # training: one job array

@@ -264,25 +264,32 @@ def _process_alive(pid_file: Path) -> bool:
         return False
 
 
-def _slurm_state(job: Job) -> Optional[str]:
-    """SLURM's state of the job recorded at submission (squeue), or None when unknown/finished."""
-    if not job.slurm_file.is_file():
-        return None
-    job_id = job.slurm_file.read_text().split()[0]
+def _submitted_id(job: Job) -> Optional[str]:
+    return job.slurm_file.read_text().split()[0] if job.slurm_file.is_file() else None
+
+
+def slurm_queue(jobs: List[Job]) -> Dict[str, str]:
+    """SLURM's state of every job id recorded at submission, from one ``squeue`` call (a study
+    has hundreds of jobs); jobs that left the queue are absent, and so is everything without SLURM."""
+    ids = sorted({i for i in map(_submitted_id, jobs) if i})
+    if not ids:
+        return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True, text=True,
+                             timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip().lower() or None
+        return {}
+    return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
 
 
-def job_state(job: Job, study: Study, layout: Layout) -> str:
-    """``done`` / ``running`` / ``queued`` / ``failed`` / ``resumable`` / ``pending``."""
+def job_state(job: Job, study: Study, layout: Layout, queue: Optional[Dict[str, str]] = None) -> str:
+    """``done`` / ``running`` / ``queued`` / ``failed`` / ``resumable`` / ``pending``; ``queue`` is
+    :func:`slurm_queue` of the jobs asked about together (asked for this job alone if not given)."""
     if is_done(job, study, layout):
         return "done"
     if job.pid_file.is_file() and _process_alive(job.pid_file):
         return "running"
-    slurm = _slurm_state(job)
+    slurm = (slurm_queue([job]) if queue is None else queue).get(_submitted_id(job) or "", "").lower()
     if slurm:
         return "running" if slurm == "running" else "queued"
     if job.rc_file.is_file() and job.rc_file.read_text().strip() != "0":
@@ -293,6 +300,12 @@ def job_state(job: Job, study: Study, layout: Layout) -> str:
                                                                           "checkpoint_final.pth")):
             return "resumable"
     return "pending"
+
+
+def job_states(jobs: List[Job], study: Study, layout: Layout) -> Dict[str, str]:
+    """:func:`job_state` of every job, with one ``squeue`` call for all of them."""
+    queue = slurm_queue(jobs)
+    return {j.key: job_state(j, study, layout, queue) for j in jobs}
 
 
 def log_tail(job: Job, lines: int = 15) -> str:

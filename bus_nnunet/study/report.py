@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from bus_nnunet.reports import markdown_table
 from bus_nnunet.study import jobs as J
 from bus_nnunet.study.config import Study
 
@@ -206,12 +207,12 @@ def write_report(study: Study, layout: J.Layout, states: Dict[str, str], worst: 
                 mark = " **(best)**" if r is best else ""
                 table.append([r["plans"], f"{r['trainer']}{mark}", str(r["n"]),
                               *[_mean_std(r.get(m)) for m, _ in METRICS]])
-            lines += ["Mean ± std over all folds' validation cases (per image).", "", _md_table(header, table), ""]
+            lines += ["Mean ± std over all folds' validation cases (per image).", "", markdown_table(header, table), ""]
         for plans, report in entry["plans"].items():
             tests = baseline_tests(study, report)
             if tests:
                 lines += [f"Paired Dice against {study.baseline_trainer} ({plans}; Wilcoxon, Holm-corrected):", "",
-                          _md_table(["trainer", "Dice difference", "p (Holm)", "cases"],
+                          markdown_table(["trainer", "Dice difference", "p (Holm)", "cases"],
                                     [[t["trainer"], _signed(t["difference"]), _p(t["p_holm"]), str(t["n"] or "")]
                                      for t in tests]), ""]
             dist = layout.cv_report(entry["id"], plans) / "figures" / "dice_per_image.png"
@@ -253,11 +254,6 @@ def _signed(value) -> str:
 
 def _p(value) -> str:
     return "–" if value is None else (f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}")
-
-
-def _md_table(header, rows) -> str:
-    from bus_nnunet.reports import markdown_table
-    return markdown_table(header, rows)
 
 
 def _html(study: Study, intro: List[str], sections) -> str:
