@@ -9,17 +9,67 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from bus_nnunet.errors import UserError
 
 
-def check_output_free(path, overwrite: bool, what: str = "output") -> Path:
-    """Raise a UserError if ``path`` exists and ``overwrite`` is False."""
+#: written into every output folder a bus-nnunet command creates; ``--overwrite`` replaces only
+#: folders that carry it, so a mistyped ``-o`` can never delete a folder of the user's own
+OUTPUT_MARKER = ".bus-nnunet-output"
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_not_overlapping(path, inputs: Iterable = (), what: str = "output") -> None:
+    """Raise a UserError if ``path`` is, contains, or lies inside one of ``inputs``.
+
+    Paths are compared after resolving symbolic links, so ``-o ./scans/../scans`` or a link to the
+    input folder is caught too.  Input files count: an output folder that contains an input image
+    would delete it on ``--overwrite``.
+    """
+    out = Path(os.path.realpath(path))
+    for given in inputs:
+        if given is None:
+            continue
+        inp = Path(os.path.realpath(given))
+        if _contains(out, inp) or _contains(inp, out):
+            relation = ("is" if inp == out else "contains" if _contains(out, inp) else "lies inside")
+            raise UserError(f"{what} {path} {relation} the input {given}: writing there could replace or "
+                            f"delete the input; choose an output location outside every input")
+
+
+def check_output_free(path, overwrite: bool, what: str = "output", *, inputs: Iterable = ()) -> Path:
+    """Check that ``path`` may be written by a command reading ``inputs``.
+
+    Refused, with a UserError naming the path and the fix:
+
+    * an output that is, contains or lies inside one of ``inputs`` (even with ``overwrite``);
+    * an existing output without ``overwrite``;
+    * an existing, non-empty folder that bus-nnunet did not write (no ``OUTPUT_MARKER`` file in
+      it), even with ``overwrite``: ``--overwrite`` replaces our own results, never a user's folder.
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
+    check_not_overlapping(path, inputs, what)
+    if not path.exists():
+        return path
+    if not overwrite:
         raise UserError(f"{what} {path} already exists; pass --overwrite to replace it "
                         f"(or choose another location)")
+    if path.is_dir() and not (path / OUTPUT_MARKER).is_file() and any(path.iterdir()):
+        raise UserError(f"{what} {path} was not written by bus-nnunet (it has no {OUTPUT_MARKER} file), so "
+                        f"--overwrite will not replace it: move or delete it yourself, or choose another location")
     return path
+
+
+def write_output_marker(folder, command: str = "") -> None:
+    """Mark ``folder`` as written by bus-nnunet, so a later ``--overwrite`` may replace it."""
+    from bus_nnunet import __version__
+    Path(folder, OUTPUT_MARKER).write_text(
+        f"written by bus-nnunet {__version__}{(' ' + command) if command else ''}; "
+        f"--overwrite may replace this folder\n", encoding="utf-8")
 
 
 def current_umask() -> int:
@@ -60,20 +110,22 @@ def remove_stale_partials(path: Path, log=print) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder"):
+def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder", *, inputs: Iterable = ()):
     """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
 
-    If the body raises, the temporary folder is removed and ``path`` is untouched.  An existing
-    ``path`` is refused unless ``overwrite``; with ``overwrite`` it is replaced only after the new
-    content is complete.
+    If the body raises, the temporary folder is removed and ``path`` is untouched.  ``path`` is
+    checked by :func:`check_output_free` (never one of ``inputs``; an existing one only with
+    ``overwrite`` and only if bus-nnunet wrote it) and replaced only after the new content is
+    complete.  The new folder carries ``OUTPUT_MARKER``.
     """
     path = Path(path)
-    check_output_free(path, overwrite, what)
+    check_output_free(path, overwrite, what, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
     give_umask_mode(tmp, directory=True)
     try:
+        write_output_marker(tmp)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
