@@ -187,3 +187,24 @@ def test_cv_report_refuses_a_fold_with_missing_validation_cases(nnunet_env, tmp_
     assert main(args + ["--allow-missing"]) == 0
     report = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert report["trainers"]["A"]["all_cases"]["per_image"]["dice"]["mean"] == pytest.approx(1 / 3)
+
+
+def test_cv_report_refuses_two_files_for_one_case(nnunet_env, tmp_path, capsys):
+    """Issue 22: a validation folder with both k_0.png and k_0.nii.gz is an error naming both, not
+    a score of whichever sorts first."""
+    import nibabel
+    from PIL import Image
+    from bus_nnunet.cli import main
+    ds = "Dataset993_Clash"
+    gt = Path(nnunet_env["nnUNet_preprocessed"]) / ds / "gt_segmentations"
+    gt.mkdir(parents=True)
+    (Path(nnunet_env["nnUNet_raw"]) / ds).mkdir(parents=True)
+    val = Path(nnunet_env["nnUNet_results"]) / ds / "A__nnUNetPlans__2d" / "fold_0" / "validation"
+    val.mkdir(parents=True)
+    Image.fromarray(_square(2, 3, 4)).save(gt / "k_0.png")
+    Image.fromarray(_square(2, 3, 4)).save(val / "k_0.png")
+    nibabel.save(nibabel.Nifti1Image(np.zeros((16, 16), np.uint8), np.eye(4)), str(val / "k_0.nii.gz"))
+    assert main(["cv-report", "993", "-tr", "A", "-f", "0", "-o", str(tmp_path / "r"), "--bootstrap", "50",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "k_0.nii.gz and k_0.png" in err and "fold_0" in err and not (tmp_path / "r").exists()

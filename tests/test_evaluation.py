@@ -283,6 +283,29 @@ def test_evaluate_cli_shape_mismatch_is_user_error(tmp_path, capsys):
     assert "shape" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
+def test_evaluate_refuses_two_files_for_one_case(tmp_path, capsys):
+    """Issue 22: a prediction folder with both c1.png (Dice 1) and an empty c1.nii.gz must not score
+    whichever sorts first (the .nii.gz, Dice 0): an error naming both files."""
+    import nibabel
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    for cid in ("c1", "c2"):
+        _write_png(gt / f"{cid}.png", square(2, 2))
+        _write_png(pred / f"{cid}.png", square(2, 2))
+    nibabel.save(nibabel.Nifti1Image(np.zeros((20, 20), np.uint8), np.eye(4)), str(pred / "c1.nii.gz"))
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "-o", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "c1.nii.gz" in err and "c1.png" in err and "c2" not in err
+    assert not (tmp_path / "out").exists()
+    # the same clash among the references
+    (pred / "c1.nii.gz").unlink()
+    _write_png(gt / "c2.bmp", square(2, 2))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "c2.bmp" in err and "c2.png" in err and str(gt) in err
+
+
 # ---------------------------------------------------------------------------------------------------
 # profiling
 def test_count_macs_counts_each_call_once_per_module():

@@ -26,15 +26,24 @@ def case_id_of(path: Path) -> str:
 
 
 def list_segmentations(folder) -> Dict[str, Path]:
-    """``case_id -> path`` of the segmentation files in ``folder`` (one format per case)."""
+    """``case_id -> path`` of the segmentation files in ``folder``.
+
+    Several files for one case (``c1.png`` and ``c1.nii.gz``) are a UserError naming them: which one
+    is meant cannot be guessed, and scoring the one that sorts first changes the result silently."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"folder {folder} does not exist")
-    found = {}
+    found: Dict[str, List[Path]] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.name.endswith(SEG_SUFFIXES) and not p.name.startswith("."):
-            found.setdefault(case_id_of(p), p)
-    return found
+            found.setdefault(case_id_of(p), []).append(p)
+    clashes = [paths for paths in found.values() if len(paths) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(p.name for p in paths) for paths in clashes[:5])
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+        raise UserError(f"{len(clashes)} case(s) in {folder} have more than one segmentation file: {shown}{more}; "
+                        f"keep one file per case (move the others out of the folder)")
+    return {case_id: paths[0] for case_id, paths in found.items()}
 
 
 def read_segmentation(path) -> np.ndarray:
