@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from bus_nnunet.errors import UserError
+from bus_nnunet.masks import MASK_THRESHOLD, mask_plane  # 0/255 masks: >= 128 is foreground
 
-MASK_THRESHOLD = 128  # JPEG-noisy 0/255 masks: > 127 is foreground (never == 255, never /max)
 DEFAULT_PHASH_DISTANCE = 8  # 64-bit pHash Hamming distance for near-duplicates (as used on BUSI)
 
 Image.MAX_IMAGE_PIXELS = None  # ultrasound frames are small; avoid PIL's decompression-bomb noise
@@ -279,16 +279,7 @@ def read_mask(path: Path) -> MaskRead:
         return MaskRead(np.asarray(img).astype(bool), False)
     if img.mode == "P":
         img = img.convert("RGBA")
-    arr = np.asarray(img)
-    if arr.ndim == 3:
-        has_alpha = img.mode in ("LA", "RGBA", "La", "RGBa")
-        colour = arr[..., :-1] if has_alpha else arr
-        value = colour.max(axis=-1)
-        if has_alpha:
-            alpha = arr[..., -1]
-            if alpha.min() != alpha.max():
-                value = alpha if value.max() == 0 else np.where(alpha >= MASK_THRESHOLD, value, 0)
-        arr = value
+    arr = mask_plane(img)  # colour / alpha -> one plane, the rule evaluate's reader shares
     if arr.dtype != np.uint8:
         if arr.max() > 255:  # 16-bit 0/65535
             arr = (arr.astype(np.float64) / 257.0).round()

@@ -306,6 +306,50 @@ def test_evaluate_refuses_two_files_for_one_case(tmp_path, capsys):
     assert "c2.bmp" in err and "c2.png" in err and str(gt) in err
 
 
+def _colour(mask, rgb):
+    """A 0/1 mask drawn in colour ``rgb`` on black, as an RGB image array."""
+    return (np.asarray(mask, np.uint8)[..., None] * np.asarray(rgb, np.uint8)).astype(np.uint8)
+
+
+def test_evaluate_scores_green_masks_as_the_grey_ones(tmp_path):
+    """Issue 22: masks drawn in green (lesion = (0, 255, 0)) read as empty when only channel 0 was
+    kept, so every case scored Dice 0. Green predictions or green references score what grey ones do."""
+    refs = {"c1": square(2, 2), "c2": square(5, 5)}
+    preds = {"c1": square(2, 4), "c2": square(5, 5)}   # Dice 0.5 and 1
+    folders = {"grey_gt": refs, "grey_pred": preds,
+               "green_gt": {c: _colour(m, (0, 255, 0)) for c, m in refs.items()},
+               "green_pred": {c: _colour(m, (0, 255, 0)) for c, m in preds.items()}}
+    for name, masks in folders.items():
+        (tmp_path / name).mkdir()
+        for cid, m in masks.items():
+            _write_png(tmp_path / name / f"{cid}.png", m)
+    scores = {}
+    for pred, gt in (("grey_pred", "grey_gt"), ("green_pred", "grey_gt"), ("grey_pred", "green_gt")):
+        out = tmp_path / f"{pred}_vs_{gt}"
+        assert main(["evaluate", "--pred", str(tmp_path / pred), "--gt", str(tmp_path / gt), "-o", str(out),
+                     "--no-progress"]) == 0
+        scores[pred, gt] = json.loads((out / "metrics.json").read_text())["all"]["per_image"]
+    assert scores["grey_pred", "grey_gt"]["dice"]["mean"] == pytest.approx(0.75)
+    assert scores["green_pred", "grey_gt"] == scores["grey_pred", "grey_gt"] == scores["grey_pred", "green_gt"]
+
+
+def test_colour_masks_are_read_by_the_converters_rule(tmp_path):
+    """One rule for colour and alpha (bus_nnunet.masks.mask_plane) in evaluate's reader and the
+    converters' read_mask: channels are max-combined, so a red lesion beside a green one is one
+    foreground of both; a varying alpha keeps what is opaque; an alpha-only mask is its alpha."""
+    from bus_nnunet.dataset_conversion._common import read_mask
+    from bus_nnunet.evaluation.folder import read_segmentation
+    red, green = square(2, 2), square(10, 10)
+    mixed = _colour(red, (255, 0, 0)) + _colour(green, (0, 255, 0))
+    rgba = np.dstack([_colour(red | green, (0, 255, 0)), np.where(red, 255, 0).astype(np.uint8)])
+    alpha_only = np.dstack([np.zeros((20, 20, 3), np.uint8), (green * 255).astype(np.uint8)])
+    for name, arr, expected in (("mixed.png", mixed, red | green), ("rgba.png", rgba, red),
+                                ("alpha_only.png", alpha_only, green)):
+        Image.fromarray(arr).save(tmp_path / name)
+        assert np.array_equal(read_segmentation(tmp_path / name) > 0, expected > 0), name
+        assert np.array_equal(read_mask(tmp_path / name).mask, expected > 0), name
+
+
 # ---------------------------------------------------------------------------------------------------
 # profiling
 def test_count_macs_counts_each_call_once_per_module():

@@ -47,19 +47,19 @@ def list_segmentations(folder) -> Dict[str, Path]:
 
 
 def read_segmentation(path) -> np.ndarray:
-    """A 2D label map from PNG/BMP/TIFF (PIL) or NIfTI (nibabel; singleton axes squeezed)."""
+    """A label map from PNG/BMP/TIFF (PIL) or NIfTI (nibabel; singleton axes squeezed).
+
+    Colour and alpha channels of an image become one plane by the converters' rule
+    (:func:`bus_nnunet.masks.mask_plane`: colour channels max-combined), so a mask drawn in green
+    reads as drawn; a palette image gives its indices (the labels)."""
     path = Path(path)
     if path.name.endswith((".nii.gz", ".nii")):
         import nibabel
-        arr = np.asarray(nibabel.load(str(path)).dataobj)
-    else:
-        from PIL import Image
-        with Image.open(path) as im:
-            arr = np.array(im)
-    arr = np.squeeze(arr)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # RGB mask saved by some tools
-        arr = arr[..., 0]
-    return arr
+        return np.squeeze(np.asarray(nibabel.load(str(path)).dataobj))
+    from PIL import Image
+    from bus_nnunet.masks import mask_plane
+    with Image.open(path) as im:
+        return np.squeeze(mask_plane(im))
 
 
 def read_foreground_probability(path) -> np.ndarray:
