@@ -267,6 +267,52 @@ def test_bad_study_files_name_the_key(tmp_path):
     assert "is not valid TOML" in error("trainers = [")
 
 
+def test_study_file_is_checked_against_the_disk_before_anything_runs(tmp_path):
+    """Issue 22, item 5 (and the study's part of item 1): folds a dataset does not have (nnU-Net
+    would train them on a random 80:20 split), a missing converter source, an unknown dataset id,
+    an id taken by another dataset, a mistyped converter option, an unknown trainer and an output
+    folder inside an input are all refused at once, each naming its key, before any job runs."""
+    from bus_nnunet.synthetic import write_nnunet_raw
+    raw = tmp_path / "nn" / "raw"
+    two_folds = write_nnunet_raw(raw, 982, "TwoFolds", n_cases=4)
+    (two_folds / "splits_final.json").write_text(json.dumps([{"train": [], "val": []}] * 2))
+    write_nnunet_raw(raw, 983, "NoSplits", n_cases=4)  # nnU-Net makes 5 folds for it
+    write_nnunet_raw(raw, 985, "Other", n_cases=4)
+    (tmp_path / "busi_src").mkdir()
+    body = ('trainers = ["nnUNetTrainer", "nnUNetTrainerUSS"]\nfolds = [0, 2, 5]\n'
+            '[[datasets]]\nid = 981\nconverter = "busi"\nsource = "no_such_folder"\nconvert_args = ["--folds", "3"]\n'
+            '[[datasets]]\nid = 982\n[[datasets]]\nid = 983\n[[datasets]]\nid = 999\n'
+            '[[datasets]]\nid = 984\nconverter = "busi"\nsource = "busi_src"\nconvert_args = ["--fodls", "2"]\n'
+            '[[datasets]]\nid = 985\nconverter = "busi"\nsource = "busi_src"\n')
+    study = _study_file(tmp_path, body, output="busi_src/study")
+    proc = _run(["study", "run", study], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    after_header = proc.stderr.split("problems; nothing was run:\n", 1)[1]
+    lines = [line.strip() for line in after_header.splitlines()]
+    expected = [
+        f"datasets[0].source: folder {tmp_path / 'no_such_folder'} does not exist",
+        "folds: fold 5 does not exist in datasets[0] (Dataset981_BUSI): `bus-nnunet convert busi` writes folds 0-2",
+        "folds: fold 2 does not exist in datasets[1] (Dataset982_TwoFolds): its "
+        f"{two_folds / 'splits_final.json'} has folds 0-1",
+        "folds: fold 5 does not exist in datasets[1] (Dataset982_TwoFolds)",
+        "folds: fold 5 does not exist in datasets[2] (Dataset983_NoSplits): it has no splits_final.json, so nnU-Net "
+        "makes folds 0-4",
+        f"datasets[3].id: Dataset 999 is neither converted by this study (no converter/source) nor present in "
+        f"nnUNet_raw ({raw})",
+        "datasets[4].convert_args: unrecognized arguments: --fodls 2",
+        "datasets[5].id: nnUNet_raw already has Dataset985_Other with id 985, but this study converts busi into "
+        "Dataset985_BUSI",
+        f"output: the study's output folder {tmp_path / 'busi_src' / 'study'} lies inside the input "
+        f"{tmp_path / 'busi_src'}",
+        "trainers: unknown trainer 'nnUNetTrainerUSS': did you mean nnUNetTrainerUS",
+    ]
+    assert len(lines) == len(expected), proc.stderr
+    for line, start in zip(lines, expected):
+        assert line.startswith(start), f"{line!r} does not start with {start!r}"
+    assert f": {len(expected)} problems; nothing was run" in proc.stderr
+    assert not (tmp_path / "busi_src" / "study").exists()  # nothing started, not even the logs folder
+
+
 def test_plan_jobs_use_the_presets_planner(tmp_path):
     from bus_nnunet.study import jobs as J
     from bus_nnunet.study.config import load_study

@@ -35,24 +35,13 @@ def _load(path):
     return study, layout, J.build_jobs(study, layout)
 
 
-def _check_trainers(study) -> None:
-    from bus_nnunet.errors import UserError, did_you_mean
-    from bus_nnunet.registration import ensure_registered, lookup_trainer
-    ensure_registered()
-    missing = [t for t in study.trainers if lookup_trainer(t)["module"] is None]
-    if missing:
-        from bus_nnunet.trainers import TRAINERS
-        known = ["nnUNetTrainer", *TRAINERS]
-        raise UserError("; ".join(f"trainers: unknown trainer {t!r}: {did_you_mean(t, known)}"
-                                  f"`bus-nnunet trainers` lists them" for t in missing))
-
-
 def run_study(args) -> int:
     from bus_nnunet.errors import UserError
     from bus_nnunet.study import executors as E
     from bus_nnunet.study import jobs as J
+    from bus_nnunet.study.checks import require_valid
     study, layout, jobs = _load(args.study_file)
-    _check_trainers(study)
+    require_valid(study, layout)  # every problem of the file at once, before anything is written
     mixed = J.budget_mismatches(study, layout)
     if mixed:
         raise UserError("the study's schedule differs from what these folds were trained with; a study does not "
