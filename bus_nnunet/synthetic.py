@@ -12,18 +12,40 @@ with a grain, and depth attenuation.  Lesions are hypoechoic:
 (``Dataset_BUSI_with_GT/<class>/<class> (N).png`` + ``_mask.png``, extra ``_mask_1`` files for
 multi-lesion cases), so the demo goes through the real BUSI converter.
 :func:`write_nnunet_raw` writes an nnU-Net raw dataset directly (for tests).
+
+An :class:`Acquisition` renders the same anatomy as another scanner / hospital would (gain,
+speckle strength, depth attenuation, display gamma): a domain shift for external-validation
+tests.  The default acquisition leaves every output as it was.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 CLASSES = ("benign", "malignant", "normal")
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How one scanner renders the anatomy (1.0 everywhere: the images this module always made).
+
+    ``gain`` scales the echo before the 8-bit display mapping (above 1 saturates the bright
+    tissue), ``speckle`` scales the speckle's deviation from 1 (0: none, 2: twice as grainy),
+    ``attenuation`` scales the depth attenuation coefficient (deep tissue darker), ``gamma`` is
+    the display transfer ``255 * (v / 255) ** gamma`` (below 1 lifts the dark lesions)."""
+    gain: float = 1.0
+    speckle: float = 1.0
+    attenuation: float = 1.0
+    gamma: float = 1.0
+
+
+DEFAULT_ACQUISITION = Acquisition()
 
 
 def _smooth_noise(rng, shape, sigma):
@@ -66,8 +88,11 @@ def _lesion_mask(rng, h, w, kind, top):
 
 
 def make_case(rng: np.random.Generator, size: Tuple[int, int] = (128, 128), kind: str = "benign",
-              n_lesions: int = 1):
-    """One synthetic B-mode image (uint8, H×W) and its lesion masks (list of bool H×W)."""
+              n_lesions: int = 1, acquisition: Optional[Acquisition] = None):
+    """One synthetic B-mode image (uint8, H×W) and its lesion masks (list of bool H×W), rendered
+    by ``acquisition`` (default: :data:`DEFAULT_ACQUISITION`; the random draws are the same for
+    every acquisition, so one seed gives the same anatomy and masks on every scanner)."""
+    acq = acquisition or DEFAULT_ACQUISITION
     if kind not in CLASSES:
         raise ValueError(f"kind must be one of {CLASSES}, got {kind!r}")
     h, w = size
@@ -84,14 +109,18 @@ def make_case(rng: np.random.Generator, size: Tuple[int, int] = (128, 128), kind
             masks.append(mask)
     speckle = rng.rayleigh(1.0, (h, w))
     speckle = ndimage.gaussian_filter(speckle, 0.7) / 1.25
-    depth = np.exp(-rng.uniform(0.3, 0.9) * np.arange(h) / h)[:, None]
+    if acq.speckle != 1.0:  # only when asked: the default images stay bit-identical
+        speckle = np.maximum(1.0 + acq.speckle * (speckle - 1.0), 0.0)
+    depth = np.exp(-rng.uniform(0.3, 0.9) * acq.attenuation * np.arange(h) / h)[:, None]
     img = echo * speckle * depth
-    img = np.clip(img / np.percentile(img, 99.5) * 230, 0, 255).astype(np.uint8)
-    return img, masks
+    img = np.clip(img / np.percentile(img, 99.5) * 230 * acq.gain, 0, 255)
+    if acq.gamma != 1.0:
+        img = 255.0 * (img / 255.0) ** acq.gamma
+    return img.astype(np.uint8), masks
 
 
 def write_busi_layout(root, counts: Dict[str, int] = None, size=(128, 128), seed: int = 0,
-                      multi_lesion_every: int = 7) -> Path:
+                      multi_lesion_every: int = 7, acquisition: Optional[Acquisition] = None) -> Path:
     """Write a dataset in BUSI's distributed layout under ``root/Dataset_BUSI_with_GT``.
 
     Images are saved as RGB PNG (as BUSI ships them), masks as 0/255 grayscale PNG; every
@@ -105,7 +134,7 @@ def write_busi_layout(root, counts: Dict[str, int] = None, size=(128, 128), seed
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(1, n + 1):
             n_lesions = 2 if kind != "normal" and multi_lesion_every and i % multi_lesion_every == 0 else 1
-            img, masks = make_case(rng, size, kind, n_lesions)
+            img, masks = make_case(rng, size, kind, n_lesions, acquisition)
             stem = f"{kind} ({i})"
             Image.fromarray(img).convert("RGB").save(folder / f"{stem}.png")
             if not masks:
@@ -118,9 +147,10 @@ def write_busi_layout(root, counts: Dict[str, int] = None, size=(128, 128), seed
 
 def write_nnunet_raw(raw_root, dataset_id: int = 990, name: str = "SyntheticUS", n_cases: int = 16,
                      size=(64, 64), seed: int = 0, kinds: Sequence[str] = ("benign", "malignant"),
-                     n_test: int = 0) -> Path:
+                     n_test: int = 0, acquisition: Optional[Acquisition] = None) -> Path:
     """Write ``raw_root/DatasetXXX_name`` in nnU-Net raw format (grayscale PNG, 0/1 labels),
-    with a ``manifest.csv`` (case_id, class) like the converters write. Returns the folder."""
+    with a ``manifest.csv`` (case_id, class) like the converters write, rendered by
+    ``acquisition`` (:class:`Acquisition`). Returns the folder."""
     rng = np.random.default_rng(seed)
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if n_test else ()):
@@ -128,7 +158,7 @@ def write_nnunet_raw(raw_root, dataset_id: int = 990, name: str = "SyntheticUS",
     rows = ["case_id,class,split"]
     for i in range(n_cases + n_test):
         kind = kinds[i % len(kinds)]
-        img, masks = make_case(rng, size, kind)
+        img, masks = make_case(rng, size, kind, acquisition=acquisition)
         seg = np.zeros(size, np.uint8)
         for m in masks:
             seg[m] = 1
