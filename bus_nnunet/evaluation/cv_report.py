@@ -272,6 +272,7 @@ def plot_montage(res: TrainerResults, gt_dir: Path, raw_dataset_dir: Path, path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from bus_nnunet.dataset_conversion._common import read_image
     rows = [r for r in res.rows if r["n_ref"] > 0] or list(res.rows)
     rows = sorted(rows, key=lambda r: (r["dice"], r["case_id"]))
     picks = [("best", rows[-1]), ("median", rows[len(rows) // 2]), ("worst", rows[0])]
@@ -284,7 +285,7 @@ def plot_montage(res: TrainerResults, gt_dir: Path, raw_dataset_dir: Path, path:
         pred_path = F.list_segmentations(pred_dir / f"fold_{row['fold']}" / "validation").get(row["case_id"])
         pred = F.read_segmentation(pred_path) > 0 if pred_path else np.zeros(ref.shape, bool)  # --allow-missing
         image_path = find_raw_image(raw_dataset_dir, row["case_id"])
-        image = F.read_segmentation(image_path) if image_path else np.zeros(ref.shape)
+        image = read_image(image_path)[0] if image_path else np.zeros(ref.shape)  # grey, as the converters make it
         if image.shape != ref.shape:
             image = np.zeros(ref.shape)
         ax.imshow(image, cmap="gray")
