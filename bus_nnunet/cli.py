@@ -47,9 +47,18 @@ def main(argv=None) -> int:
     except OSError as e:  # the environment (read-only root, a file where a folder goes, full disk)
         if e.filename is None or e.errno not in ENVIRONMENT_FIXES:
             raise
-        print(f"bus-nnunet {args.command}: error: cannot write {e.filename}: {e.strerror}; "
-              f"{ENVIRONMENT_FIXES[e.errno]}", file=sys.stderr)
+        print(f"bus-nnunet {args.command}: error: {environment_message(e)}", file=sys.stderr)
         return 1
+
+
+def environment_message(e: OSError) -> str:
+    """One line for an OSError the user can fix: the path, the cause, the free space where the
+    disk is full, and what to do."""
+    from bus_nnunet.io_utils import NO_SPACE_ERRNOS, free_space_text
+    cause = e.strerror or errno.errorcode.get(e.errno, str(e.errno))
+    if e.errno in NO_SPACE_ERRNOS:
+        cause += f" ({free_space_text(e.filename)} on that file system)"
+    return f"cannot write {e.filename}: {cause}; {ENVIRONMENT_FIXES[e.errno]}"
 
 
 #: errno -> what the user can do about it

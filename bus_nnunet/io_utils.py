@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -41,7 +42,8 @@ def check_not_overlapping(path, inputs: Iterable = (), what: str = "output") -> 
                             f"delete the input; choose an output location outside every input")
 
 
-def check_output_free(path, overwrite: bool, what: str = "output", *, inputs: Iterable = ()) -> Path:
+def check_output_free(path, overwrite: bool, what: str = "output", *, inputs: Iterable = (),
+                      folder: bool = False) -> Path:
     """Check that ``path`` may be written by a command reading ``inputs``.
 
     Refused, with a UserError naming the path and the fix:
@@ -49,7 +51,8 @@ def check_output_free(path, overwrite: bool, what: str = "output", *, inputs: It
     * an output that is, contains or lies inside one of ``inputs`` (even with ``overwrite``);
     * an existing output without ``overwrite``;
     * an existing, non-empty folder that bus-nnunet did not write (no ``OUTPUT_MARKER`` file in
-      it), even with ``overwrite``: ``--overwrite`` replaces our own results, never a user's folder.
+      it), even with ``overwrite``: ``--overwrite`` replaces our own results, never a user's folder;
+    * with ``folder`` (the output is a folder), an existing file, even with ``overwrite``.
     """
     path = Path(path)
     check_not_overlapping(path, inputs, what)
@@ -58,6 +61,9 @@ def check_output_free(path, overwrite: bool, what: str = "output", *, inputs: It
     if not overwrite:
         raise UserError(f"{what} {path} already exists; pass --overwrite to replace it "
                         f"(or choose another location)")
+    if folder and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder bus-nnunet wrote, so --overwrite will not "
+                        f"replace it: move or delete it yourself, or choose another location")
     if path.is_dir() and not (path / OUTPUT_MARKER).is_file() and any(path.iterdir()):
         raise UserError(f"{what} {path} was not written by bus-nnunet (it has no {OUTPUT_MARKER} file), so "
                         f"--overwrite will not replace it: move or delete it yourself, or choose another location")
@@ -70,6 +76,32 @@ def write_output_marker(folder, command: str = "") -> None:
     Path(folder, OUTPUT_MARKER).write_text(
         f"written by bus-nnunet {__version__}{(' ' + command) if command else ''}; "
         f"--overwrite may replace this folder\n", encoding="utf-8")
+
+
+#: errno values that mean "no room left to write": a full disk or a used-up quota
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_space_text(path) -> str:
+    """How much is free on the file system that holds ``path`` (or would hold it: its nearest
+    existing parent is asked), e.g. ``"1.5 MiB free of 20.0 GiB"``."""
+    existing = Path(os.path.abspath(path))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        usage = shutil.disk_usage(existing)
+    except OSError:
+        return "free space unknown"
+    return f"{format_size(usage.free)} free of {format_size(usage.total)}"
+
+
+def format_size(n_bytes: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    k = 0
+    while n_bytes >= 1024 and k < len(units) - 1:
+        n_bytes, k = n_bytes / 1024, k + 1
+    return f"{n_bytes:.0f} B" if k == 0 else f"{n_bytes:.1f} {units[k]}"
 
 
 def current_umask() -> int:
@@ -116,10 +148,12 @@ def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder"
     If the body raises, the temporary folder is removed and ``path`` is untouched.  ``path`` is
     checked by :func:`check_output_free` (never one of ``inputs``; an existing one only with
     ``overwrite`` and only if bus-nnunet wrote it) and replaced only after the new content is
-    complete.  The new folder carries ``OUTPUT_MARKER``.
+    complete.  The new folder carries ``OUTPUT_MARKER``.  A full disk while writing is re-raised
+    as an OSError whose filename is ``path`` (the partial folder it hit is gone by then), which
+    the CLI turns into one line with the free space.
     """
     path = Path(path)
-    check_output_free(path, overwrite, what, inputs=inputs)
+    check_output_free(path, overwrite, what, inputs=inputs, folder=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
@@ -127,8 +161,11 @@ def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder"
     try:
         write_output_marker(tmp)
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+            # writers (PIL, numpy, json) often raise it without a filename
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
         raise
     old = None
     if path.exists():

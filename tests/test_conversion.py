@@ -519,7 +519,8 @@ def test_busbra_without_its_fold_file_and_with_a_hold_out_keeps_patients_togethe
 @pytest.mark.parametrize("err, fix", [(28, "the disk is full"), (30, "the file system is read-only")])
 def test_environment_errors_are_messages_and_leave_nothing(tmp_path, capsys, monkeypatch, err, fix):
     """A full disk or a read-only file system half way through a conversion: one line naming the
-    path and the fix, exit 1, no partial folder."""
+    path and the fix, exit 1, no partial folder.  A full disk names the dataset folder (the partial
+    file it hit is gone) and the free space."""
     import errno
     assert (err, fix) in ((errno.ENOSPC, "the disk is full"), (errno.EROFS, "the file system is read-only"))
     source, _ = replicas.write_stu(tmp_path / "src")
@@ -535,7 +536,9 @@ def test_environment_errors_are_messages_and_leave_nothing(tmp_path, capsys, mon
     raw = tmp_path / "raw"
     assert main(["convert", "stu", str(source), "-o", str(raw), "--no-progress", "--folds", "3"]) == 1
     err_text = capsys.readouterr().err
-    assert f"cannot write {calls[2]}" in err_text and fix in err_text and "Traceback" not in err_text
+    named = f"cannot write {raw / 'Dataset504_STU'}: " if err == errno.ENOSPC else f"cannot write {calls[2]}"
+    assert named in err_text and fix in err_text and "Traceback" not in err_text
+    assert err != errno.ENOSPC or " free of " in err_text
     assert not raw.exists() or list(raw.iterdir()) == []
 
 
