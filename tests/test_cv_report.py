@@ -208,3 +208,34 @@ def test_cv_report_refuses_two_files_for_one_case(nnunet_env, tmp_path, capsys):
                  "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "k_0.nii.gz and k_0.png" in err and "fold_0" in err and not (tmp_path / "r").exists()
+
+
+def test_cv_report_hd95_convention(nnunet_env, tmp_path):
+    """Issue 23: cv-report --hd95 max scores a perfect lesion plus a far speck by the speck's
+    distance (see test_evaluation.speck_case: 30 px; pooled: 0) and says so in every report; the
+    montage reads an RGB raw image as the converters do (grey)."""
+    from PIL import Image
+    from bus_nnunet.cli import main
+    ds = "Dataset994_Speck"
+    gt = Path(nnunet_env["nnUNet_preprocessed"]) / ds / "gt_segmentations"
+    gt.mkdir(parents=True)
+    raw = Path(nnunet_env["nnUNet_raw"]) / ds / "imagesTr"
+    raw.mkdir(parents=True)
+    val = Path(nnunet_env["nnUNet_results"]) / ds / "A__nnUNetPlans__2d" / "fold_0" / "validation"
+    val.mkdir(parents=True)
+    ref = np.zeros((40, 80), np.uint8)
+    ref[10:30, 10:30] = 1
+    pred = ref.copy()
+    pred[19:21, 59:62] = 1
+    Image.fromarray(ref).save(gt / "s_0.png")
+    Image.fromarray(pred).save(val / "s_0.png")
+    Image.fromarray(np.full((40, 80, 3), (40, 90, 200), np.uint8)).save(raw / "s_0_0000.png")
+    for convention, expected in (("pooled", 0.0), ("max", 30.0)):
+        out = tmp_path / convention
+        assert main(["cv-report", "994", "-tr", "A", "-f", "0", "-o", str(out), "--bootstrap", "50", "--no-progress",
+                     "--hd95", convention]) == 0
+        report = json.loads((out / "metrics.json").read_text())
+        assert report["hd95_convention"] == convention == report["trainers"]["A"]["all_cases"]["hd95_convention"]
+        assert report["trainers"]["A"]["all_cases"]["per_image"]["hd95"]["mean"] == pytest.approx(expected)
+        assert f"HD95 convention `--hd95 {convention}`" in (out / "report.md").read_text()
+        assert f"--hd95 {convention}" in (out / "table.tex").read_text()

@@ -72,6 +72,57 @@ def test_hd95_ignores_a_far_outlier_that_sets_the_hausdorff_distance():
     assert M.hd95(ref, pred, spacing=(1.0, 0.5)) == pytest.approx(0.5)
 
 
+def speck_case():
+    """A 20x20 lesion (rows 10..29, cols 10..29) predicted perfectly plus a 2x3 speck (rows 19..20,
+    cols 59..61) to its right."""
+    ref = np.zeros((40, 80), np.uint8)
+    ref[10:30, 10:30] = 1
+    pred = ref.copy()
+    pred[19:21, 59:62] = 1
+    return ref, pred
+
+
+def test_hd95_conventions_on_a_far_speck_by_hand():
+    # Issue 23. Borders (mask minus its 4-connected erosion): the lesion's is its outer ring,
+    # 20*20 - 18*18 = 76 px, the same in both masks, so each of them is 0 from the other mask. Every
+    # speck pixel lacks a 4-neighbour (2 rows), so all 6 are border; rows 19-20 lie within the
+    # lesion's rows 10..29, so the nearest lesion border pixel is (row, 29): 30, 31, 32, twice each.
+    #   prediction -> reference: 76 x 0 and 30, 30, 31, 31, 32, 32 (82 values); numpy's linear 95th
+    #     percentile sits at 0.95 * 81 = 76.95, between sorted[76] = 30 and sorted[77] = 30 -> 30
+    #   reference -> prediction: 76 x 0 -> 0 (no lesion border pixel is nearest to the speck)
+    #   pooled: 158 values, 152 of them 0; 0.95 * 157 = 149.15, sorted[149] = sorted[150] = 0 -> 0
+    #   max: max(30, 0) = 30
+    # ASSD (mean of the pooled set) = 2 * (30 + 31 + 32) / 158 = 186 / 158 under both.
+    ref, pred = speck_case()
+    to_ref, to_pred = M.surface_distances(ref, pred)
+    assert sorted(to_ref.tolist()) == [0.0] * 76 + [30.0, 30.0, 31.0, 31.0, 32.0, 32.0]
+    assert to_pred.tolist() == [0.0] * 76
+    assert M.hd95(ref, pred) == 0.0 and M.hd95(ref, pred, convention="pooled") == 0.0
+    assert M.hd95(ref, pred, convention="max") == pytest.approx(30.0)
+    assert M.hd95(pred, ref, convention="max") == pytest.approx(30.0)  # symmetric
+    assert M.hd95(ref, pred, spacing=(1.0, 0.5), convention="max") == pytest.approx(15.0)  # along columns
+    for convention in ("pooled", "max"):
+        m = M.segmentation_metrics(ref, pred, hd95_convention=convention)
+        assert m["assd"] == pytest.approx(186 / 158) and m["dice"] == pytest.approx(800 / 806)
+    assert M.segmentation_metrics(ref, pred, hd95_convention="max")["hd95"] == pytest.approx(30.0)
+    # the empty-mask rule is the same under both conventions
+    empty = np.zeros_like(ref)
+    assert M.hd95(empty, empty, convention="max") == 0.0 and math.isnan(M.hd95(ref, empty, convention="max"))
+    with pytest.raises(ValueError, match="hd95 convention"):
+        M.hd95(ref, pred, convention="mean")
+
+
+def test_surface_distances_match_medpy():
+    """The border and distance rule is medpy's: pooled HD95 and ASSD equal medpy's on random masks."""
+    from medpy.metric import binary as medpy_binary
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ref, pred = rng.random((2, 24, 30)) < rng.uniform(0.05, 0.6)
+        spacing = tuple(rng.uniform(0.3, 2.0, 2))
+        assert M.hd95(ref, pred, spacing=spacing) == pytest.approx(medpy_binary.hd95(pred, ref, voxelspacing=spacing))
+        assert M.assd(ref, pred, spacing=spacing) == pytest.approx(medpy_binary.assd(pred, ref, voxelspacing=spacing))
+
+
 def test_empty_mask_rule():
     empty = np.zeros((20, 20), np.uint8)
     lesion = square(2, 2)
@@ -348,6 +399,29 @@ def test_colour_masks_are_read_by_the_converters_rule(tmp_path):
         Image.fromarray(arr).save(tmp_path / name)
         assert np.array_equal(read_segmentation(tmp_path / name) > 0, expected > 0), name
         assert np.array_equal(read_mask(tmp_path / name).mask, expected > 0), name
+
+
+def test_evaluate_hd95_convention_is_chosen_and_reported(tmp_path, capsys):
+    """Issue 23: --hd95 max scores the far speck of speck_case 30 px (pooled: 0), and every output
+    says which convention produced the numbers."""
+    ref, pred = speck_case()
+    (tmp_path / "gt").mkdir(), (tmp_path / "pred").mkdir()
+    _write_png(tmp_path / "gt" / "s.png", ref)
+    _write_png(tmp_path / "pred" / "s.png", pred)
+    for convention, expected in (("pooled", 0.0), ("max", 30.0)):
+        out = tmp_path / convention
+        args = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "-o", str(out),
+                "--no-progress"] + ([] if convention == "pooled" else ["--hd95", "max"])  # pooled: the default
+        assert main(args) == 0
+        assert f"--hd95 {convention}" in capsys.readouterr().out
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["hd95_convention"] == convention == m["all"]["hd95_convention"]
+        assert m["hd95_rule"] == M.HD95_CONVENTIONS[convention]
+        assert m["all"]["per_image"]["hd95"]["mean"] == pytest.approx(expected)
+        assert f"HD95 convention `--hd95 {convention}`" in (out / "summary.md").read_text()
+        with open(out / "per_case.csv") as f:
+            assert float(next(csv.DictReader(f))["hd95"]) == pytest.approx(expected)
+    assert "MONAI" in (tmp_path / "max" / "summary.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------------

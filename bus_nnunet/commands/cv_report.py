@@ -11,7 +11,7 @@ import argparse
 
 
 def register(subparsers):
-    from bus_nnunet.commands.evaluate import add_allow_missing_option, add_empty_truth_option
+    from bus_nnunet.commands.evaluate import add_allow_missing_option, add_empty_truth_option, add_hd95_option
     p = subparsers.add_parser("cv-report", help="cross-validation report and paired statistics over trainers",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset id or name (e.g. 990 or Dataset990_SyntheticUS)")
@@ -22,6 +22,7 @@ def register(subparsers):
     p.add_argument("--manifest", help="manifest.csv for per-class results (default: $nnUNet_raw/<Dataset>/"
                                       "manifest.csv if it exists)")
     add_empty_truth_option(p)
+    add_hd95_option(p)
     add_allow_missing_option(p)
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -49,14 +50,14 @@ def run(args) -> int:
     classes = case_classes_for(manifest, gt_cases) if (args.manifest or manifest.is_file()) else {}
     results = R.collect(dataset, args.trainers, args.plans, args.configuration, args.folds, classes,
                         progress=not args.no_progress, empty_truth=args.empty_truth,
-                        allow_missing=args.allow_missing)
+                        allow_missing=args.allow_missing, hd95_convention=args.hd95)
     summaries = {t: R.trainer_summary(r, args.bootstrap) for t, r in results.items()}
     comparisons = R.pairwise_comparisons(results, n_resamples=args.bootstrap)
 
     caption = (f"{dataset}, {args.configuration}, {args.plans}: {len(args.folds)}-fold cross-validation. "
                f"Dice (folds): mean ± std of the fold means; other metrics: mean ± std over all out-of-fold "
                f"images; pooled Dice sums pixel counts over all images. Empty-mask rule: "
-               f"--empty-truth {args.empty_truth}.")
+               f"--empty-truth {args.empty_truth}; HD95: --hd95 {args.hd95}.")
     result_rows = R.results_table_rows(summaries)
     md = [f"# Cross-validation report: {dataset}", "", caption, "",
           markdown_table(R.RESULTS_HEADER, result_rows), ""]
@@ -64,7 +65,8 @@ def run(args) -> int:
         if s["folds_missing"]:
             md.append(f"- **{t}: fold(s) {', '.join(map(str, s['folds_missing']))} missing** "
                       f"(no predictions in {s['folder']}/fold_k/validation)")
-    md += ["", F.empty_rule_line(args.empty_truth) + " Undefined values are left out of their means.", ""]
+    md += ["", F.empty_rule_line(args.empty_truth) + " Undefined values are left out of their means.", "",
+           F.hd95_rule_line(args.hd95), ""]
     if comparisons:
         md += ["## Paired comparisons (same images)", "",
                "Two-sided Wilcoxon signed-rank test on per-image scores, Holm-corrected within each metric; "
@@ -104,7 +106,8 @@ def run(args) -> int:
                 md += [f"![{t} best/median/worst](figures/montage_{t}.png)", ""]
         report = {"dataset": dataset, "configuration": args.configuration, "plans": args.plans,
                   "folds": args.folds, "empty_truth": args.empty_truth,
-                  "empty_rule": M.EMPTY_TRUTH_RULES[args.empty_truth], "trainers": summaries,
+                  "empty_rule": M.EMPTY_TRUTH_RULES[args.empty_truth], "hd95_convention": args.hd95,
+                  "hd95_rule": M.HD95_CONVENTIONS[args.hd95], "trainers": summaries,
                   "comparisons": comparisons, "pixel_auc": aucs, "montage_cases": montages}
         atomic_write_json(tmp / "metrics.json", F.json_safe(report))
         atomic_write_text(tmp / "per_case.csv", F.rows_to_csv(all_rows))

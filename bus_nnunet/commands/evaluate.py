@@ -21,6 +21,7 @@ def register(subparsers):
     p.add_argument("--label", type=int, default=None,
                    help="evaluate only this label value (default: every non-zero label is lesion)")
     add_empty_truth_option(p)
+    add_hd95_option(p)
     p.add_argument("-o", "--output", required=True, help="output folder (metrics.json, per_case.csv, summary.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -43,6 +44,16 @@ def add_empty_truth_option(p) -> None:
                         "prediction on it is perfect (Dice 1); 'zero': Dice = IoU = precision = recall = 0 "
                         "whatever the prediction, the protocol of Anari et al. 2025 (attention U-Net on all "
                         "780 BUSI images). The rule is recorded in the outputs")
+
+
+def add_hd95_option(p) -> None:
+    """``--hd95``, shared by ``evaluate`` and ``cv-report``."""
+    from bus_nnunet.evaluation.metrics import DEFAULT_HD95, HD95_CONVENTIONS
+    p.add_argument("--hd95", choices=sorted(HD95_CONVENTIONS), default=DEFAULT_HD95,
+                   help="how HD95 combines the two directions' border distances: 'pooled' (default, medpy, "
+                        "comparable with earlier bus-nnunet results): the 95th percentile of both pooled; 'max' "
+                        "(MONAI, MetricsReloaded, DeepMind surface-distance): the larger of the two directed 95th "
+                        "percentiles, which a far false-positive speck raises. Recorded in the outputs")
 
 
 def classification_from_csv(path, case_ids=None):
@@ -88,13 +99,15 @@ def run(args) -> int:
     refs = F.list_segmentations(args.gt)
     classes = case_classes_for(args.manifest, refs) if args.manifest else {}
     rows = F.evaluate_cases(args.pred, args.gt, classes, label=args.label, progress=progress,
-                            empty_truth=args.empty_truth, allow_missing=args.allow_missing)
+                            empty_truth=args.empty_truth, allow_missing=args.allow_missing,
+                            hd95_convention=args.hd95)
     missing = [r["case_id"] for r in rows if r["prediction_missing"]]
-    summary = F.aggregate(rows, args.empty_truth)
+    summary = F.aggregate(rows, args.empty_truth, hd95_convention=args.hd95)
     result = {"pred": str(Path(args.pred).resolve()), "gt": str(Path(args.gt).resolve()),
               "empty_truth": args.empty_truth, "empty_rule": M.EMPTY_TRUTH_RULES[args.empty_truth],
+              "hd95_convention": args.hd95, "hd95_rule": M.HD95_CONVENTIONS[args.hd95],
               "references_without_prediction": missing, "all": summary,
-              "by_class": F.aggregate_by_class(rows, args.empty_truth)}
+              "by_class": F.aggregate_by_class(rows, args.empty_truth, hd95_convention=args.hd95)}
     sections = []
     if missing:
         sections.append(f"**{len(missing)} reference(s) have no prediction and were scored as empty predictions "
@@ -132,7 +145,8 @@ def run(args) -> int:
             np.savez_compressed(tmp / "pixel_roc.npz", fpr=roc["fpr"], tpr=roc["tpr"], thresholds=roc["thresholds"])
     s = summary["per_image"]["dice"]
     print(f"{len(rows)} case(s): Dice {F.fmt(s['mean'])} ± {F.fmt(s['std'])} per image, pooled "
-          f"{F.fmt(summary['pooled']['dice'])} (--empty-truth {args.empty_truth}); written to {args.output}")
+          f"{F.fmt(summary['pooled']['dice'])} (--empty-truth {args.empty_truth}, --hd95 {args.hd95}); "
+          f"written to {args.output}")
     if missing:
         print(f"{len(missing)} of them had no prediction and were scored as empty predictions (--allow-missing): "
               f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")

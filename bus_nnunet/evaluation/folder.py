@@ -87,10 +87,11 @@ def read_class_probabilities(path) -> np.ndarray:
 def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, label: Optional[int] = None,
                    progress: bool = True, description: str = "evaluating",
                    empty_truth: str = M.DEFAULT_EMPTY_TRUTH, expected: Optional[Sequence[str]] = None,
-                   allow_missing: bool = False) -> List[Dict[str, object]]:
+                   allow_missing: bool = False, *, hd95_convention: str = M.DEFAULT_HD95) -> List[Dict[str, object]]:
     """One row per expected case: ``case_id, class, prediction_missing`` and
     :func:`metrics.segmentation_metrics` under the empty-mask rule ``empty_truth``
-    (:data:`metrics.EMPTY_TRUTH_RULES`).
+    (:data:`metrics.EMPTY_TRUTH_RULES`) and the HD95 convention ``hd95_convention``
+    (:data:`metrics.HD95_CONVENTIONS`).
 
     Every prediction must have a reference of the same shape (a UserError names the file).
     ``expected`` (default: every reference in ``gt_dir``) must all be predicted: a prediction run
@@ -99,6 +100,7 @@ def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, l
     """
     from tqdm import tqdm
     M.check_empty_truth(empty_truth)
+    M.check_hd95_convention(hd95_convention)
     preds, refs = list_segmentations(pred_dir), list_segmentations(gt_dir)
     if not preds:
         raise UserError(f"no segmentation files ({', '.join(SEG_SUFFIXES)}) in {pred_dir}")
@@ -124,16 +126,20 @@ def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, l
             raise UserError(f"{preds[case_id]} has shape {pred.shape} but its reference {refs[case_id]} has "
                             f"{ref.shape}; predictions must be in the reference's geometry")
         row = {"case_id": case_id, "class": (classes or {}).get(case_id, ""), "prediction_missing": case_id not in preds}
-        row.update(M.segmentation_metrics(ref, pred, label=label, empty_truth=empty_truth))
+        row.update(M.segmentation_metrics(ref, pred, label=label, empty_truth=empty_truth,
+                                          hd95_convention=hd95_convention))
         rows.append(row)
     return rows
 
 
-def aggregate(rows: Sequence[Dict[str, object]], empty_truth: str = M.DEFAULT_EMPTY_TRUTH) -> Dict[str, object]:
+def aggregate(rows: Sequence[Dict[str, object]], empty_truth: str = M.DEFAULT_EMPTY_TRUTH, *,
+              hd95_convention: str = M.DEFAULT_HD95) -> Dict[str, object]:
     """Per-image summaries (:func:`metrics.summarize`) of every metric, pooled Dice/IoU and the
-    image-level false-positive rate on empty-reference (normal) cases. ``empty_truth`` must be the
-    rule the rows were scored with (:func:`evaluate_cases`); it is recorded in the result."""
-    out = {"n_cases": len(rows), "empty_truth": M.check_empty_truth(empty_truth), "per_image": {},
+    image-level false-positive rate on empty-reference (normal) cases. ``empty_truth`` and
+    ``hd95_convention`` must be those the rows were scored with (:func:`evaluate_cases`); both are
+    recorded in the result."""
+    out = {"n_cases": len(rows), "empty_truth": M.check_empty_truth(empty_truth),
+           "hd95_convention": M.check_hd95_convention(hd95_convention), "per_image": {},
            "pooled": M.pooled_overlap(rows, empty_truth)}
     for name in M.PER_IMAGE_METRICS:
         out["per_image"][name] = M.summarize([r[name] for r in rows])
@@ -150,11 +156,12 @@ def aggregate(rows: Sequence[Dict[str, object]], empty_truth: str = M.DEFAULT_EM
     return out
 
 
-def aggregate_by_class(rows: Sequence[Dict[str, object]],
-                       empty_truth: str = M.DEFAULT_EMPTY_TRUTH) -> Dict[str, Dict[str, object]]:
+def aggregate_by_class(rows: Sequence[Dict[str, object]], empty_truth: str = M.DEFAULT_EMPTY_TRUTH, *,
+                       hd95_convention: str = M.DEFAULT_HD95) -> Dict[str, Dict[str, object]]:
     """:func:`aggregate` for each non-empty value of the rows' ``class`` column."""
     classes = sorted({r.get("class") for r in rows if r.get("class")})
-    return {c: aggregate([r for r in rows if r.get("class") == c], empty_truth) for c in classes}
+    return {c: aggregate([r for r in rows if r.get("class") == c], empty_truth, hd95_convention=hd95_convention)
+            for c in classes}
 
 
 def rows_to_csv(rows: Sequence[Dict[str, object]]) -> str:
@@ -198,13 +205,19 @@ def empty_rule_line(rule: str) -> str:
             f"Dice 0 under both rules.")
 
 
+def hd95_rule_line(convention: str) -> str:
+    """The report line saying which HD95 convention produced the numbers."""
+    return f"HD95 convention `--hd95 {convention}`: {M.HD95_CONVENTIONS[convention]}."
+
+
 def summary_markdown(title: str, summary: Dict[str, object], by_class: Dict[str, Dict[str, object]],
                      extra_sections: Sequence[str] = ()) -> str:
     """A human-readable report of :func:`aggregate` results (overall + per class)."""
     lines = [f"# {title}", "",
              "Per-image metrics are means over images (± sample std); *pooled* Dice/IoU sum the pixel "
              "counts of all images first. Undefined values (NaN) are excluded from their means; `n_nan` "
-             "counts them.", "", empty_rule_line(summary["empty_truth"]), ""]
+             "counts them.", "", empty_rule_line(summary["empty_truth"]), "",
+             hd95_rule_line(summary["hd95_convention"]), ""]
     groups = [("all", summary)] + list(by_class.items())
     header = "| group | n | " + " | ".join(M.PER_IMAGE_METRICS) + " | pooled Dice | pooled IoU | FP rate (normal) |"
     lines += [header, "|" + "---|" * (len(M.PER_IMAGE_METRICS) + 5)]

@@ -28,8 +28,23 @@ pred empty, reference not (FN) 0       0       NaN        0       NaN          c
 who score all 780 BUSI images: an empty reference gives Dice = IoU = precision = recall = 0 whatever
 the prediction (0/0 -> 0). Distances and specificity are the same under both rules.
 
-Surface distances come from :mod:`medpy.metric.binary` (the implementation nnU-Net's maintainers
-point to), in pixels unless ``spacing`` is given.
+Surface distances follow :mod:`medpy.metric.binary` (the implementation nnU-Net's maintainers
+point to): a mask's border is the mask minus its erosion by the 4-connected (6 in 3D) cross, and
+each border pixel's distance is the Euclidean distance to the nearest border pixel of the other
+mask, in pixels unless ``spacing`` is given.
+
+HD95 conventions
+----------------
+The border distances of both directions (prediction -> reference, reference -> prediction) give
+two 95th percentiles; :data:`HD95_CONVENTIONS` says how ``hd95`` combines them:
+
+* ``"pooled"`` (default, medpy's ``hd95``): the 95th percentile of both sets pooled.
+* ``"max"`` (MONAI's ``compute_hausdorff_distance(percentile=95)``, MetricsReloaded, DeepMind's
+  surface-distance): the larger of the two directed 95th percentiles.
+
+They differ most on small false-positive specks: a perfect lesion plus a far speck has few far
+distances among many zeros once pooled (HD95 0), but they are over 5 % of the prediction's own
+border, so its directed percentile is the speck's distance.
 """
 from __future__ import annotations
 
@@ -124,43 +139,136 @@ def specificity_score(reference, prediction, label: Optional[int] = None) -> flo
     return c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else NAN
 
 
-def _surface_distance(reference, prediction, label, spacing, kind: str) -> float:
-    from medpy.metric import binary as medpy_binary
+#: ``hd95`` conventions (see the module docstring); the text is written into reports
+HD95_CONVENTIONS = {
+    "pooled": "95th percentile of the border distances of both directions pooled (medpy's hd95)",
+    "max": "larger of the two directed 95th percentiles (MONAI compute_hausdorff_distance(percentile=95), "
+           "MetricsReloaded, DeepMind surface-distance)",
+}
+DEFAULT_HD95 = "pooled"
+
+
+def check_hd95_convention(convention: str) -> str:
+    if convention not in HD95_CONVENTIONS:
+        raise ValueError(f"hd95 convention must be one of {sorted(HD95_CONVENTIONS)}, not {convention!r}")
+    return convention
+
+
+def surface_distances(reference, prediction, *, label: Optional[int] = None,
+                      spacing: Optional[Sequence[float]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Directed border distances between two non-empty masks (medpy's border and distance rule).
+
+    Parameters
+    ----------
+    reference, prediction : array_like
+        Masks of the same shape; non-zero is foreground unless ``label`` selects one label.
+    label : int, optional
+        The label value that is foreground.
+    spacing : sequence of float, optional
+        Pixel size per axis (rows, columns); distances are in pixels without it.
+
+    Returns
+    -------
+    prediction_to_reference, reference_to_prediction : numpy.ndarray
+        For each border pixel of the first mask, the Euclidean distance to the nearest border
+        pixel of the second. A border is the mask minus its erosion by the 4-connected cross.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or either mask is empty (no border to measure from).
+
+    Examples
+    --------
+    >>> a = np.zeros((5, 5), bool); a[1:4, 1:4] = True
+    >>> b = np.zeros((5, 5), bool); b[1:4, 2:5] = True
+    >>> [d.tolist() for d in surface_distances(a, b)]
+    [[0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
+    """
+    from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+    ref, pred = _pair(reference, prediction, label)
+    if not ref.any() or not pred.any():
+        raise ValueError("surface distances need two non-empty masks")
+    cross = generate_binary_structure(ref.ndim, 1)
+    ref_border = ref ^ binary_erosion(ref, structure=cross)
+    pred_border = pred ^ binary_erosion(pred, structure=cross)
+    # the distance transform measures to the nearest zero, so the borders are the zeros
+    sampling = None if spacing is None else np.broadcast_to(np.asarray(spacing, np.float64), (ref.ndim,))
+    to_ref = distance_transform_edt(~ref_border, sampling=sampling)[pred_border]
+    to_pred = distance_transform_edt(~pred_border, sampling=sampling)[ref_border]
+    return to_ref, to_pred
+
+
+def _distance_metrics(reference, prediction, label, spacing, hd95_convention) -> Dict[str, float]:
+    """``hd95`` and ``assd`` from one pair of directed distance sets; the empty-mask rule of the
+    module docstring (0 when both are empty, NaN when one is)."""
+    check_hd95_convention(hd95_convention)
     ref, pred = _pair(reference, prediction, label)
     ref_any, pred_any = ref.any(), pred.any()
     if not ref_any and not pred_any:
-        return 0.0
+        return {"hd95": 0.0, "assd": 0.0}
     if not ref_any or not pred_any:
-        return NAN
-    fn = medpy_binary.hd95 if kind == "hd95" else medpy_binary.assd
-    return float(fn(pred, ref, voxelspacing=spacing))
+        return {"hd95": NAN, "assd": NAN}
+    to_ref, to_pred = surface_distances(ref, pred, spacing=spacing)
+    pooled = np.concatenate([to_ref, to_pred])
+    if hd95_convention == "pooled":
+        hd = np.percentile(pooled, 95)
+    else:
+        hd = max(np.percentile(to_ref, 95), np.percentile(to_pred, 95))
+    return {"hd95": float(hd), "assd": float(pooled.mean())}  # ASSD: mean of the pooled set (medpy >= 0.5)
 
 
-def hd95(reference, prediction, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None) -> float:
-    """95th-percentile symmetric Hausdorff distance between the mask borders (medpy).
+def hd95(reference, prediction, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None, *,
+         convention: str = DEFAULT_HD95) -> float:
+    """95th-percentile Hausdorff distance between the mask borders.
 
-    0 when both masks are empty, NaN when exactly one is empty. Pixels unless ``spacing``.
+    Parameters
+    ----------
+    reference, prediction : array_like
+        Masks of the same shape; non-zero is foreground unless ``label`` selects one label.
+    label : int, optional
+        The label value that is foreground.
+    spacing : sequence of float, optional
+        Pixel size per axis; distances are in pixels without it.
+    convention : {"pooled", "max"}, default "pooled"
+        ``"pooled"``: the 95th percentile of both directions' border distances pooled (medpy);
+        ``"max"``: the larger of the two directed 95th percentiles (MONAI, MetricsReloaded).
+
+    Returns
+    -------
+    float
+        0 when both masks are empty, NaN when exactly one is.
+
+    Examples
+    --------
+    >>> ref = np.zeros((40, 80), np.uint8); ref[10:30, 10:30] = 1
+    >>> pred = ref.copy(); pred[19:21, 59:62] = 1   # a perfect lesion and a far speck
+    >>> hd95(ref, pred), hd95(ref, pred, convention="max")
+    (0.0, 30.0)
     """
-    return _surface_distance(reference, prediction, label, spacing, "hd95")
+    return _distance_metrics(reference, prediction, label, spacing, convention)["hd95"]
 
 
 def assd(reference, prediction, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None) -> float:
-    """Average symmetric surface distance between the mask borders (medpy); empty rule as :func:`hd95`."""
-    return _surface_distance(reference, prediction, label, spacing, "assd")
+    """Average symmetric surface distance: the mean of both directions' border distances pooled
+    (medpy >= 0.5); empty rule as :func:`hd95`."""
+    return _distance_metrics(reference, prediction, label, spacing, DEFAULT_HD95)["assd"]
 
 
 def segmentation_metrics(reference, prediction, label: Optional[int] = None,
                          spacing: Optional[Sequence[float]] = None,
-                         empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
+                         empty_truth: str = DEFAULT_EMPTY_TRUTH, *,
+                         hd95_convention: str = DEFAULT_HD95) -> Dict[str, float]:
     """All per-image metrics of :data:`PER_IMAGE_METRICS` plus the pixel counts and mask sizes.
 
-    ``n_ref``/``n_pred`` are the foreground pixel counts (as in nnU-Net's summary.json).
+    ``n_ref``/``n_pred`` are the foreground pixel counts (as in nnU-Net's summary.json); HD95 under
+    ``hd95_convention`` (:data:`HD95_CONVENTIONS`).
     """
     ref, pred = _pair(reference, prediction, label)
     c = confusion_counts(ref, pred)
     out = overlap_scores(c["tp"], c["fp"], c["fn"], empty_truth)
-    out.update({"specificity": specificity_score(ref, pred), "hd95": hd95(ref, pred, spacing=spacing),
-                "assd": assd(ref, pred, spacing=spacing)})
+    out["specificity"] = specificity_score(ref, pred)
+    out.update(_distance_metrics(ref, pred, None, spacing, hd95_convention))
     out.update(c)
     out["n_ref"], out["n_pred"] = c["tp"] + c["fn"], c["tp"] + c["fp"]
     return out
