@@ -20,7 +20,7 @@ from PIL import Image
 
 from bus_nnunet.errors import UserError
 from bus_nnunet.harness import nnunet_env, plan_command, tool
-from bus_nnunet.io_utils import atomic_write_text, check_output_free
+from bus_nnunet.io_utils import atomic_write_text, check_output_free, write_output_marker
 
 DATASET_ID = 599
 DATASET_NAME = "Dataset599_DemoBUSI"
@@ -175,7 +175,7 @@ def run_demo(out, trainer: str = "nnUNetTrainerUS", quick: bool = False, overwri
     """Run the demo; with ``require_learning`` a run whose held-out Dice does not beat both baselines
     raises :class:`UserError` (exit 1 from the CLI) after writing its report."""
     out = Path(out).resolve()
-    check_output_free(out, overwrite, "demo folder")
+    check_output_free(out, overwrite, "demo folder", folder=True)  # no user inputs: the demo makes its own data
     from bus_nnunet.registration import ensure_registered, lookup_trainer
     ensure_registered()
     found = lookup_trainer(trainer)  # before anything is written: a typo must not cost a conversion
@@ -188,6 +188,7 @@ def run_demo(out, trainer: str = "nnUNetTrainerUS", quick: bool = False, overwri
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    write_output_marker(out, "demo")  # so that `bus-nnunet demo --overwrite` (make demo) may replace it next time
     if device is None:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -481,15 +481,25 @@ class Split:
         return {c: k for k, f in enumerate(self.folds) for c in f["val"]}
 
 
-def _output_folder(options: Options) -> Path:
-    """The dataset folder ``options`` asks for, after checking the id, the name and that it is free."""
+def conversion_inputs(source: Path, options: Options) -> List[Path]:
+    """What a conversion reads: the source folder and any file a converter option names (e.g.
+    ``folder``'s ``--classes-csv``); folder options are relative to the source, so covered by it."""
+    named_files = [Path(value) for value in (dataclasses.asdict(options.dataset_options).values()
+                                             if dataclasses.is_dataclass(options.dataset_options) else ())
+                   if isinstance(value, (str, Path)) and value and Path(value).is_file()]
+    return [Path(source), *named_files]
+
+
+def _output_folder(options: Options, inputs: Sequence[Path] = ()) -> Path:
+    """The dataset folder ``options`` asks for, after checking the id, the name and that it is free
+    (and neither is, holds nor lies inside one of ``inputs``)."""
     from bus_nnunet.io_utils import check_output_free
     if not 1 <= options.dataset_id <= 999:
         raise UserError(f"--id must be between 1 and 999 (got {options.dataset_id})")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", options.name):
         raise UserError(f"--name {options.name!r} may only contain letters, digits, '_' and '-'")
     folder = Path(options.raw_root) / f"Dataset{options.dataset_id:03d}_{options.name}"
-    check_output_free(folder, options.overwrite, "dataset folder")
+    check_output_free(folder, options.overwrite, "dataset folder", inputs=inputs, folder=True)
     existing = [p for p in Path(options.raw_root).glob(f"Dataset{options.dataset_id:03d}_*")
                 if p.is_dir() and p.name != folder.name] if Path(options.raw_root).is_dir() else []
     if existing:
@@ -641,13 +651,15 @@ def write_case(folder: Path, p: ProcessedCase, split: str, source: Path, cv_fold
 def write_dataset(folder: Path, info: DatasetInfo, source: Path, options: Options, processed: List[ProcessedCase],
                   grouping: Grouping, split: Split, collection: Collection) -> List[Dict[str, object]]:
     """Phase 4: every case, dataset.json, splits_final.json, manifest.csv (and duplicates.csv), all
-    into a temporary folder that replaces ``folder`` only when complete; returns the manifest rows."""
+    into a temporary folder that replaces ``folder`` only when complete (and carries the marker
+    that lets a later ``--overwrite`` replace it); returns the manifest rows."""
     from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text
     from bus_nnunet.manifest import write_manifest
     in_duplicate = {cid for pair in grouping.duplicates for cid in (pair["case_a"], pair["case_b"])}
     fold_of = split.fold_of()
     rows = []
-    with atomic_output_dir(folder, overwrite=options.overwrite, what="dataset folder") as tmp:
+    with atomic_output_dir(folder, overwrite=options.overwrite, what="dataset folder",
+                           inputs=conversion_inputs(source, options)) as tmp:
         for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if split.test_ids else ()):
             (tmp / sub).mkdir()
         for p in _progress(processed, len(processed), options.progress, f"writing {folder.name}"):
@@ -672,9 +684,9 @@ def convert(info: DatasetInfo, source: Path, options: Options) -> Result:
     source = Path(source)
     if not source.is_dir():
         raise UserError(f"source folder {source} not found (or not a folder)")
-    folder = _output_folder(options)
     if options.dataset_options is None and info.options is not None:
         options = dataclasses.replace(options, dataset_options=info.options())
+    folder = _output_folder(options, conversion_inputs(source, options))
     collection, counters, cases = _collect(info, source, options)
     resize = info.allow_mask_resize if options.resize_masks is None else options.resize_masks
     processed = [read_case(case, options.rgb, resize, counters, collection.warnings)

@@ -41,11 +41,13 @@ def run(args) -> int:
     from bus_nnunet.manifest import case_classes_for
     from bus_nnunet.reports import markdown_table
 
-    check_output_free(args.output, args.overwrite, "output folder")
     dataset = R.resolve_dataset(args.dataset)
     raw_dir = Path(R.env_folder("nnUNet_raw")) / dataset
     manifest = Path(args.manifest) if args.manifest else raw_dir / "manifest.csv"
     gt_dir = Path(R.env_folder("nnUNet_preprocessed")) / dataset / "gt_segmentations"
+    # read: montage images and manifest, references and splits, every trainer's model folder
+    inputs = [raw_dir, manifest, gt_dir.parent, Path(R.env_folder("nnUNet_results")) / dataset]
+    check_output_free(args.output, args.overwrite, "output folder", inputs=inputs, folder=True)
     gt_cases = F.list_segmentations(gt_dir) if gt_dir.is_dir() else {}
     classes = case_classes_for(manifest, gt_cases) if (args.manifest or manifest.is_file()) else {}
     results = R.collect(dataset, args.trainers, args.plans, args.configuration, args.folds, classes,
@@ -91,7 +93,7 @@ def run(args) -> int:
                                                      "FP rate (normal)"], class_rows), ""]
 
     all_rows = [{"trainer": t, **row} for t, r in results.items() for row in r.rows]
-    with atomic_output_dir(args.output, args.overwrite) as tmp:
+    with atomic_output_dir(args.output, args.overwrite, inputs=inputs) as tmp:
         figures = tmp / "figures"
         figures.mkdir()
         R.plot_dice_distribution(results, figures / "dice_per_image.png")

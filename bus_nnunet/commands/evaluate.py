@@ -94,7 +94,8 @@ def run(args) -> int:
     from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text, check_output_free
     from bus_nnunet.manifest import case_classes_for
 
-    check_output_free(args.output, args.overwrite, "output folder")
+    inputs = [args.pred, args.gt, args.probabilities, args.manifest, args.classification]  # None: not given
+    check_output_free(args.output, args.overwrite, "output folder", inputs=inputs, folder=True)
     progress = not args.no_progress
     refs = F.list_segmentations(args.gt)
     classes = case_classes_for(args.manifest, refs) if args.manifest else {}
@@ -135,7 +136,7 @@ def run(args) -> int:
             sections.append("Benign vs malignant (malignant positive): " + ", ".join(
                 f"{k} {F.fmt(bm[k])}" for k in ("n", "accuracy", "sensitivity", "specificity", "f1", "auc")))
 
-    with atomic_output_dir(args.output, args.overwrite) as tmp:
+    with atomic_output_dir(args.output, args.overwrite, inputs=inputs) as tmp:
         atomic_write_json(tmp / "metrics.json", F.json_safe(result))
         atomic_write_text(tmp / "per_case.csv", F.rows_to_csv(rows))
         atomic_write_text(tmp / "summary.md", F.summary_markdown(f"Evaluation of {args.pred}", summary,

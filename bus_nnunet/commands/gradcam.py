@@ -41,14 +41,15 @@ def run(args) -> int:
         return list_layers(G.load_predictor(args.model_folder, args.fold, args.checkpoint))
     if not args.input or not args.output:
         raise UserError("gradcam needs -i IMAGES and -o OUTPUT (or --list-layers)")
-    check_output_free(args.output, args.overwrite, "output folder")
+    inputs = [args.model_folder, *args.input]
+    check_output_free(args.output, args.overwrite, "output folder", inputs=inputs, folder=True)
     images, ignored = U.collect_images(args.input, args.recursive)
     U.require_some(images, ignored, args.input)
     predictor = G.load_predictor(args.model_folder, args.fold, args.checkpoint)
     rgb = U.model_wants_rgb(predictor.dataset_json, args.model_folder)
     U.require_natural_image_model(predictor.configuration_manager, args.model_folder)
     layer, done, skipped = args.layer, 0, []
-    with atomic_output_dir(args.output, args.overwrite) as tmp:
+    with atomic_output_dir(args.output, args.overwrite, inputs=inputs) as tmp:
         for image, data in U.read_all(images, rgb, skipped, desc="Grad-CAM"):
             heat, mask, original, layer = G.gradcam_case(predictor, data, args.label, layer)
             stem = tmp / image.name

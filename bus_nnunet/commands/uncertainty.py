@@ -30,7 +30,7 @@ def run(args) -> int:
     from bus_nnunet.evaluation.uncertainty import MAP_NAMES, uncertainty_maps
     from bus_nnunet.io_utils import atomic_output_dir, atomic_write_text, check_output_free
 
-    check_output_free(args.output, args.overwrite, "output folder")
+    check_output_free(args.output, args.overwrite, "output folder", inputs=args.input, folder=True)
     members = []
     for d in args.input:
         d = Path(d)
@@ -43,7 +43,7 @@ def run(args) -> int:
         raise UserError(f"the folders {args.input} share no case; give predictions of the same images")
     skipped = sorted(set.union(*(set(m) for m in members)) - set(common))
     rows = []
-    with atomic_output_dir(args.output, args.overwrite) as tmp:
+    with atomic_output_dir(args.output, args.overwrite, inputs=args.input) as tmp:
         for case_id in tqdm(common, desc="uncertainty", unit="case"):
             probs = [F.read_class_probabilities(m[case_id]) for m in members]
             shapes = {p.shape for p in probs}
