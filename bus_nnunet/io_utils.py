@@ -18,6 +18,9 @@ from bus_nnunet.errors import UserError
 #: written into every output folder a bus-nnunet command creates; ``--overwrite`` replaces only
 #: folders that carry it, so a mistyped ``-o`` can never delete a folder of the user's own
 OUTPUT_MARKER = ".bus-nnunet-output"
+#: the --overwrite help of every command writing an output folder
+OVERWRITE_HELP = (f"replace an existing output folder that bus-nnunet wrote (it holds {OUTPUT_MARKER}); "
+                  f"a folder of your own, a file, or an output overlapping an input is never replaced")
 
 
 def _contains(outer: Path, inner: Path) -> bool:

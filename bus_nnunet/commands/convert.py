@@ -14,6 +14,7 @@ from bus_nnunet.errors import UserError
 
 
 def register(subparsers) -> None:
+    from bus_nnunet.io_utils import OVERWRITE_HELP
     from bus_nnunet.dataset_conversion import converters
     infos = converters()
     p = subparsers.add_parser(
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
                         ", ".join(f"{key} {info.default_id}" for key, info in infos.items()) + ")")
     p.add_argument("--name", default=None, help="dataset name (DatasetNNN_<name>); default: the dataset's name")
     p.add_argument("-o", "--raw-root", default=None, help="output root (default: $nnUNet_raw)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--keep-normal", action="store_true",
                    help="include normal (lesion-free) cases with empty labels; by default every dataset is "
                         "converted to its lesion cases only, as in the segmentation papers")

@@ -11,6 +11,7 @@ import argparse
 
 
 def register(subparsers):
+    from bus_nnunet.io_utils import OVERWRITE_HELP
     from bus_nnunet.commands.evaluate import add_allow_missing_option, add_empty_truth_option, add_hd95_option
     p = subparsers.add_parser("cv-report", help="cross-validation report and paired statistics over trainers",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,7 +27,7 @@ def register(subparsers):
     add_allow_missing_option(p)
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

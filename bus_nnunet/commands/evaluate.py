@@ -7,6 +7,7 @@ import argparse
 
 
 def register(subparsers):
+    from bus_nnunet.io_utils import OVERWRITE_HELP
     p = subparsers.add_parser(
         "evaluate", help="segmentation (+ classification) metrics of a prediction folder",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,7 +24,7 @@ def register(subparsers):
     add_empty_truth_option(p)
     add_hd95_option(p)
     p.add_argument("-o", "--output", required=True, help="output folder (metrics.json, per_case.csv, summary.md)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_allow_missing_option(p)
     p.set_defaults(func=run)

@@ -11,6 +11,7 @@ import argparse
 
 
 def register(subparsers):
+    from bus_nnunet.io_utils import OVERWRITE_HELP
     p = subparsers.add_parser("gradcam", help="Grad-CAM lesion heatmaps of a trained model",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_folder", help="nnU-Net model folder (.../<trainer>__<plans>__<configuration>)")
@@ -24,7 +25,7 @@ def register(subparsers):
                    help="print the convolutions the network runs at its patch size (name, output shape) and exit")
     p.add_argument("--label", type=int, default=1, help="segmentation class to explain (default 1 = lesion)")
     p.add_argument("--recursive", action="store_true", help="also read images in sub-folders of -i folders")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
 
 

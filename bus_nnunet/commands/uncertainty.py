@@ -9,12 +9,13 @@ import argparse
 
 
 def register(subparsers):
+    from bus_nnunet.io_utils import OVERWRITE_HELP
     p = subparsers.add_parser("uncertainty", help="entropy / fold-disagreement maps from saved probabilities",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", nargs="+", required=True,
                    help="folders of nnU-Net .npz probabilities, one per ensemble member (fold / trainer)")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
 
 
