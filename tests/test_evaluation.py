@@ -102,9 +102,9 @@ def test_hd95_conventions_on_a_far_speck_by_hand():
     assert M.hd95(pred, ref, convention="max") == pytest.approx(30.0)  # symmetric
     assert M.hd95(ref, pred, spacing=(1.0, 0.5), convention="max") == pytest.approx(15.0)  # along columns
     for convention in ("pooled", "max"):
-        m = M.segmentation_metrics(ref, pred, hd95_convention=convention)
+        m = M.segmentation_metrics(ref, pred, hd95=convention)
         assert m["assd"] == pytest.approx(186 / 158) and m["dice"] == pytest.approx(800 / 806)
-    assert M.segmentation_metrics(ref, pred, hd95_convention="max")["hd95"] == pytest.approx(30.0)
+    assert M.segmentation_metrics(ref, pred, hd95="max")["hd95"] == pytest.approx(30.0)
     # the empty-mask rule is the same under both conventions
     empty = np.zeros_like(ref)
     assert M.hd95(empty, empty, convention="max") == 0.0 and math.isnan(M.hd95(ref, empty, convention="max"))

@@ -53,7 +53,7 @@ def run(args) -> int:
     classes = case_classes_for(manifest, gt_cases) if (args.manifest or manifest.is_file()) else {}
     results = R.collect(dataset, args.trainers, args.plans, args.configuration, args.folds, classes,
                         progress=not args.no_progress, empty_truth=args.empty_truth,
-                        allow_missing=args.allow_missing, hd95_convention=args.hd95)
+                        allow_missing=args.allow_missing, hd95=args.hd95)
     summaries = {t: R.trainer_summary(r, args.bootstrap) for t, r in results.items()}
     comparisons = R.pairwise_comparisons(results, n_resamples=args.bootstrap)
 

@@ -102,14 +102,14 @@ def run(args) -> int:
     classes = case_classes_for(args.manifest, refs) if args.manifest else {}
     rows = F.evaluate_cases(args.pred, args.gt, classes, label=args.label, progress=progress,
                             empty_truth=args.empty_truth, allow_missing=args.allow_missing,
-                            hd95_convention=args.hd95)
+                            hd95=args.hd95)
     missing = [r["case_id"] for r in rows if r["prediction_missing"]]
-    summary = F.aggregate(rows, args.empty_truth, hd95_convention=args.hd95)
+    summary = F.aggregate(rows, args.empty_truth, hd95=args.hd95)
     result = {"pred": str(Path(args.pred).resolve()), "gt": str(Path(args.gt).resolve()),
               "empty_truth": args.empty_truth, "empty_rule": M.EMPTY_TRUTH_RULES[args.empty_truth],
               "hd95_convention": args.hd95, "hd95_rule": M.HD95_CONVENTIONS[args.hd95],
               "references_without_prediction": missing, "all": summary,
-              "by_class": F.aggregate_by_class(rows, args.empty_truth, hd95_convention=args.hd95)}
+              "by_class": F.aggregate_by_class(rows, args.empty_truth, hd95=args.hd95)}
     sections = []
     if missing:
         sections.append(f"**{len(missing)} reference(s) have no prediction and were scored as empty predictions "

@@ -37,7 +37,7 @@ class TrainerResults:
     folds_missing: List[int] = field(default_factory=list)
     npz: Dict[str, Path] = field(default_factory=dict)            # case -> probabilities, if saved
     empty_truth: str = M.DEFAULT_EMPTY_TRUTH                      # the rule the rows were scored with
-    hd95_convention: str = M.DEFAULT_HD95                         # and the HD95 convention
+    hd95: str = M.DEFAULT_HD95                                    # and the HD95 convention
 
 
 def env_folder(name: str) -> Path:
@@ -74,9 +74,9 @@ def _require_trained(results_root: Path, trainers: Sequence[str], plans: str, co
 def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlans", configuration: str = "2d",
             folds: Sequence[int] = (0, 1, 2, 3, 4), classes: Optional[Dict[str, str]] = None,
             progress: bool = True, empty_truth: str = M.DEFAULT_EMPTY_TRUTH,
-            allow_missing: bool = False, *, hd95_convention: str = M.DEFAULT_HD95) -> Dict[str, TrainerResults]:
+            allow_missing: bool = False, *, hd95: str = M.DEFAULT_HD95) -> Dict[str, TrainerResults]:
     """Score every trainer's validation predictions fold by fold (empty-mask rule ``empty_truth``,
-    HD95 convention ``hd95_convention``); missing folds are recorded.  A fold's validation folder
+    HD95 convention ``hd95``); missing folds are recorded.  A fold's validation folder
     must hold every validation case of nnU-Net's ``splits_final.json`` (``allow_missing``: the
     missing ones score as empty predictions)."""
     results_root = env_folder("nnUNet_results") / dataset_name
@@ -90,7 +90,7 @@ def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlan
     out = {}
     for trainer in trainers:
         model_dir = results_root / f"{trainer}__{plans}__{configuration}"
-        res = TrainerResults(trainer, model_dir, empty_truth=empty_truth, hd95_convention=hd95_convention)
+        res = TrainerResults(trainer, model_dir, empty_truth=empty_truth, hd95=hd95)
         for fold in folds:
             val_dir = model_dir / f"fold_{fold}" / "validation"
             predicted = F.list_segmentations(val_dir) if val_dir.is_dir() else {}
@@ -103,7 +103,7 @@ def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlan
                 rows = F.evaluate_cases(val_dir, gt_dir, classes, progress=progress,
                                         description=f"{trainer} fold {fold}", empty_truth=empty_truth,
                                         expected=expected, allow_missing=allow_missing,
-                                        hd95_convention=hd95_convention)
+                                        hd95=hd95)
             except UserError as e:
                 raise UserError(f"{trainer} fold {fold} ({splits_file.name} validation cases): {e}; or rerun "
                                 f"nnUNetv2_train ... --val to write them") from None
@@ -122,7 +122,7 @@ def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlan
 def trainer_summary(res: TrainerResults, n_resamples: int = 10_000) -> Dict[str, object]:
     """Per-fold aggregates, mean ± std of the fold means, the pooled (all cases) aggregate and a
     bootstrap CI of the per-image mean Dice."""
-    rules = {"empty_truth": res.empty_truth, "hd95_convention": res.hd95_convention}
+    rules = {"empty_truth": res.empty_truth, "hd95": res.hd95}
     per_fold = {}
     for fold in res.folds_found:
         per_fold[fold] = F.aggregate([r for r in res.rows if r["fold"] == fold], **rules)
@@ -133,7 +133,8 @@ def trainer_summary(res: TrainerResults, n_resamples: int = 10_000) -> Dict[str,
     pooled = F.aggregate(res.rows, **rules) if res.rows else None
     return {"folder": str(res.folder), "folds_found": res.folds_found, "folds_missing": res.folds_missing,
             "per_fold": per_fold, "over_folds": over_folds, "all_cases": pooled,
-            "by_class": F.aggregate_by_class(res.rows, **rules), **rules,
+            "by_class": F.aggregate_by_class(res.rows, **rules), "empty_truth": res.empty_truth,
+            "hd95_convention": res.hd95,
             "dice_ci95": S.bootstrap_ci([r["dice"] for r in res.rows], n_resamples=n_resamples)}
 
 

@@ -87,10 +87,10 @@ def read_class_probabilities(path) -> np.ndarray:
 def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, label: Optional[int] = None,
                    progress: bool = True, description: str = "evaluating",
                    empty_truth: str = M.DEFAULT_EMPTY_TRUTH, expected: Optional[Sequence[str]] = None,
-                   allow_missing: bool = False, *, hd95_convention: str = M.DEFAULT_HD95) -> List[Dict[str, object]]:
+                   allow_missing: bool = False, *, hd95: str = M.DEFAULT_HD95) -> List[Dict[str, object]]:
     """One row per expected case: ``case_id, class, prediction_missing`` and
     :func:`metrics.segmentation_metrics` under the empty-mask rule ``empty_truth``
-    (:data:`metrics.EMPTY_TRUTH_RULES`) and the HD95 convention ``hd95_convention``
+    (:data:`metrics.EMPTY_TRUTH_RULES`) and the HD95 convention ``hd95``
     (:data:`metrics.HD95_CONVENTIONS`).
 
     Every prediction must have a reference of the same shape (a UserError names the file).
@@ -100,7 +100,7 @@ def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, l
     """
     from tqdm import tqdm
     M.check_empty_truth(empty_truth)
-    M.check_hd95_convention(hd95_convention)
+    M.check_hd95_convention(hd95)
     preds, refs = list_segmentations(pred_dir), list_segmentations(gt_dir)
     if not preds:
         raise UserError(f"no segmentation files ({', '.join(SEG_SUFFIXES)}) in {pred_dir}")
@@ -127,19 +127,19 @@ def evaluate_cases(pred_dir, gt_dir, classes: Optional[Dict[str, str]] = None, l
                             f"{ref.shape}; predictions must be in the reference's geometry")
         row = {"case_id": case_id, "class": (classes or {}).get(case_id, ""), "prediction_missing": case_id not in preds}
         row.update(M.segmentation_metrics(ref, pred, label=label, empty_truth=empty_truth,
-                                          hd95_convention=hd95_convention))
+                                          hd95=hd95))
         rows.append(row)
     return rows
 
 
 def aggregate(rows: Sequence[Dict[str, object]], empty_truth: str = M.DEFAULT_EMPTY_TRUTH, *,
-              hd95_convention: str = M.DEFAULT_HD95) -> Dict[str, object]:
+              hd95: str = M.DEFAULT_HD95) -> Dict[str, object]:
     """Per-image summaries (:func:`metrics.summarize`) of every metric, pooled Dice/IoU and the
     image-level false-positive rate on empty-reference (normal) cases. ``empty_truth`` and
-    ``hd95_convention`` must be those the rows were scored with (:func:`evaluate_cases`); both are
+    ``hd95`` (the HD95 convention) must be those the rows were scored with (:func:`evaluate_cases`); both are
     recorded in the result."""
     out = {"n_cases": len(rows), "empty_truth": M.check_empty_truth(empty_truth),
-           "hd95_convention": M.check_hd95_convention(hd95_convention), "per_image": {},
+           "hd95_convention": M.check_hd95_convention(hd95), "per_image": {},
            "pooled": M.pooled_overlap(rows, empty_truth)}
     for name in M.PER_IMAGE_METRICS:
         out["per_image"][name] = M.summarize([r[name] for r in rows])
@@ -157,10 +157,10 @@ def aggregate(rows: Sequence[Dict[str, object]], empty_truth: str = M.DEFAULT_EM
 
 
 def aggregate_by_class(rows: Sequence[Dict[str, object]], empty_truth: str = M.DEFAULT_EMPTY_TRUTH, *,
-                       hd95_convention: str = M.DEFAULT_HD95) -> Dict[str, Dict[str, object]]:
+                       hd95: str = M.DEFAULT_HD95) -> Dict[str, Dict[str, object]]:
     """:func:`aggregate` for each non-empty value of the rows' ``class`` column."""
     classes = sorted({r.get("class") for r in rows if r.get("class")})
-    return {c: aggregate([r for r in rows if r.get("class") == c], empty_truth, hd95_convention=hd95_convention)
+    return {c: aggregate([r for r in rows if r.get("class") == c], empty_truth, hd95=hd95)
             for c in classes}
 
 

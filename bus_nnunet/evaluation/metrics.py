@@ -199,10 +199,10 @@ def surface_distances(reference, prediction, *, label: Optional[int] = None,
     return to_ref, to_pred
 
 
-def _distance_metrics(reference, prediction, label, spacing, hd95_convention) -> Dict[str, float]:
+def _distance_metrics(reference, prediction, label, spacing, convention: str) -> Dict[str, float]:
     """``hd95`` and ``assd`` from one pair of directed distance sets; the empty-mask rule of the
     module docstring (0 when both are empty, NaN when one is)."""
-    check_hd95_convention(hd95_convention)
+    check_hd95_convention(convention)
     ref, pred = _pair(reference, prediction, label)
     ref_any, pred_any = ref.any(), pred.any()
     if not ref_any and not pred_any:
@@ -211,7 +211,7 @@ def _distance_metrics(reference, prediction, label, spacing, hd95_convention) ->
         return {"hd95": NAN, "assd": NAN}
     to_ref, to_pred = surface_distances(ref, pred, spacing=spacing)
     pooled = np.concatenate([to_ref, to_pred])
-    if hd95_convention == "pooled":
+    if convention == "pooled":
         hd = np.percentile(pooled, 95)
     else:
         hd = max(np.percentile(to_ref, 95), np.percentile(to_pred, 95))
@@ -258,17 +258,17 @@ def assd(reference, prediction, label: Optional[int] = None, spacing: Optional[S
 def segmentation_metrics(reference, prediction, label: Optional[int] = None,
                          spacing: Optional[Sequence[float]] = None,
                          empty_truth: str = DEFAULT_EMPTY_TRUTH, *,
-                         hd95_convention: str = DEFAULT_HD95) -> Dict[str, float]:
+                         hd95: str = DEFAULT_HD95) -> Dict[str, float]:
     """All per-image metrics of :data:`PER_IMAGE_METRICS` plus the pixel counts and mask sizes.
 
-    ``n_ref``/``n_pred`` are the foreground pixel counts (as in nnU-Net's summary.json); HD95 under
-    ``hd95_convention`` (:data:`HD95_CONVENTIONS`).
+    ``n_ref``/``n_pred`` are the foreground pixel counts (as in nnU-Net's summary.json); HD95 under the
+    convention ``hd95`` (:data:`HD95_CONVENTIONS`).
     """
     ref, pred = _pair(reference, prediction, label)
     c = confusion_counts(ref, pred)
     out = overlap_scores(c["tp"], c["fp"], c["fn"], empty_truth)
     out["specificity"] = specificity_score(ref, pred)
-    out.update(_distance_metrics(ref, pred, None, spacing, hd95_convention))
+    out.update(_distance_metrics(ref, pred, None, spacing, hd95))
     out.update(c)
     out["n_ref"], out["n_pred"] = c["tp"] + c["fn"], c["tp"] + c["fp"]
     return out
