@@ -65,17 +65,28 @@ def case_classes_for(path, case_ids) -> Dict[str, str]:
     return case_classes(path)
 
 
-def find_manifest(dataset_name: str, raw_root: Optional[str] = None) -> Path:
+def find_manifest(dataset_name: str, raw_root: Optional[str] = None, must_exist: bool = False) -> Path:
     """The manifest of an nnU-Net dataset: ``$BUS_NNUNET_MANIFEST`` if set, else
-    ``$nnUNet_raw/<dataset_name>/manifest.csv``."""
+    ``$nnUNet_raw/<dataset_name>/manifest.csv``.  ``must_exist``: a missing file is a UserError naming
+    the path, where it came from, and the fixes."""
     override = os.environ.get(MANIFEST_ENV)
     if override:
-        return Path(override)
+        path = Path(override)
+        if must_exist and not path.is_file():
+            raise UserError(f"manifest {path} (${MANIFEST_ENV}) not found; fix: point {MANIFEST_ENV} at the "
+                            f"dataset's manifest.csv, or unset it to use $nnUNet_raw/{dataset_name}/{MANIFEST_NAME}")
+        return path
     raw_root = raw_root or os.environ.get("nnUNet_raw")
     if not raw_root:
         raise UserError(f"cannot locate the manifest of {dataset_name}: nnUNet_raw is not set "
                         f"(or set {MANIFEST_ENV}=/path/to/manifest.csv)")
-    return Path(raw_root) / dataset_name / MANIFEST_NAME
+    path = Path(raw_root) / dataset_name / MANIFEST_NAME
+    if must_exist and not path.is_file():
+        raise UserError(f"manifest {path} not found (the class of every training case is read from it); fix: "
+                        f"convert the dataset with `bus-nnunet convert`, which writes it next to dataset.json, "
+                        f"or set {MANIFEST_ENV}=/path/to/manifest.csv (a CSV with at least the columns "
+                        f"case_id,class)")
+    return path
 
 
 def write_manifest(path, rows: List[Dict[str, object]]) -> None:

@@ -216,3 +216,20 @@ def test_acsnet_trainer_cli_writes_classification_and_classify_command(planned_d
     copy_row = next(csv.DictReader(open(tmp_path / "m.csv")))
     original = next(r for r in test_rows if r["case_id"] == first.name[:-len("_0000.png")])
     assert copy_row["case_id"] == "copy" and copy_row["p_malignant"] == original["p_malignant"]
+
+
+def test_acsnet_trainer_without_manifest_stops_with_one_line(planned_dataset, tmp_path):
+    """Issue 22, item 11: nnUNetv2_train on a dataset without manifest.csv (here: nnUNet_raw without the
+    dataset, as after moving the raw data) ends with the message and its fix, not a traceback."""
+    ds = planned_dataset
+    raw = tmp_path / "raw_without_dataset"
+    raw.mkdir()
+    env = {**ds.results_env(tmp_path), "nnUNet_raw": str(raw), "BUS_NNUNET_MANIFEST": "",
+           "BUS_NNUNET_PRETRAINED": "none"}
+    proc = _nnunet.run(["nnUNetv2_train", ds.dataset_id, "2d", 0, "-tr", "ACSNetTrainer", "-device", "cpu"], env,
+                       check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    manifest = raw / "Dataset990_SyntheticUS" / "manifest.csv"
+    assert f"ACSNetTrainer: manifest {manifest} not found" in proc.stderr
+    assert "bus-nnunet convert" in proc.stderr and "BUS_NNUNET_MANIFEST=/path/to/manifest.csv" in proc.stderr

@@ -42,7 +42,7 @@ from torch import nn
 
 from bus_nnunet.errors import UserError
 from bus_nnunet.recipes import PaperBudget, Recipe
-from bus_nnunet.trainers.base import BusNetworkTrainer, unwrap_network
+from bus_nnunet.trainers.base import BusNetworkTrainer, TrainerSetupError, unwrap_network
 
 __all__ = ["ACSNetTrainer"]
 
@@ -93,8 +93,12 @@ class ACSNetTrainer(BusNetworkTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         from bus_nnunet.manifest import find_manifest
-        self.manifest_path = find_manifest(self.plans_manager.dataset_name)
-        self.class_names, self.case_labels = classification_labels(self.manifest_path, self._training_case_ids())
+        try:
+            self.manifest_path = find_manifest(self.plans_manager.dataset_name, must_exist=True)
+            self.class_names, self.case_labels = classification_labels(self.manifest_path,
+                                                                       self._training_case_ids())
+        except UserError as e:  # one line from nnUNetv2_train, not a traceback
+            raise TrainerSetupError(f"{type(self).__name__}: {e}") from None
         # saved with the model's plans.json: inference rebuilds the same classification head
         self.set_configuration_entry(CLASSES_KEY, list(self.class_names))
         counts = {n: sum(v == i for v in self.case_labels.values()) for i, n in enumerate(self.class_names)}

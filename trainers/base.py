@@ -52,7 +52,21 @@ from bus_nnunet.errors import UserError
 from bus_nnunet.network_architectures import create_model, model_info, snap_patch_size
 from bus_nnunet.recipes import NNUNET_RECIPE, EpochLRScheduler, Recipe, build_optimizer
 
-__all__ = ["UltrasoundAugmentationMixin", "BusNetworkTrainer", "OneMinusDiceLoss", "unwrap_network"]
+__all__ = ["UltrasoundAugmentationMixin", "BusNetworkTrainer", "OneMinusDiceLoss", "unwrap_network",
+           "TrainerSetupError"]
+
+
+class TrainerSetupError(UserError, SystemExit):
+    """An input or setting that stops a trainer before it trains (missing manifest, broken cached weights).
+
+    A UserError for callers in Python; also a SystemExit, because nnU-Net's ``nnUNetv2_train`` catches
+    nothing: Python then prints the message alone on stderr and exits with status 1, where any other
+    exception would bury the message at the end of a traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = message  # what Python prints for an uncaught SystemExit
+
 
 #: nnU-Net 2.8's nnUNetTrainer.__init__ values (a test checks them against a real instance)
 NNUNET_SCHEDULE_DEFAULTS = {"num_epochs": 1000, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
@@ -413,7 +427,7 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
                                        self.pretrained_sources()]
         problems = [r.problem for _, r in self.pretrained_resolutions if r.problem]
         if problems:
-            raise UserError(f"{type(self).__name__}: " + "\n".join(problems))
+            raise TrainerSetupError(f"{type(self).__name__}: " + "\n".join(problems))
         missing = [r for _, r in self.pretrained_resolutions if r.state == "missing"]
         if missing:
             self.print_to_log_file("\n" + weights.missing_warning(type(self).__name__, missing) + "\n")
