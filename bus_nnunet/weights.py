@@ -38,6 +38,8 @@ DEFAULT_WEIGHTS_DIR = Path("~/.cache/bus-nnunet/weights")
 #: what `weights fetch` downloads from each timm repository on the Hub
 HUB_FILENAME = "model.safetensors"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+#: a record's source for weights `weights import` copied: ``import:<absolute path>``
+IMPORT_SOURCE = "import:"
 
 
 # -- catalogue -----------------------------------------------------------------------------------------
@@ -106,6 +108,21 @@ class CacheEntry:
     @property
     def ok(self) -> bool:
         return self.record is not None and self.problem is None
+
+    def repair(self) -> str:
+        """Both ways to replace broken cached weights, the way they came first (the record's source)."""
+        fetch = f"`bus-nnunet weights fetch {self.name} --overwrite` (downloads them from the Hugging Face Hub)"
+        source = str((self.record or {}).get("source") or "")
+        imported = source[len(IMPORT_SOURCE):] if source.startswith(IMPORT_SOURCE) else None
+        file = imported if imported and os.path.isfile(imported) else "FILE"
+        import_ = f"`bus-nnunet weights import {file} --as {self.name} --overwrite`"
+        if imported:
+            return f"{import_} (the file they were imported from), or {fetch}"
+        return f"{fetch}, or {import_} (a checkpoint you brought)"
+
+    def broken_message(self) -> str:
+        """The one message for a cache entry with a problem: what is wrong and both ways back."""
+        return f"cached weights {self.name}: {self.problem}; fix: {self.repair()}"
 
 
 def record_path(name: str, environ: Mapping[str, str] = os.environ) -> Path:
@@ -203,7 +220,7 @@ def fetch(name: str, overwrite: bool = False, environ: Mapping[str, str] = os.en
         log(f"{name}: already cached, {entry.path} (sha256 {entry.record['sha256']})")
         return entry
     if entry.problem and not overwrite:
-        raise UserError(f"cached weights {name}: {entry.problem}; pass --overwrite to fetch them again")
+        raise UserError(entry.broken_message())
     hub = hub_info(name)
     from huggingface_hub import hf_hub_download
     log(f"{name}: downloading {HUB_FILENAME} from https://huggingface.co/{hub['hf_hub_id']} ...")
@@ -269,8 +286,7 @@ def resolve(weights: str, env: str, environ: Mapping[str, str] = os.environ) -> 
         return Resolution(weights, env, "file", path, problem=problem)
     entry = cache_entry(weights, environ)
     if entry.problem:
-        return Resolution(weights, env, "missing", problem=f"cached weights {weights}: {entry.problem}; fix: "
-                                                           f"bus-nnunet weights fetch {weights} --overwrite")
+        return Resolution(weights, env, "missing", problem=entry.broken_message())
     if entry.ok:
         return Resolution(weights, env, "cache", str(entry.path), entry.record["sha256"])
     problem = (f"{PRETRAINED_ENV}=require but weights {weights} are not cached in {weights_dir(environ)} and "

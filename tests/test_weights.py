@@ -139,6 +139,41 @@ def test_import_list_hash_check_and_refusals(cache, resnet18_file, tmp_path, cap
     assert weights.resolve("resnet18.tv_in1k", "BUS_NNUNET_RESNET18").state == "cache"
 
 
+def _corrupt(path: Path):
+    with open(path, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+
+
+def test_broken_entry_names_both_ways_back_the_way_it_came_first(cache, resnet18_file, capsys):
+    """Issue 22, item 9: one message (trainer, fetch, list, doctor) naming the file, the sha256 mismatch
+    and both fixes, `weights import` first for weights that were imported."""
+    path, _ = resnet18_file
+    assert main(["weights", "import", str(path), "--as", "resnet18.tv_in1k"]) == 0
+    cached = cache / "resnet18.tv_in1k.pth"
+    _corrupt(cached)
+    reimport = f"`bus-nnunet weights import {path} --as resnet18.tv_in1k --overwrite`"
+    refetch = "`bus-nnunet weights fetch resnet18.tv_in1k --overwrite`"
+    message = weights.resolve("resnet18.tv_in1k", "BUS_NNUNET_RESNET18").problem
+    assert message.startswith(f"cached weights resnet18.tv_in1k: {cached} has sha256 ")
+    assert "altered or truncated" in message and message.index(reimport) < message.index(refetch)
+    capsys.readouterr()
+    assert main(["weights", "fetch", "resnet18.tv_in1k"]) == 1
+    assert message in capsys.readouterr().err
+    assert main(["weights", "list"]) == 0
+    assert message in capsys.readouterr().out
+    main(["doctor", "--quick"])
+    fix = next(line for line in capsys.readouterr().out.splitlines() if "fix:" in line and "resnet18" in line)
+    assert fix.index(reimport) < fix.index(refetch)
+
+    # weights that came from the Hub: fetch first, import still named
+    weights.store("resnet18.tv_in1k", path, "huggingface:timm/resnet18.tv_in1k/model.safetensors", overwrite=True,
+                  log=lambda *_: None)
+    _corrupt(cached)
+    message = weights.resolve("resnet18.tv_in1k", "BUS_NNUNET_RESNET18").problem
+    assert message.index(refetch) < message.index("`bus-nnunet weights import FILE --as resnet18.tv_in1k --overwrite`")
+
+
 def test_resolution_order(cache, resnet18_file, monkeypatch, tmp_path):
     path, _ = resnet18_file
     r = weights.resolve("resnet18.tv_in1k", "BUS_NNUNET_RESNET18")
@@ -252,6 +287,24 @@ def test_trainer_card_and_doctor_report_the_cache_state(cache, resnet18_file, ca
 
 
 # -- nnUNetv2_train with cached weights ------------------------------------------------------------------
+def test_nnunet_train_with_broken_cached_weights_stops_with_one_line(planned_dataset, resnet18_file, tmp_path):
+    """Issue 22, item 9: nnUNetv2_train with altered cached weights prints the cache's message, no traceback."""
+    path, _ = resnet18_file
+    cache = tmp_path / "cache"
+    env = {**planned_dataset.results_env(tmp_path), weights.WEIGHTS_DIR_ENV: str(cache), "BUS_NNUNET_RESNET18": "",
+           "BUS_NNUNET_PRETRAINED": ""}
+    weights.store("resnet18.tv_in1k", path, f"import:{path}", environ=env, log=lambda *_: None)
+    _corrupt(cache / "resnet18.tv_in1k.pth")
+    proc = _nnunet.run(["nnUNetv2_train", planned_dataset.dataset_id, "2d", 0, "-tr", "ACSNetTrainer",
+                        "-device", "cpu"], env, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    message = weights.resolve("resnet18.tv_in1k", "BUS_NNUNET_RESNET18", env).problem
+    assert f"ACSNetTrainer: {message}" in proc.stderr
+    assert f"`bus-nnunet weights import {path} --as resnet18.tv_in1k --overwrite`" in message
+
+
+
 def test_nnunet_train_loads_cached_weights(planned_dataset, tmp_path):
     """A frozen-encoder trainer, with its weights only in the cache (imported, no variable set): the
     log says where they came from and that the network equals them after initialisation, and the

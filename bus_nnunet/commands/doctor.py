@@ -54,7 +54,7 @@ def _check_weights(ok, info, bad, trainers):
         if entry.ok:
             ok(f"{name} cached: {entry.path} (sha256 {entry.record['sha256']})")
         elif entry.problem:
-            bad(f"{name}: {entry.problem}", f"bus-nnunet weights fetch {name} --overwrite")
+            bad(f"{name}: {entry.problem}", entry.repair())
         else:
             info(f"{name} not cached: {who or 'no trainer'} train from scratch after a warning; "
                  f"fix: bus-nnunet weights fetch {name}")

@@ -45,6 +45,7 @@ def listing() -> dict:
         entries.append({"weights": name, "cached": entry.ok, "path": str(entry.path) if entry.path else None,
                         "sha256": entry.record["sha256"] if entry.ok else None,
                         "source": entry.record.get("source") if entry.ok else None, "problem": entry.problem,
+                        "fix": entry.broken_message() if entry.problem else None,
                         "hub": hub["hf_hub_id"], "license": hub["license"],
                         "networks": sorted({c.network for c in consumers})})
     trainers = []
@@ -78,7 +79,8 @@ def format_listing(data: dict) -> str:
         for name, source in itertools.zip_longest(names, sources, fillvalue=None):
             rows.append((name or "", *(source or ("", "", ""))))
     out.append(format_table(["trainers", "weights", "override", "uses now"], rows))
-    missing = [e["weights"] for e in data["weights"] if not e["cached"]]
+    out += [f"\nBROKEN {e['fix']}" for e in data["weights"] if e["fix"]]
+    missing = [e["weights"] for e in data["weights"] if not e["cached"] and not e["fix"]]
     if missing:
         out.append(f"\nFetch the missing ones (with internet): bus-nnunet weights fetch {' '.join(missing)}")
     return "\n".join(out)
@@ -126,6 +128,7 @@ def run_import(args) -> int:
     if not os.path.isfile(args.file):
         raise UserError(f"{args.file}: no such file")
     print(f"{name}: checking {args.file} ...")
-    entry = weights.store(name, args.file, f"import:{os.path.abspath(args.file)}", overwrite=args.overwrite)
+    entry = weights.store(name, args.file, weights.IMPORT_SOURCE + os.path.abspath(args.file),
+                          overwrite=args.overwrite)
     print(f"{name}: cached {entry.path} (sha256 {entry.record['sha256']}, {entry.record['bytes']:,} bytes)")
     return 0
