@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bus_nnunet.errors import UserError
-from bus_nnunet.io_utils import give_umask_mode
+from bus_nnunet.io_utils import give_umask_mode, remove_stale_partials
 
 WEIGHTS_DIR_ENV = "BUS_NNUNET_WEIGHTS_DIR"
 PRETRAINED_ENV = "BUS_NNUNET_PRETRAINED"
@@ -167,6 +167,13 @@ def verify_checkpoint(name: str, path) -> List[str]:
     return reports
 
 
+def _partial_prefix(name: str) -> str:
+    """Temporary files and folders of weights ``name`` in the cache are io_utils' partials of
+    ``<cache>/<name>``, so that :func:`remove_stale_partials` removes those a killed import or fetch
+    left (whatever the suffix of the file being written)."""
+    return f".{name}.partial-{os.getpid()}-"
+
+
 def store(name: str, source_file, source: str, overwrite: bool = False,
           environ: Mapping[str, str] = os.environ, log=print) -> CacheEntry:
     """Copy ``source_file`` into the cache as weights ``name`` (verified, hashed, recorded atomically)."""
@@ -181,7 +188,8 @@ def store(name: str, source_file, source: str, overwrite: bool = False,
         log(f"  fits {report}")
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}{suffix}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
+    remove_stale_partials(folder / name, log=log)
+    fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(name), dir=folder)
     try:
         give_umask_mode(tmp, directory=False)
         h = hashlib.sha256()
@@ -226,7 +234,8 @@ def fetch(name: str, overwrite: bool = False, environ: Mapping[str, str] = os.en
     log(f"{name}: downloading {HUB_FILENAME} from https://huggingface.co/{hub['hf_hub_id']} ...")
     folder = weights_dir(environ)
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as staging:
+    remove_stale_partials(folder / name, log=log)
+    with tempfile.TemporaryDirectory(prefix=_partial_prefix(name), dir=folder) as staging:
         try:
             downloaded = hf_hub_download(repo_id=hub["hf_hub_id"], filename=HUB_FILENAME, local_dir=staging)
         except Exception as e:  # offline, proxy, missing repository: say what to do instead

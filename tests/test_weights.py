@@ -174,6 +174,34 @@ def test_broken_entry_names_both_ways_back_the_way_it_came_first(cache, resnet18
     assert message.index(refetch) < message.index("`bus-nnunet weights import FILE --as resnet18.tv_in1k --overwrite`")
 
 
+def test_import_removes_partials_that_killed_imports_left(cache, resnet18_file, monkeypatch, capsys):
+    """Issue 22, item 10: the temporary file of an import is a `.<name>.partial-<pid>-` partial, and an
+    import removes those of processes no longer running (a running one's stays)."""
+    import subprocess
+    import sys
+    path, _ = resnet18_file
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    cache.mkdir()
+    killed = cache / f".resnet18.tv_in1k.partial-{ended.pid}-x1y2"
+    killed.write_bytes(b"\0" * 4096)
+    killed_fetch = cache / f".resnet18.tv_in1k.partial-{ended.pid}-z3"  # a fetch's staging folder
+    killed_fetch.mkdir()
+    (killed_fetch / "model.safetensors").write_bytes(b"\0" * 100)
+    running = cache / ".resnet18.tv_in1k.partial-1-a1b2"  # pid 1 always runs
+    running.write_bytes(b"\0")
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(Path(src).name), real_replace(src, dst)))
+    assert main(["weights", "import", str(path), "--as", "resnet18.tv_in1k"]) == 0
+    out = capsys.readouterr().out
+    assert not killed.exists() and not killed_fetch.exists() and running.exists()
+    assert f"removed {killed}" in out and f"(process {ended.pid}, no longer running)" in out
+    assert renamed[0].startswith(f".resnet18.tv_in1k.partial-{os.getpid()}-")  # what a killed import leaves
+    assert sorted(p.name for p in cache.iterdir()) == [running.name, "resnet18.tv_in1k.json", "resnet18.tv_in1k.pth"]
+    assert weights.cache_entry("resnet18.tv_in1k").ok
+
+
 def test_resolution_order(cache, resnet18_file, monkeypatch, tmp_path):
     path, _ = resnet18_file
     r = weights.resolve("resnet18.tv_in1k", "BUS_NNUNET_RESNET18")
