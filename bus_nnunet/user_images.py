@@ -12,6 +12,10 @@ or an RGB file into a grey model, fails inside nnU-Net and takes the whole folde
   training saw.
 
 A file that cannot be read is reported (:class:`Unreadable`) and every other file still runs.
+
+EXIF orientation is ignored, as the converters ignore it: a mask is aligned with the *stored*
+pixels, which a viewer that honours the tag shows rotated or mirrored.  One rule for training and
+prediction; :func:`orientation_note` says it for each file whose tag asks for a transform.
 """
 from __future__ import annotations
 
@@ -32,6 +36,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NNUNET_CHANNEL_SUFFIX = "_0000"
 #: spacing nnU-Net's NaturalImage2DIO gives every 2D image (the first axis is the dummy one)
 NATURAL_IMAGE_SPACING = (999.0, 1.0, 1.0)
+#: the EXIF tag that tells viewers how to rotate / mirror the stored pixels for display
+EXIF_ORIENTATION_TAG = 0x0112
+#: what a viewer does for each EXIF orientation value (1 = shown as stored)
+EXIF_ORIENTATIONS = {2: "mirrored left-right", 3: "rotated 180 degrees", 4: "mirrored top-bottom",
+                     5: "mirrored along the main diagonal", 6: "rotated 90 degrees clockwise",
+                     7: "mirrored along the anti-diagonal", 8: "rotated 90 degrees counter-clockwise"}
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,28 @@ def read_for_model(path: Path, rgb: bool) -> np.ndarray:
     pixels, _ = read_image(Path(path), rgb)
     channels_first = pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels[None]
     return np.ascontiguousarray(channels_first[:, None], dtype=np.float32)
+
+
+def exif_orientation(path: Path) -> Optional[int]:
+    """The EXIF orientation value of an image file (1..8), or None when it has none (or no EXIF)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(EXIF_ORIENTATION_TAG)
+    except Exception:  # unreadable files are reported by read_for_model
+        return None
+    return int(value) if value is not None else None
+
+
+def orientation_note(path: Path) -> str:
+    """A note for a file whose EXIF orientation makes viewers show it otherwise than stored
+    (empty for none): its mask follows the stored pixels, as the converters read training images."""
+    value = exif_orientation(path)
+    if value is None or value == 1:
+        return ""
+    shown = EXIF_ORIENTATIONS.get(value, "transformed")
+    return (f"EXIF orientation {value} ignored: viewers show this image {shown}, the mask follows the "
+            f"stored pixels (as the converters read training images)")
 
 
 def read_all(images: Iterable[InputImage], rgb: bool, skipped: List[Unreadable], progress: bool = True,

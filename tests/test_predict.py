@@ -154,7 +154,8 @@ def test_predict_errors_name_the_fix(trained_us, tmp_path):
                                env, check=False)
     assert missing_fold.returncode == 1 and "no checkpoint_final.pth in fold_3" in missing_fold.stderr
     assert "found in: fold_0, fold_1" in missing_fold.stderr
-    not_a_model = _nnunet.run(["bus-nnunet", "predict", "-i", image, "-m", tmp_path, "-o", tmp_path / "b"],
+    (tmp_path / "not_a_model").mkdir()
+    not_a_model = _nnunet.run(["bus-nnunet", "predict", "-i", image, "-m", tmp_path / "not_a_model", "-o", tmp_path / "b"],
                               env, check=False)
     assert not_a_model.returncode == 1 and "no plans.json" in not_a_model.stderr
     (tmp_path / "only_text").mkdir()
@@ -181,3 +182,120 @@ def test_gradcam_reads_images_as_predict_does(trained_us, tmp_path):
     assert proc.returncode == 1 and "broken.png" in proc.stdout
     np.testing.assert_array_equal(np.load(out / "rgba_cam.npy"), np.load(out / "bmp_cam.npy"))
     assert json.dumps(sorted(p.name for p in out.iterdir())).count("_cam.npy") == 2
+
+
+# -- issue 22: large images, masks as they are done, EXIF orientation, outputs never over inputs -----
+def _count_network_evaluations(monkeypatch):
+    """Make ``prediction.load_predictor`` count every forward pass of the loaded networks."""
+    from bus_nnunet import prediction as P
+    calls, load = [0], P.load_predictor
+
+    def counting_load(*args, **kwargs):
+        predictor = load(*args, **kwargs)
+        forward = predictor.network.forward
+
+        def counted(x):
+            calls[0] += x.shape[0]
+            return forward(x)
+        predictor.network.forward = counted
+        return predictor
+    monkeypatch.setattr(P, "load_predictor", counting_load)
+    return calls
+
+
+def test_large_image_is_announced_with_nnunets_tile_count_and_shows_tile_progress(trained_us, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """The estimate is exactly the number of network evaluations nnU-Net makes (its crop of the
+    black border, padding, steps, mirroring and folds), said before the image is predicted, and
+    nnU-Net's own bar counts that image's windows; a small image is neither announced nor barred."""
+    from bus_nnunet import prediction as P
+    ds, env = trained_us
+    folder = _nnunet.model_folder(env, "nnUNetTrainerUS")
+    big = np.zeros((150, 200), np.uint8)
+    big[10:140, 25:190] = _ultrasound_like(1, (130, 165)) | 1  # a black border, as scanners write
+    (tmp_path / "in").mkdir()
+    Image.fromarray(big).save(tmp_path / "in" / "big.png")
+    Image.fromarray(_ultrasound_like(2, (64, 64)) | 1).save(tmp_path / "in" / "small.png")
+    monkeypatch.setattr(P, "LARGE_IMAGE_TILES", 10)
+    calls = _count_network_evaluations(monkeypatch)
+    predictor = P.load_predictor(folder, (0,))
+    big_estimate = P.estimate_tiles(predictor, U.read_for_model(tmp_path / "in" / "big.png", False))
+    small_estimate = P.estimate_tiles(predictor, U.read_for_model(tmp_path / "in" / "small.png", False))
+    assert small_estimate.tiles <= 10 < big_estimate.tiles
+    calls[0] = 0
+    P.predict_images([tmp_path / "in"], folder, tmp_path / "out", folds=["0"], device="cpu")
+    assert calls[0] == big_estimate.tiles + small_estimate.tiles
+    err = capsys.readouterr().err
+    assert f"big.png (200x150 px) needs an estimated {big_estimate.tiles:,} sliding-window tiles" in err
+    assert f"({big_estimate.windows} windows of 64x64 px" in err and "small.png" not in err
+    assert f"| {big_estimate.windows}/{big_estimate.windows} [" in err  # nnU-Net's bar over the windows
+    assert small_estimate.windows == 1 and "| 1/1 [" not in err  # no bar for a one-window image
+
+
+def test_masks_are_written_as_done_interruptions_say_how_far_and_exif_is_noted(trained_us, tmp_path, capsys):
+    """Each mask is in the partial folder as soon as its image is done; a run stopped after one
+    image says so and writes nothing; a killed run's partial folder is reported with its count.
+    A JPEG with EXIF orientation 6 is segmented as stored, and summary.csv says so."""
+    from bus_nnunet import prediction as P
+    ds, env = trained_us
+    folder = _nnunet.model_folder(env, "nnUNetTrainerUS")
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        Image.fromarray(_ultrasound_like(k)).save(tmp_path / "in" / f"case{k}.png")
+    out = tmp_path / "out"
+    seen = []
+
+    def stop_after_first(row, partial):
+        assert partial.parent == tmp_path and partial.name.startswith(".out.partial-")
+        assert (partial / row["mask"]).is_file() and (partial / "masks_255" / "case0.png").is_file()
+        seen.append(row["input"])
+        raise RuntimeError("stopped by the test")
+
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        P.predict_images([tmp_path / "in"], folder, out, folds=["0"], device="cpu", progress=False,
+                         on_image=stop_after_first)
+    assert len(seen) == 1 and not out.exists()
+    assert "stopped after 1 of 3 image(s) (RuntimeError)" in capsys.readouterr().err
+
+    killed = tmp_path / ".out.partial-999999999-abcdefgh"  # a pid above Linux's pid_max: not running
+    (killed / "masks").mkdir(parents=True)
+    for name in ("case0.png", "case1.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(killed / "masks" / name)
+    exif = Image.Exif()
+    exif[U.EXIF_ORIENTATION_TAG] = 6
+    stored = _ultrasound_like(5, (40, 64))
+    Image.fromarray(stored).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    P.predict_images([tmp_path / "in" / "case0.png", tmp_path / "rotated.jpg"], folder, out, folds=["0"],
+                     device="cpu", progress=False)
+    assert not killed.exists()
+    assert "(process 999999999, no longer running); it held the masks of 2 image(s)" in capsys.readouterr().err
+    assert np.asarray(Image.open(out / "masks" / "rotated.png")).shape == stored.shape  # not as viewers show it
+    rows = {Path(r["input"]).name: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["rotated.jpg"]["note"].startswith("EXIF orientation 6 ignored: viewers show this image rotated "
+                                                  "90 degrees clockwise, the mask follows the stored pixels")
+    assert rows["case0.png"]["note"] == ""
+
+
+def test_output_that_is_contains_or_lies_inside_an_input_is_refused(trained_us, tmp_path, capsys):
+    """`predict -i scans/ -o scans/ --overwrite` once deleted every input image: an output that is,
+    contains or lies inside an input image folder or the model is refused, naming both, and every
+    input stays as it was; classify likewise."""
+    from bus_nnunet.cli import main
+    ds, env = trained_us
+    folder = _nnunet.model_folder(env, "nnUNetTrainerUS")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(_ultrasound_like()).save(scans / "a.png")
+    before = {p: p.read_bytes() for p in [*scans.rglob("*"), *folder.rglob("*")] if p.is_file()}
+    refusals = [("predict", scans, scans, "is", scans), ("predict", scans, scans / "pred", "lies inside", scans),
+                ("predict", scans, tmp_path, "contains", scans),
+                ("predict", scans, folder / "pred", "lies inside", folder),
+                ("classify", scans / "a.png", scans / "a.png", "is", scans / "a.png"),
+                ("classify", scans, scans / "classes.csv", "lies inside", scans),
+                ("classify", scans, folder / "classes.csv", "lies inside", folder)]
+    for command, given, output, relation, overlapped in refusals:
+        assert main([command, "-i", str(given), "-m", str(folder), "-o", str(output), "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert f"{output} {relation} the input {overlapped}: writing there could replace or delete" in err, err
+    assert {p: p.read_bytes() for p in [*scans.rglob("*"), *folder.rglob("*")] if p.is_file()} == before
+    assert sorted(p.name for p in scans.iterdir()) == ["a.png"]

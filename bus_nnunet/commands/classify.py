@@ -33,7 +33,7 @@ def run(args) -> int:
     from bus_nnunet.prediction import parse_folds
     from bus_nnunet.user_images import files_message
 
-    check_output_free(args.output, args.overwrite, "output file")
+    check_output_free(args.output, args.overwrite, "output file", inputs=[*args.input, args.model])
     names, probabilities, class_names, skipped, ignored = classify_images(
         args.input, args.model, parse_folds(args.folds), args.checkpoint, args.device, args.recursive,
         not args.no_progress)
