@@ -71,6 +71,20 @@ def _require_trained(results_root: Path, trainers: Sequence[str], plans: str, co
                         f"trained here with {plans} / {configuration}: {', '.join(trained) or 'none'}")
 
 
+def score_validation_fold(val_dir, gt_dir, fold: int, expected: Sequence[str], *,
+                          classes: Optional[Dict[str, str]] = None, progress: bool = True,
+                          description: str = "evaluating", empty_truth: str = M.DEFAULT_EMPTY_TRUTH,
+                          hd95: str = M.DEFAULT_HD95, allow_missing: bool = False) -> List[Dict[str, object]]:
+    """The rows of one fold's validation folder (:func:`folder.evaluate_cases` of the ``expected``
+    cases, each with its ``fold``): the one scoring of a trainer's and of an ensemble's
+    (:mod:`.ensembles`) predictions, so both follow the same rules."""
+    rows = F.evaluate_cases(val_dir, gt_dir, classes, progress=progress, description=description,
+                            empty_truth=empty_truth, expected=expected, allow_missing=allow_missing, hd95=hd95)
+    for r in rows:
+        r["fold"] = fold
+    return rows
+
+
 def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlans", configuration: str = "2d",
             folds: Sequence[int] = (0, 1, 2, 3, 4), classes: Optional[Dict[str, str]] = None,
             progress: bool = True, empty_truth: str = M.DEFAULT_EMPTY_TRUTH,
@@ -100,15 +114,12 @@ def collect(dataset_name: str, trainers: Sequence[str], plans: str = "nnUNetPlan
             # without nnU-Net's splits (a hand-made results folder) only what was predicted is known
             expected = splits[fold]["val"] if fold < len(splits) else sorted(predicted)
             try:
-                rows = F.evaluate_cases(val_dir, gt_dir, classes, progress=progress,
-                                        description=f"{trainer} fold {fold}", empty_truth=empty_truth,
-                                        expected=expected, allow_missing=allow_missing,
-                                        hd95=hd95)
+                rows = score_validation_fold(val_dir, gt_dir, fold, expected, classes=classes, progress=progress,
+                                             description=f"{trainer} fold {fold}", empty_truth=empty_truth,
+                                             hd95=hd95, allow_missing=allow_missing)
             except UserError as e:
                 raise UserError(f"{trainer} fold {fold} ({splits_file.name} validation cases): {e}; or rerun "
                                 f"nnUNetv2_train ... --val to write them") from None
-            for r in rows:
-                r["fold"] = fold
             res.rows += rows
             res.folds_found.append(fold)
             res.npz.update({F.case_id_of(p): p for p in val_dir.glob("*.npz")})
