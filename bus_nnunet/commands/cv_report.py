@@ -4,7 +4,11 @@ Reads ``$nnUNet_results/<Dataset>/<trainer>__<plans>__<configuration>/fold_k/val
 ``$nnUNet_preprocessed/<Dataset>/gt_segmentations``; reports per-image metrics as mean ± std over
 the fold means and over all out-of-fold cases (with a bootstrap 95% CI), pooled Dice, the
 normal-image false-positive rate, paired Wilcoxon signed-rank tests between trainers (Holm
-corrected), Markdown and LaTeX tables and figures. Missing folds are reported, not fatal."""
+corrected), Markdown and LaTeX tables and figures. Missing folds are reported, not fatal.
+
+--ensembles all best3 adds ensemble rows: per validation case the mean of the members' softmax
+probabilities (fold_k/validation/<case>.npz, written by nnUNetv2_train ... --npz), argmax, as
+nnUNetv2_ensemble does; scored, tabled and tested like a trainer."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +29,11 @@ def register(subparsers):
     add_empty_truth_option(p)
     add_hd95_option(p)
     add_allow_missing_option(p)
+    p.add_argument("--ensembles", nargs="+", default=[], metavar="SELECTION",
+                   help="also score ensembles of the trainers, like a trainer, on the validation probabilities "
+                        "(nnUNetv2_train ... --npz): 'all' (every trainer) and/or 'best<k>' (the k trainers with "
+                        "the highest mean per-image Dice over all validation cases of this report), e.g. "
+                        "--ensembles all best3")
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -36,6 +45,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from bus_nnunet.evaluation import cv_report as R
+    from bus_nnunet.evaluation import ensembles as E
     from bus_nnunet.evaluation import folder as F
     from bus_nnunet.evaluation import metrics as M
     from bus_nnunet.io_utils import atomic_output_dir, atomic_write_json, atomic_write_text, check_output_free
@@ -54,63 +64,83 @@ def run(args) -> int:
     results = R.collect(dataset, args.trainers, args.plans, args.configuration, args.folds, classes,
                         progress=not args.no_progress, empty_truth=args.empty_truth,
                         allow_missing=args.allow_missing, hd95=args.hd95)
-    summaries = {t: R.trainer_summary(r, args.bootstrap) for t, r in results.items()}
-    comparisons = R.pairwise_comparisons(results, n_resamples=args.bootstrap)
-
-    caption = (f"{dataset}, {args.configuration}, {args.plans}: {len(args.folds)}-fold cross-validation. "
-               f"Dice (folds): mean ± std of the fold means; other metrics: mean ± std over all out-of-fold "
-               f"images; pooled Dice sums pixel counts over all images. Empty-mask rule: "
-               f"--empty-truth {args.empty_truth}; HD95: --hd95 {args.hd95}.")
-    result_rows = R.results_table_rows(summaries)
-    md = [f"# Cross-validation report: {dataset}", "", caption, "",
-          markdown_table(R.RESULTS_HEADER, result_rows), ""]
-    for t, s in summaries.items():
-        if s["folds_missing"]:
-            md.append(f"- **{t}: fold(s) {', '.join(map(str, s['folds_missing']))} missing** "
-                      f"(no predictions in {s['folder']}/fold_k/validation)")
-    md += ["", F.empty_rule_line(args.empty_truth) + " Undefined values are left out of their means.", "",
-           F.hd95_rule_line(args.hd95), ""]
-    if comparisons:
-        md += ["## Paired comparisons (same images)", "",
-               "Two-sided Wilcoxon signed-rank test on per-image scores, Holm-corrected within each metric; "
-               "images both trainers score the same are left out of the test (metrics.json: n_nonzero, "
-               "n_a_better, n_b_better); exact p up to 400 remaining pairs, tie-corrected normal "
-               "approximation above. Bootstrap 95% CI of the mean difference. The test asks whether one "
-               "trainer scores higher on more images, the CI where the mean difference lies: a small p "
-               "with a CI that includes 0 means many small differences one way and a few large ones the "
-               "other.", "",
-               markdown_table(R.COMPARISON_HEADER, R.comparison_table_rows(comparisons)), ""]
-    per_fold_rows = [[t, str(fold), str(s["per_fold"][fold]["n_cases"]),
-                      F.fmt(s["per_fold"][fold]["per_image"]["dice"]["mean"]),
-                      F.fmt(s["per_fold"][fold]["pooled"]["dice"])]
-                     for t, s in summaries.items() for fold in s["folds_found"]]
-    md += ["## Per fold", "", markdown_table(["trainer", "fold", "n", "Dice (per image)", "Dice (pooled)"],
-                                               per_fold_rows), ""]
-    class_rows = [[t, c, str(a["n_cases"]), F.fmt(a["per_image"]["dice"]["mean"]),
-                   F.fmt(a["pooled"]["dice"]), F.fmt(a["normal_images"]["fp_rate"])]
-                  for t, s in summaries.items() for c, a in s["by_class"].items()]
-    if class_rows:
-        md += ["## Per class", "", markdown_table(["trainer", "class", "n", "Dice (per image)", "Dice (pooled)",
-                                                     "FP rate (normal)"], class_rows), ""]
-
-    all_rows = [{"trainer": t, **row} for t, r in results.items() for row in r.rows]
+    # a bad selection (best5 of three trainers) fails before any output is written
+    ensembles, ensemble_notes = E.choose_ensembles(results, args.ensembles)
+    slugs = {e.name: e.slug for e in ensembles}
     with atomic_output_dir(args.output, args.overwrite, inputs=inputs) as tmp:
+        # the ensembles' segmentations are part of the report, in nnU-Net's layout
+        # (ensembles/<slug>/fold_k/validation), so `bus-nnunet evaluate` and the montages read them as a trainer's
+        ensemble_results = {e.name: E.score_ensemble(e, results, tmp / "ensembles" / e.slug, gt_dir=gt_dir,
+                                                     classes=classes, progress=not args.no_progress)
+                            for e in ensembles}
+        # ensemble rows are scored like trainers from here on (tables, paired tests, figures)
+        scored = {**results, **ensemble_results}
+        summaries = {t: R.trainer_summary(r, args.bootstrap) for t, r in scored.items()}
+        dice_by_trainer = E.mean_dice_by_trainer(results)
+        for e in ensembles:
+            summaries[e.name].update(folder=str(Path(args.output) / "ensembles" / e.slug),
+                                     **E.ensemble_summary_fields(e, dice_by_trainer))
+        comparisons = R.pairwise_comparisons(scored, n_resamples=args.bootstrap)
+
+        caption = (f"{dataset}, {args.configuration}, {args.plans}: {len(args.folds)}-fold cross-validation. "
+                   f"Dice (folds): mean ± std of the fold means; other metrics: mean ± std over all out-of-fold "
+                   f"images; pooled Dice sums pixel counts over all images. Empty-mask rule: "
+                   f"--empty-truth {args.empty_truth}; HD95: --hd95 {args.hd95}.")
+        result_rows = R.results_table_rows(summaries)
+        md = [f"# Cross-validation report: {dataset}", "", caption, "",
+              markdown_table(R.RESULTS_HEADER, result_rows), ""]
+        for t, s in summaries.items():
+            if s["folds_missing"]:
+                why = ("not every member has it" if t in ensemble_results else
+                       f"no predictions in {s['folder']}/fold_k/validation")
+                md.append(f"- **{t}: fold(s) {', '.join(map(str, s['folds_missing']))} missing** ({why})")
+        md += ["", F.empty_rule_line(args.empty_truth) + " Undefined values are left out of their means.", "",
+               F.hd95_rule_line(args.hd95), ""]
+        if ensembles:
+            md += [E.describe(ensembles, ensemble_notes), ""]
+        if comparisons:
+            md += ["## Paired comparisons (same images)", "",
+                   "Two-sided Wilcoxon signed-rank test on per-image scores, Holm-corrected within each metric; "
+                   "images both trainers score the same are left out of the test (metrics.json: n_nonzero, "
+                   "n_a_better, n_b_better); exact p up to 400 remaining pairs, tie-corrected normal "
+                   "approximation above. Bootstrap 95% CI of the mean difference. The test asks whether one "
+                   "trainer scores higher on more images, the CI where the mean difference lies: a small p "
+                   "with a CI that includes 0 means many small differences one way and a few large ones the "
+                   "other.", "",
+                   markdown_table(R.COMPARISON_HEADER, R.comparison_table_rows(comparisons)), ""]
+        per_fold_rows = [[t, str(fold), str(s["per_fold"][fold]["n_cases"]),
+                          F.fmt(s["per_fold"][fold]["per_image"]["dice"]["mean"]),
+                          F.fmt(s["per_fold"][fold]["pooled"]["dice"])]
+                         for t, s in summaries.items() for fold in s["folds_found"]]
+        md += ["## Per fold", "", markdown_table(["trainer", "fold", "n", "Dice (per image)", "Dice (pooled)"],
+                                                   per_fold_rows), ""]
+        class_rows = [[t, c, str(a["n_cases"]), F.fmt(a["per_image"]["dice"]["mean"]),
+                       F.fmt(a["pooled"]["dice"]), F.fmt(a["normal_images"]["fp_rate"])]
+                      for t, s in summaries.items() for c, a in s["by_class"].items()]
+        if class_rows:
+            md += ["## Per class", "", markdown_table(["trainer", "class", "n", "Dice (per image)", "Dice (pooled)",
+                                                         "FP rate (normal)"], class_rows), ""]
+
+        all_rows = [{"trainer": t, **row} for t, r in scored.items() for row in r.rows]
         figures = tmp / "figures"
         figures.mkdir()
-        R.plot_dice_distribution(results, figures / "dice_per_image.png")
+        R.plot_dice_distribution(scored, figures / "dice_per_image.png")
         md += ["## Figures", "", "![per-image Dice](figures/dice_per_image.png)", ""]
         aucs = R.plot_roc_curves(results, gt_dir, figures / "roc_pixels.png")
         if aucs:
             md += ["![pixel ROC](figures/roc_pixels.png)", ""]
         montages = {}
-        for t, r in results.items():
+        for t, r in scored.items():
             if r.rows:
-                montages[t] = R.plot_montage(r, gt_dir, raw_dir, figures / f"montage_{t}.png")
-                md += [f"![{t} best/median/worst](figures/montage_{t}.png)", ""]
+                stem = slugs.get(t, t)  # an ensemble's name has spaces and ':'
+                montages[t] = R.plot_montage(r, gt_dir, raw_dir, figures / f"montage_{stem}.png")
+                md += [f"![{t} best/median/worst](figures/montage_{stem}.png)", ""]
         report = {"dataset": dataset, "configuration": args.configuration, "plans": args.plans,
                   "folds": args.folds, "empty_truth": args.empty_truth,
                   "empty_rule": M.EMPTY_TRUTH_RULES[args.empty_truth], "hd95_convention": args.hd95,
-                  "hd95_rule": M.HD95_CONVENTIONS[args.hd95], "trainers": summaries,
+                  "hd95_rule": M.HD95_CONVENTIONS[args.hd95],
+                  "trainers": {t: summaries[t] for t in results},
+                  "ensembles": {e.name: summaries[e.name] for e in ensembles},
                   "comparisons": comparisons, "pixel_auc": aucs, "montage_cases": montages}
         atomic_write_json(tmp / "metrics.json", F.json_safe(report))
         atomic_write_text(tmp / "per_case.csv", F.rows_to_csv(all_rows))
