@@ -11,7 +11,7 @@ The segmentation outputs of such a model go through nnU-Net's own tools (``nnUNe
   does for segmentation.
 * :func:`classify_images` -- ``bus-nnunet classify``: ordinary image files, converted to the
   model's channels as ``bus-nnunet predict`` converts them, preprocessed with the model's own
-  plans, probabilities averaged over the selected folds.
+  plans, probabilities averaged over the selected folds and (weighted) over several models.
 * :func:`write_classification_csv` -- ``case_id,true_class,p_<class>...,predicted_class``.
 """
 from __future__ import annotations
@@ -97,47 +97,61 @@ def summarize_classification(true_labels: Sequence[int], probabilities: np.ndarr
     return metrics
 
 
-def classify_images(inputs: Sequence, model_folder, folds: Optional[Sequence] = None,
+def model_class_probabilities(member, data: np.ndarray) -> np.ndarray:
+    """Softmax class probabilities (K,) of one image ``(C, 1, H, W)`` (as
+    :func:`bus_nnunet.user_images.read_for_model` reads it) with one ensemble member
+    (:class:`bus_nnunet.prediction.Member`): its own preprocessing, averaged over its folds."""
+    from bus_nnunet.user_images import NATURAL_IMAGE_SPACING
+    predictor = member.predictor
+    network = predictor.network
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    preprocessed = preprocessor.run_case_npy(data, None, {"spacing": list(NATURAL_IMAGE_SPACING)},
+                                             predictor.plans_manager, predictor.configuration_manager,
+                                             predictor.dataset_json)[0]
+    divisor = int(getattr(network, "size_divisor", 32))
+    probabilities = np.zeros(len(classes_from_configuration(predictor.configuration_manager.configuration)))
+    for params in predictor.list_of_parameters:
+        network.load_state_dict(params)
+        network.to(predictor.device)
+        probabilities += class_probabilities(network, preprocessed, predictor.device,
+                                             predictor.allowed_mirroring_axes, divisor)
+    return probabilities / len(predictor.list_of_parameters)
+
+
+def classify_images(inputs: Sequence, model_folders, folds: Optional[Sequence] = None,
                     checkpoint_name: str = "checkpoint_final.pth", device: str = "cpu", recursive: bool = False,
-                    progress: bool = True):
+                    progress: bool = True, weights: Optional[Sequence[float]] = None):
     """Class probabilities of every image of ``inputs`` (files / folders of ordinary images, read
-    as :mod:`bus_nnunet.user_images` reads them for ``predict``), averaged over ``folds`` of the
-    trained model in ``model_folder``.
+    as :mod:`bus_nnunet.user_images` reads them for ``predict``): per model (one folder or several,
+    loaded as ``predict`` loads an ensemble) averaged over its ``folds``, then the models' weighted
+    mean (``weights`` normalised by their sum; default equal).  Every model must classify into
+    the same classes.  One image at a time.
 
     Returns ``(names, probabilities (N, K), class_names, skipped, ignored)``.
     """
-    from tqdm import tqdm
-
     from bus_nnunet import user_images as U
-    from bus_nnunet.prediction import load_predictor
+    from bus_nnunet.prediction import load_ensemble
 
     images, ignored = U.collect_images(inputs, recursive)
     U.require_some(images, ignored, inputs)
-    predictor = load_predictor(model_folder, folds, checkpoint_name, device)
-    network = predictor.network
-    if not hasattr(network, "forward_classification"):
-        raise UserError(f"{model_folder} was trained by {predictor.trainer_name}, whose network has no "
-                        f"classification output (use an ACSNet trainer)")
-    rgb = U.model_wants_rgb(predictor.dataset_json, model_folder)
-    U.require_natural_image_model(predictor.configuration_manager, model_folder)
-    class_names = classes_from_configuration(predictor.configuration_manager.configuration)
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    divisor = int(getattr(network, "size_divisor", 32))
+    ensemble = load_ensemble(model_folders, weights, folds, checkpoint_name, device)
+    class_names = None
+    for member in ensemble.members:
+        if not hasattr(member.predictor.network, "forward_classification"):
+            raise UserError(f"{member.folder} was trained by {member.predictor.trainer_name}, whose network has no "
+                            f"classification output (use an ACSNet trainer)")
+        classes = classes_from_configuration(member.predictor.configuration_manager.configuration)
+        if class_names is not None and classes != class_names:
+            raise UserError(f"the models classify into different classes: {ensemble.members[0].folder}: "
+                            f"{class_names}; {member.folder}: {classes}; average only models of the same classes")
+        class_names = classes
+    total_weight = sum(m.weight for m in ensemble.members)
     skipped: List[U.Unreadable] = []
-    names, preprocessed = [], []
-    for image, data in U.read_all(images, rgb, skipped, progress, desc="preprocessing"):
+    names, probabilities = [], []
+    for image, data in U.read_all(images, ensemble.rgb, skipped, progress, desc="classifying"):
         names.append(image.name)
-        preprocessed.append(preprocessor.run_case_npy(data, None, {"spacing": list(U.NATURAL_IMAGE_SPACING)},
-                                                      predictor.plans_manager, predictor.configuration_manager,
-                                                      predictor.dataset_json)[0])
+        probabilities.append(sum(m.weight * model_class_probabilities(m, data) for m in ensemble.members)
+                             / total_weight)
     if not names:
         raise UserError(U.files_message(skipped, "image(s) could not be read") + "; nothing was written")
-    device = predictor.device
-    probabilities = np.zeros((len(names), len(class_names)))
-    for params in tqdm(predictor.list_of_parameters, desc="folds", disable=not progress):
-        network.load_state_dict(params)
-        network.to(device)
-        for i, data in enumerate(preprocessed):
-            probabilities[i] += class_probabilities(network, data, device, predictor.allowed_mirroring_axes, divisor)
-    probabilities /= len(predictor.list_of_parameters)
-    return names, probabilities, class_names, skipped, ignored
+    return names, np.asarray(probabilities), class_names, skipped, ignored

@@ -4,7 +4,8 @@ Images are read as ``bus-nnunet predict`` reads them (PNG, JPEG, BMP, TIFF in an
 to the model's channels as the converters converted the training images), preprocessed exactly
 as nnU-Net preprocesses them for this model (its plans), each whole image is classified
 (zero-padded to the network's size divisor, lateral mirroring averaged) and the probabilities are
-averaged over the folds.  Segmentations of the same images come from ``bus-nnunet predict``.
+averaged over the folds; several models (-m A -m B [--weights 2 1]) are averaged (weighted) after
+that, all of them classifying into the same classes.  Segmentations of the same images come from ``bus-nnunet predict``.
 A file that cannot be read is named and skipped (exit status 1); the others are classified."""
 from __future__ import annotations
 
@@ -33,10 +34,10 @@ def run(args) -> int:
     from bus_nnunet.prediction import parse_folds
     from bus_nnunet.user_images import files_message
 
-    check_output_free(args.output, args.overwrite, "output file", inputs=[*args.input, args.model])
+    check_output_free(args.output, args.overwrite, "output file", inputs=[*args.input, *args.model])
     names, probabilities, class_names, skipped, ignored = classify_images(
         args.input, args.model, parse_folds(args.folds), args.checkpoint, args.device, args.recursive,
-        not args.no_progress)
+        not args.no_progress, weights=args.weights)
     true_classes = None
     if args.manifest:
         from bus_nnunet.manifest import case_classes
