@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+#: ``study run``'s exit status when it ends with jobs left to another study run (sysexits.h's
+#: EX_TEMPFAIL: nothing failed, try again later); 0 means every job is done, 1 that some failed
+EXIT_LEFT_TO_ANOTHER_RUN = 75
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("study", help="run a cross-validation study (local GPUs or SLURM), resumable",
@@ -53,8 +57,18 @@ def run_study(args) -> int:
             return _print_status(study, layout, jobs)
         print(f"follow it with: bus-nnunet study status {args.study_file}")
         return 0
-    E.run_local(study, layout, jobs)
-    return _print_status(study, layout, jobs)
+    outcome = E.run_local(study, layout, jobs)
+    rc = _print_status(study, layout, jobs)
+    if "failed" in outcome.values():
+        return 1
+    left = [k for k, state in outcome.items() if state in ("running", "blocked")]
+    not_done = [j.key for j in jobs if not J.is_done(j, study, layout)]
+    if rc == 0 and left and not_done:
+        print(f"\n{len(not_done)} jobs are not done: another study run holds them, or jobs they need, and this "
+              f"run left them to it. Follow it with `bus-nnunet study status {args.study_file}`; run this command "
+              f"again once it ends (exit status {EXIT_LEFT_TO_ANOTHER_RUN}: try again later).")
+        return EXIT_LEFT_TO_ANOTHER_RUN
+    return rc
 
 
 def show_status(args) -> int:

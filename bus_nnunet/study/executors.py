@@ -10,7 +10,10 @@
   waits for the jobs it needs: the same submission code, testable without SLURM.
 
 Jobs whose outputs are already on disk are never run again; a failed job is reported with its
-log tail and its dependants are skipped, while every other job goes on.
+log tail and its dependants are skipped, while every other job goes on.  One process at a time
+runs a job: each holds the job's lock (:func:`.jobs.job_lock`) while it runs and reads the job's
+state again under it, so two ``study run`` of one study (or a run and a SLURM job) never train a
+fold twice; a second run skips what another holds, and says so.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from queue import Queue
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from bus_nnunet.study import jobs as J
 from bus_nnunet.study.config import Study, load_study
@@ -43,18 +46,52 @@ def prepare(job: J.Job, study: Study, layout: J.Layout, device: str) -> J.Job:
     return job
 
 
+def attempt(job: J.Job, study: Study, layout: J.Layout, device: str,
+            extra_env: Optional[Dict[str, str]] = None) -> Tuple[str, object]:
+    """Run the job if no other process does and it is still to do, holding its lock throughout.
+
+    Returns ``("held", holder)`` when another study run holds it, ``("done", None)`` when another
+    run finished it since the stage began (re-checked under the lock, so a fold is never
+    trained, or its validation rerun with ``--val``, twice), ``("running", None)`` when its command
+    still runs from a study run that is gone, else ``("ran", (exit status, seconds))``."""
+    try:
+        with J.job_lock(job):
+            state = J.job_state(job, study, layout, queue={})
+            if state in ("done", "running"):
+                return state, None
+            started = time.time()
+            rc = J.run_job(prepare(job, study, layout, device), extra_env)
+            return "ran", (rc, time.time() - started)
+    except J.JobHeld as held:
+        return "held", held.holder
+
+
 def run_local(study: Study, layout: J.Layout, jobs: List[J.Job], log: Callable[[str], None] = print) -> Dict[str, str]:
-    """Run every job that is not done; returns ``key -> done / failed / blocked / running``."""
+    """Run every job that is not done; returns ``key -> done / failed / blocked / running``
+    (``running``: another study run holds it; this run left it, and what needs it, alone)."""
     gpus = visible_gpus(study.executor.gpus)
+    by_key = {j.key: j for j in jobs}
     states: Dict[str, str] = {}
     total = sum(not J.is_done(j, study, layout) for j in jobs)
     finished = []
     log(f"study: {len(jobs)} jobs, {total} to run; training on "
         f"{', '.join(f'GPU {g}' for g in gpus) if gpus else 'the CPU, one run at a time'}")
 
-    def finish(job: J.Job, rc: int, seconds: float):
-        done = J.is_done(job, study, layout)
-        states[job.key] = "done" if rc == 0 and done else "failed"
+    def record(job: J.Job, outcome: str, detail) -> None:
+        if outcome == "held":
+            states[job.key] = "running"
+            log(f"{job.key}: held by another study run ({detail}); skipped")
+            return
+        if outcome == "done":
+            states[job.key] = "done"
+            log(f"{job.key}: finished by another study run meanwhile; not run again")
+            return
+        if outcome == "running":
+            states[job.key] = "running"
+            log(f"{job.key}: already running elsewhere (pid file {job.pid_file}); left alone")
+            return
+        rc, seconds = detail
+        states[job.key] = "done" if rc == 0 and J.is_done(job, study, layout) else "failed"
         finished.append(job.key)
         n = f"{len(finished)}/{max(total, len(finished))}"
         if states[job.key] == "done":
@@ -63,14 +100,18 @@ def run_local(study: Study, layout: J.Layout, jobs: List[J.Job], log: Callable[[
             why = f"exit status {rc}" if rc else "exited 0 but its outputs are missing"
             log(f"[{n}] {job.key}: FAILED ({why}); log {job.log}\n" + _indent(J.log_tail(job)))
 
+    def unblocked(job: J.Job) -> bool:
+        for key in job.after:  # another study run may have finished what this one left to it
+            if states.get(key) in ("running", "blocked") and J.is_done(by_key[key], study, layout):
+                states[key] = "done"
+        return _unblocked(job, states, log)
+
     for stage in J.STAGES:
+        # the state is read again under each job's lock when it starts (see attempt)
         runnable = []
         for job in (j for j in jobs if j.stage == stage):
             if J.is_done(job, study, layout):
                 states[job.key] = "done"
-            elif J.job_state(job, study, layout) == "running":
-                states[job.key] = "running"
-                log(f"{job.key}: already running elsewhere (pid file {job.pid_file}); left alone")
             else:
                 runnable.append(job)
         if stage == "train" and len(gpus) > 1:
@@ -81,25 +122,21 @@ def run_local(study: Study, layout: J.Layout, jobs: List[J.Job], log: Callable[[
             def on_gpu(job):
                 gpu = free.get()
                 try:
-                    started = time.time()
-                    return job, J.run_job(prepare(job, study, layout, "cuda"), {"CUDA_VISIBLE_DEVICES": gpu}), \
-                        time.time() - started
+                    return job, *attempt(job, study, layout, "cuda", {"CUDA_VISIBLE_DEVICES": gpu})
                 finally:
                     free.put(gpu)
 
-            ready = [j for j in runnable if _unblocked(j, states, log)]
+            ready = [j for j in runnable if unblocked(j)]
             with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
                 for future in as_completed([pool.submit(on_gpu, j) for j in ready]):
-                    finish(*future.result())
+                    record(*future.result())
             continue
         for job in runnable:
-            if not _unblocked(job, states, log):
+            if not unblocked(job):
                 continue
             device = "cuda" if gpus else "cpu"
             extra = {"CUDA_VISIBLE_DEVICES": gpus[0]} if gpus and stage == "train" else {}
-            started = time.time()
-            rc = J.run_job(prepare(job, study, layout, device), extra)
-            finish(job, rc, time.time() - started)
+            record(job, *attempt(job, study, layout, device, extra))
     return states
 
 
@@ -107,8 +144,13 @@ def _unblocked(job: J.Job, states: Dict[str, str], log) -> bool:
     waiting = [a for a in job.after if states.get(a) != "done"]
     if waiting:
         states[job.key] = "blocked"
-        log(f"{job.key}: skipped, it needs {', '.join(waiting)} ({', '.join(states.get(a, '?') for a in waiting)})")
+        log(f"{job.key}: skipped, it needs {', '.join(waiting)} "
+            f"({', '.join(_said(states.get(a, '?')) for a in waiting)})")
     return not waiting
+
+
+def _said(state: str) -> str:
+    return "running elsewhere" if state == "running" else state
 
 
 def _indent(text: str) -> str:
@@ -131,9 +173,13 @@ class StudyJobFunction(_Checkpointable):
         study = load_study(study_file)
         layout = J.Layout(study)
         job = next(j for j in J.build_jobs(study, layout) if j.key == key)
-        if J.is_done(job, study, layout):
-            return 0
-        rc = J.run_job(prepare(job, study, layout, device))
+        # a local study run (or another submission) running this job: wait for it, then this job
+        # finds it done, and the jobs after it start as SLURM's afterok dependency says
+        with J.job_lock(job, wait=True, on_wait=lambda holder: print(
+                f"{key}: held by another study run ({holder}); waiting for it", flush=True)):
+            if J.is_done(job, study, layout):
+                return 0
+            rc = J.run_job(prepare(job, study, layout, device))
         if rc != 0:
             raise RuntimeError(f"{key} failed with exit status {rc}; log {job.log}:\n{J.log_tail(job)}")
         return rc

@@ -10,6 +10,7 @@ status live in ``<output>/logs`` so a failure can be shown with its log tail.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -19,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from bus_nnunet.errors import UserError
 from bus_nnunet.harness import tool  # console scripts of the venv that runs the study
@@ -56,6 +57,54 @@ class Job:
     @property
     def slurm_file(self) -> Path:
         return self.log.with_suffix(".slurm")
+
+    @property
+    def lock_file(self) -> Path:
+        return self.log.with_suffix(".lock")
+
+
+class JobHeld(Exception):
+    """Another process (a second ``study run``, or a SLURM job of the same study) runs this job."""
+
+    def __init__(self, key: str, holder: str):
+        super().__init__(f"{key}: held by another study run ({holder})")
+        self.key, self.holder = key, holder
+
+
+@contextlib.contextmanager
+def job_lock(job: Job, wait: bool = False, on_wait: Optional[Callable[[str], None]] = None):
+    """Hold the job's ``<output>/logs/<key>.lock`` (``fcntl.flock``) for the body of the with-block:
+    the one process that holds it may run the job.  Held already: :class:`JobHeld`, or with
+    ``wait`` block until it is free (``on_wait`` is told who holds it).  The kernel drops the lock
+    when its holder exits, killed or not, so no lock file is ever stale; the files stay (removing
+    one would race with a process opening it) and hold the last holder's pid for messages."""
+    job.lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(job.lock_file, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by the job's command
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise JobHeld(job.key, _lock_holder(fd)) from None
+            if on_wait:
+                on_wait(_lock_holder(fd))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    """``pid N`` (``on HOST`` when not this machine) of the process holding the lock."""
+    for _ in range(5):  # the holder writes its pid just after taking the lock
+        words = os.pread(fd, 200, 0).decode(errors="replace").split()
+        if len(words) == 2:
+            pid, host = words
+            return f"pid {pid}" + ("" if host == socket.gethostname() else f" on {host}")
+        time.sleep(0.05)
+    return "pid unknown"
 
 
 def run_job(job: Job, extra_env: Optional[Dict[str, str]] = None) -> int:
@@ -320,8 +369,8 @@ def recorded_schedule(fold_folder: Path) -> Optional[Dict[str, int]]:
     debug = fold_folder / "debug.json"
     if not debug.is_file():
         return None
-    values = json.loads(debug.read_text())
-    try:
+    try:  # ValueError also for a debug.json that a run of this fold is writing right now
+        values = json.loads(debug.read_text())
         return {k: int(values[k]) for k in SCHEDULE_ENV if k in values}
     except ValueError:
         return None
