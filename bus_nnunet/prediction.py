@@ -361,8 +361,8 @@ def predict_images(inputs: Sequence, model_folders, output, *, weights: Optional
                     how = (estimates[0].describe() if len(ensemble) == 1 else f"{tiles:,} sliding-window tiles over "
                            f"{len(ensemble)} models ({'; '.join(f'{m.label}: {e.describe()}' for m, e in zip(ensemble.members, estimates))})")
                     _warn(f"warning: {image.path} ({data.shape[-1]}x{data.shape[-2]} px) needs an estimated {how} "
-                          f"and will take long; a model with a larger patch, a smaller image or --disable-tta "
-                          f"makes it faster")
+                          f"and will take long; a model with a larger patch, a smaller image"
+                          f"{' or --disable-tta' if use_mirroring else ''} makes it faster")
                 result = ensemble.predict(data, tile_progress=progress and large)
                 segmentation = result.segmentation
                 row = {"input": str(image.path), "mask": save_png(MASKS, image.name, segmentation),
