@@ -278,12 +278,15 @@ def test_study_file_is_checked_against_the_disk_before_anything_runs(tmp_path):
     (two_folds / "splits_final.json").write_text(json.dumps([{"train": [], "val": []}] * 2))
     write_nnunet_raw(raw, 983, "NoSplits", n_cases=4)  # nnU-Net makes 5 folds for it
     write_nnunet_raw(raw, 985, "Other", n_cases=4)
+    converted = write_nnunet_raw(raw, 986, "BUSI", n_cases=4)  # converted by an earlier run of the study
+    (converted / "splits_final.json").write_text(json.dumps([{"train": [], "val": []}] * 2))
     (tmp_path / "busi_src").mkdir()
     body = ('trainers = ["nnUNetTrainer", "nnUNetTrainerUSS"]\nfolds = [0, 2, 5]\n'
             '[[datasets]]\nid = 981\nconverter = "busi"\nsource = "no_such_folder"\nconvert_args = ["--folds", "3"]\n'
             '[[datasets]]\nid = 982\n[[datasets]]\nid = 983\n[[datasets]]\nid = 999\n'
             '[[datasets]]\nid = 984\nconverter = "busi"\nsource = "busi_src"\nconvert_args = ["--fodls", "2"]\n'
-            '[[datasets]]\nid = 985\nconverter = "busi"\nsource = "busi_src"\n')
+            '[[datasets]]\nid = 985\nconverter = "busi"\nsource = "busi_src"\n'
+            '[[datasets]]\nid = 986\nconverter = "busi"\nsource = "moved_away"\n')
     study = _study_file(tmp_path, body, output="busi_src/study")
     proc = _run(["study", "run", study], check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -302,6 +305,10 @@ def test_study_file_is_checked_against_the_disk_before_anything_runs(tmp_path):
         "datasets[4].convert_args: unrecognized arguments: --fodls 2",
         "datasets[5].id: nnUNet_raw already has Dataset985_Other with id 985, but this study converts busi into "
         "Dataset985_BUSI",
+        # converted already: its folds are on disk, and its source is no longer needed
+        f"folds: fold 2 does not exist in datasets[6] (Dataset986_BUSI): its {converted / 'splits_final.json'} "
+        f"has folds 0-1",
+        "folds: fold 5 does not exist in datasets[6] (Dataset986_BUSI)",
         f"output: the study's output folder {tmp_path / 'busi_src' / 'study'} lies inside the input "
         f"{tmp_path / 'busi_src'}",
         "trainers: unknown trainer 'nnUNetTrainerUSS': did you mean nnUNetTrainerUS",

@@ -80,7 +80,7 @@ def _converted_dataset_problems(study: Study, layout, ds: DatasetSpec, key: str,
         return [f"{key}.id: nnUNet_raw already has {folders[0].name} with id {ds.id:03d}, but this study converts "
                 f"{ds.converter} into {name}: choose another id, or remove converter/source to use that dataset"]
     if folders:  # converted before: its folds are on disk (the source is no longer needed)
-        return _fold_problems(study, layout, name, key, _folds_on_disk(layout, name))
+        return _fold_problems(study, name, key, *_folds_on_disk(layout, name))
     if not source.exists():
         found.append(f"{key}.source: folder {source} does not exist")
     elif not source.is_dir():
