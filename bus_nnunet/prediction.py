@@ -17,7 +17,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -193,20 +193,37 @@ class Ensemble:
         """``data``: ``(C, 1, H, W)`` as :func:`bus_nnunet.user_images.read_for_model` reads it.
         Memory holds one running sum and the members' label maps, whatever the number of members."""
         from bus_nnunet.user_images import NATURAL_IMAGE_SPACING
-        total, member_segmentations = None, []
-        for member in self.members:
-            member.predictor.allow_tqdm = tile_progress  # nnU-Net's own bar over the tiles
-            segmentation, probabilities = member.predictor.predict_single_npy_array(
-                data, {"spacing": list(NATURAL_IMAGE_SPACING)}, save_or_return_probabilities=True)
-            member_segmentations.append(np.asarray(segmentation)[0].astype(np.uint8))
-            weighted = np.asarray(probabilities, dtype=np.float32) * np.float32(member.weight)
-            if total is None:
-                total = weighted
-            else:
-                total += weighted
-        total /= np.float32(sum(m.weight for m in self.members))  # nnUNetv2_ensemble: sum, then divide
-        segmentation = np.asarray(self.label_manager.convert_probabilities_to_segmentation(total))[0]
-        return EnsemblePrediction(segmentation.astype(np.uint8), total, member_segmentations)
+        member_segmentations = []
+
+        def member_probabilities():
+            for member in self.members:
+                member.predictor.allow_tqdm = tile_progress  # nnU-Net's own bar over the tiles
+                segmentation, probabilities = member.predictor.predict_single_npy_array(
+                    data, {"spacing": list(NATURAL_IMAGE_SPACING)}, save_or_return_probabilities=True)
+                member_segmentations.append(np.asarray(segmentation)[0].astype(np.uint8))
+                yield probabilities
+
+        segmentation, total = average_probabilities(member_probabilities(), [m.weight for m in self.members],
+                                                    self.label_manager)
+        return EnsemblePrediction(segmentation, total, member_segmentations)
+
+
+def average_probabilities(probabilities: Iterable[np.ndarray], weights: Sequence[float],
+                          label_manager) -> Tuple[np.ndarray, np.ndarray]:
+    """The ensemble rule: the ``weights``-weighted mean of softmax arrays ((C, 1, H, W), nnU-Net's
+    npz layout) and nnU-Net's label map of it ((H, W) uint8).  ``probabilities`` is consumed one
+    array at a time (memory: one running sum); with equal weights it is ``nnUNetv2_ensemble``'s
+    mean.  Also how a study's external ensemble averages its members' saved probabilities."""
+    total = None
+    for probability, weight in zip(probabilities, weights):
+        weighted = np.asarray(probability, dtype=np.float32) * np.float32(weight)
+        if total is None:
+            total = weighted
+        else:
+            total += weighted
+    total /= np.float32(sum(weights))  # nnUNetv2_ensemble: sum, then divide
+    segmentation = np.asarray(label_manager.convert_probabilities_to_segmentation(total))[0]
+    return segmentation.astype(np.uint8), total
 
 
 def _channels(dataset_json) -> dict:

@@ -55,7 +55,7 @@ def test_pairs_of_a_study_file():
 
     def study(external, train_flags=(True, True, False)):
         datasets = [types.SimpleNamespace(id=i, train=t) for i, t in zip((601, 602, 603), train_flags)]
-        return types.SimpleNamespace(datasets=datasets, external=external, trainers=["A", "B"])
+        return types.SimpleNamespace(datasets=datasets, external=external, trainers=["A", "B"], ensemble_best_k=3)
     assert external_pairs(study(None)) == []
     # "all": every trained dataset on every other dataset of the study, test-only ones included
     assert external_pairs(study("all")) == [(601, 602), (601, 603), (602, 601), (602, 603)]
@@ -110,6 +110,49 @@ def test_an_interrupted_job_keeps_its_images_and_other_inputs_start_over(tmp_pat
     assert [p.name for p in (folder / "masks").iterdir()] == ["a.png"]  # no temporary files left behind
     _start(folder, {"checkpoints": {"T/fold_0": [11, 2]}})  # a retrained fold: computed again
     assert not (folder / "masks" / "a.png").exists()
+
+
+
+def test_study_file_keys_and_the_jobs_they_make(tmp_path):
+    from bus_nnunet.study import jobs as J
+    from bus_nnunet.study.config import load_study
+
+    def study(text):
+        path = tmp_path / "s.toml"
+        path.write_text('trainers = ["A_Trainer", "B_Trainer"]\nfolds = [0, 1]\n' + text +
+                        '\n[paths]\nnnUNet_raw = "r"\nnnUNet_preprocessed = "p"\nnnUNet_results = "x"\n'
+                        '[[datasets]]\nid = 601\n[[datasets]]\nid = 602\n[[datasets]]\nid = 603\n'
+                        'converter = "stu"\nsource = "stu"\ntrain = false\n')
+        return load_study(path)
+
+    def error(text):
+        with pytest.raises(UserError) as e:
+            study(text)
+        return str(e.value)
+
+    s = study('ensemble_best_k = 2\nhd95 = "max"\n[external]\n601 = [603, 602]\n602 = "all"\n')
+    jobs = {j.key: j for j in J.build_jobs(s, J.Layout(s))}
+    assert not any(k.startswith(("plan-603", "train-603", "report-603")) for k in jobs)  # only tested on
+    assert "convert-603" in jobs and "--hd95" in jobs["report-601-nnUNetPlans"].cmd
+    external = [k for k in jobs if jobs[k].stage == "external"]
+    assert external[:3] == ["external-601-603-nnUNetPlans-A_Trainer", "external-601-603-nnUNetPlans-B_Trainer",
+                            "external-601-603-nnUNetPlans-ensemble"]
+    assert len(external) == 4 * 3  # 601 -> 603, 602; 602 -> 601, 603; two trainers and the ensemble each
+    trainer_job = jobs["external-601-603-nnUNetPlans-B_Trainer"]
+    assert sorted(trainer_job.after) == ["convert-603", "train-601-nnUNetPlans-B_Trainer-fold0",
+                                         "train-601-nnUNetPlans-B_Trainer-fold1"]
+    assert sorted(jobs["external-601-603-nnUNetPlans-ensemble"].after) == [
+        "external-601-603-nnUNetPlans-A_Trainer", "external-601-603-nnUNetPlans-B_Trainer", "report-601-nnUNetPlans"]
+    assert set(external) <= set(jobs["summary"].after)
+    assert J.STAGES.index("report") < J.STAGES.index("external") < J.STAGES.index("summary")
+    assert "external.604: 604 is not a dataset id of the study" in error("[external]\n604 = [601]\n")
+    assert "external.603: dataset 603 has train = false" in error("[external]\n603 = [601]\n")
+    assert "external.601: 9 is not a dataset id" in error("[external]\n601 = [9]\n")
+    assert "external.601: a dataset is not its own external test" in error("[external]\n601 = [601, 603]\n")
+    assert "datasets[2]: train = false, but no [external] entry tests on dataset 603" in \
+        error("[external]\n601 = [602]\n")
+    assert "external: Input should be 'all'" in error('external = "al"\n')
+    assert "hd95: Input should be 'pooled' or 'max'" in error('hd95 = "mean"\n[external]\n601 = [603]\n')
 
 
 # -- a trained study: hospital A trained, hospital B (another scanner) only tested on -------------------

@@ -68,8 +68,9 @@ def external_pairs(study) -> List[Tuple[int, int]]:
 
 
 def external_models(study) -> List[str]:
-    """The models each pair is tested with: every trainer, then the study's ensemble."""
-    return [*study.trainers, ENSEMBLE]
+    """The models each pair is tested with: every trainer, then the study's ensemble (with two
+    trainers or more)."""
+    return [*study.trainers, *([ENSEMBLE] if ensemble_selection(study) else [])]
 
 
 def prediction_folds(study) -> List[str]:
@@ -173,10 +174,25 @@ def cv_ranking(study, layout, train_id: int, plans: str) -> List[Tuple[str, floa
     return sorted(scored, key=lambda t: -t[1])
 
 
+def ensemble_selection(study) -> Optional[str]:
+    """cv-report's ``--ensembles`` selection of the study's ensemble (``best<k>``, k at most the
+    number of trainers), or None for a study of one trainer (no ensemble)."""
+    k = min(getattr(study, "ensemble_best_k", 3), len(study.trainers))
+    return f"best{k}" if k >= 2 else None
+
+
 def ensemble_members(study, layout, train_id: int, plans: str) -> List[str]:
-    """The ``ensemble_best_k`` trainers with the best cross-validation Dice (empty before cv-report)."""
-    k = getattr(study, "ensemble_best_k", 3)
-    return [t for t, _ in cv_ranking(study, layout, train_id, plans)[:k]]
+    """The study's ensemble on ``train_id``: the members cv-report chose for its ``best<k>`` row
+    (empty before the cv-report exists); for a report without ensemble rows, the same rule."""
+    selection = ensemble_selection(study)
+    metrics = layout.cv_report(train_id, plans) / "metrics.json"
+    if selection is None or not metrics.is_file():
+        return []
+    for entry in (json.loads(metrics.read_text()).get("ensembles") or {}).values():
+        if entry.get("selection") == selection:
+            return list(entry["members"])
+    best = {t for t, _ in cv_ranking(study, layout, train_id, plans)[:int(selection[len("best"):])]}
+    return [t for t in study.trainers if t in best]  # in the trainers' order, as cv-report lists members
 
 
 def expected_inputs(study, layout, train_id: int, test_id: int, plans: str, model: str) -> Dict[str, object]:
@@ -255,7 +271,7 @@ def predict_pair(study, layout, train_id: int, test_id: int, plans: str, trainer
                  log=print) -> Path:
     """A trainer's fold ensemble on every test image without a mask yet, then the scores."""
     from bus_nnunet import user_images as U
-    from bus_nnunet.prediction import load_predictor
+    from bus_nnunet.prediction import load_ensemble
     _require_pair(layout, train_id, test_id, plans)
     tests = external_images(layout, test_id)
     folder = pair_folder(layout, train_id, test_id, plans, trainer)
@@ -265,33 +281,32 @@ def predict_pair(study, layout, train_id: int, test_id: int, plans: str, trainer
     log(f"{trainer} ({layout.dataset_name(train_id)}, {plans}, folds {', '.join(inputs['folds'])}) on "
         f"{tests.name} {tests.split}: {len(tests.images)} image(s), {len(tests.images) - len(todo)} already done")
     if todo:
-        model_folder = layout.model_folder(train_id, trainer, plans)
-        predictor = load_predictor(model_folder, inputs["folds"], device=device)
-        rgb = U.model_wants_rgb(predictor.dataset_json, model_folder)
+        # `bus-nnunet predict`'s model: one model folder, nnU-Net's predictor over the study's folds
+        model = load_ensemble(layout.model_folder(train_id, trainer, plans), folds=inputs["folds"], device=device)
         for i, case in enumerate(todo, 1):
-            data = U.read_for_model(tests.images[case], rgb)  # grey <-> RGB as `bus-nnunet predict` converts
-            segmentation, probabilities = predictor.predict_single_npy_array(
-                data, {"spacing": list(U.NATURAL_IMAGE_SPACING)}, None, None, True)
+            data = U.read_for_model(tests.images[case], model.rgb)  # grey <-> RGB as `bus-nnunet predict` converts
+            prediction = model.predict(data)
             # the probabilities first: a case counts as done once its mask is there
-            _save_probabilities(folder / "probabilities" / f"{case}.npz", np.asarray(probabilities, np.float32))
-            _save_mask(folder / "masks" / f"{case}.png", np.asarray(segmentation)[0])
+            _save_probabilities(folder / "probabilities" / f"{case}.npz", prediction.probabilities)
+            _save_mask(folder / "masks" / f"{case}.png", prediction.segmentation)
             log(f"[{i}/{len(todo)}] {case}")
     return score(study, folder, tests, inputs)
 
 
 def member_probabilities(layout, train_id: int, test_id: int, plans: str, members: List[str], case: str):
-    """Each member's saved softmax of ``case`` (C x 1 x H x W)."""
-    out = []
+    """Each member's saved softmax of ``case`` (C x 1 x H x W), read one at a time."""
     for trainer in members:
         with np.load(pair_folder(layout, train_id, test_id, plans, trainer) / "probabilities" / f"{case}.npz") as f:
-            out.append(np.asarray(f["probabilities"], np.float32))
-    return out
+            yield np.asarray(f["probabilities"], np.float32)
 
 
 def ensemble_pair(study, layout, train_id: int, test_id: int, plans: str, log=print) -> Path:
-    """The mean of the members' saved probabilities on every test image, labelled by nnU-Net's
-    label manager of the first member's plans, then the scores."""
+    """The mean of the members' saved probabilities on every test image (the rule of
+    ``bus-nnunet predict -m A -m B``: :func:`bus_nnunet.prediction.average_probabilities`), labelled
+    by nnU-Net's label manager of the first member's plans, then the scores."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from bus_nnunet.prediction import average_probabilities
     _require_pair(layout, train_id, test_id, plans)
     tests = external_images(layout, test_id)
     inputs = expected_inputs(study, layout, train_id, test_id, plans, ENSEMBLE)
@@ -311,9 +326,9 @@ def ensemble_pair(study, layout, train_id: int, test_id: int, plans: str, log=pr
     todo = [c for c in tests.images if not (folder / "masks" / f"{c}.png").is_file()]
     log(f"ensemble of {' + '.join(members)} on {tests.name} {tests.split}: {len(todo)} image(s) to average")
     for case in todo:
-        mean = np.mean(member_probabilities(layout, train_id, test_id, plans, members, case), axis=0)
-        segmentation = label_manager.convert_probabilities_to_segmentation(mean)
-        _save_mask(folder / "masks" / f"{case}.png", np.asarray(segmentation)[0])
+        segmentation, _ = average_probabilities(member_probabilities(layout, train_id, test_id, plans, members, case),
+                                                [1.0] * len(members), label_manager)
+        _save_mask(folder / "masks" / f"{case}.png", segmentation)
     return score(study, folder, tests, inputs)
 
 
