@@ -86,6 +86,10 @@ def _print_status(study, layout, jobs) -> int:
         if j.stage == "train":
             rows.append([layout.dataset_name(j.dataset_id) or j.dataset_id, j.plans, j.trainer, j.fold,
                          states[j.key], where])
+        elif j.stage == "external":
+            rows.append([layout.dataset_name(j.dataset_id) or j.dataset_id, j.plans,
+                         f"external {j.trainer} on {layout.dataset_name(j.test_id) or j.test_id}", "", states[j.key],
+                         where])
         else:
             rows.append([layout.dataset_name(j.dataset_id) or (j.dataset_id or ""), j.plans, j.stage, "",
                          states[j.key], where])

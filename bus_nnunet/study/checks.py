@@ -35,12 +35,14 @@ def problems(study: Study, layout) -> List[str]:
     inputs = []  # (key, folder the study reads)
     for i, ds in enumerate(study.datasets):
         key = f"datasets[{i}]"
-        if ds.converter:
-            found += _converted_dataset_problems(study, layout, ds, key, inputs)
-        else:
-            found += _existing_dataset_problems(study, layout, ds, key, inputs)
+        dataset_problems = (_converted_dataset_problems if ds.converter else _existing_dataset_problems)(
+            study, layout, ds, key, inputs)
+        if not ds.train:  # only tested on: the study's folds are not trained on it
+            dataset_problems = [p for p in dataset_problems if not p.startswith("folds:")]
+        found += dataset_problems
     found += _output_problems(study, inputs)
     found += _trainer_problems(study)
+    found += _external_problems(study, layout)
     return found
 
 
@@ -148,6 +150,20 @@ def _output_problems(study: Study, inputs) -> List[str]:
         except UserError as e:
             found.append(f"output: {e} ({key})")
     return found
+
+
+# -- external validation ---------------------------------------------------------------------------
+def _external_problems(study: Study, layout) -> List[str]:
+    """Label and spacing mismatches of the ``[external]`` pairs whose datasets are in nnUNet_raw
+    already (the external jobs check the others when they run)."""
+    from bus_nnunet.study import external_validation as EV
+    found: List[str] = []
+    for train, test in EV.external_pairs(study):
+        if all(len(_raw_folders(layout, d)) == 1 and (_raw_folders(layout, d)[0] / "dataset.json").is_file()
+               for d in (train, test)):
+            for plans in map(study.trained_plans, study.plans):
+                found += [f"external.{train}: {p}" for p in EV.pair_problems(layout, train, test, plans)]
+    return list(dict.fromkeys(found))
 
 
 # -- trainers --------------------------------------------------------------------------------------

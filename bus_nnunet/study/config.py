@@ -12,6 +12,15 @@ A study file is TOML (see ``examples/study_busi_breast.toml``)::
     converter = "busi"                         # or leave out converter/source: an existing dataset
     source = "/data/Dataset_BUSI_with_GT"
 
+    [[datasets]]
+    id = 502
+    converter = "stu"
+    source = "/data/STU-Hospital"
+    train = false                              # only tested on: models of 501 predict its images
+
+    [external]                                 # training dataset id -> test dataset ids, or "all"
+    501 = [502]
+
     [executor]
     kind = "slurm"
     [executor.slurm]
@@ -52,6 +61,8 @@ class DatasetSpec(_Strict):
     converter: Optional[str] = None
     source: Optional[Path] = None
     convert_args: List[str] = []
+    #: false: the dataset is only tested on (``[external]``): converted, never planned or trained
+    train: bool = True
 
     @field_validator("converter")
     @classmethod
@@ -129,6 +140,13 @@ class Study(_Strict):
     executor: ExecutorSpec = ExecutorSpec()
     #: nnUNet_raw / nnUNet_preprocessed / nnUNet_results; default: the environment's
     paths: Dict[str, Path] = {}
+    #: external validation: ``"all"`` (every trained dataset tested on every other dataset of the
+    #: study), or a table training dataset id -> test dataset ids (or ``"all"``): ``[external] 501 = [502]``
+    external: Union[Literal["all"], Dict[int, Union[Literal["all"], List[int]]], None] = None
+    #: the external tests' ensemble: the k trainers with the best cross-validation Dice
+    ensemble_best_k: int = Field(3, ge=1)
+    #: HD95 convention of cv-report (``--hd95``) and of the external scores
+    hd95: Literal["pooled", "max"] = "pooled"
     #: the study file and its folder (relative paths are resolved against it); set by :func:`load_study`
     root: Path = Path(".")
     file: Optional[Path] = None
@@ -140,6 +158,15 @@ class Study(_Strict):
             if p not in PLANNERS:
                 raise ValueError(f"unknown plans {p!r}: {did_you_mean(p, list(PLANNERS))}known: {', '.join(PLANNERS)}")
         return plans
+
+    @field_validator("external", mode="before")
+    @classmethod
+    def _external_form(cls, value):
+        # one message for the two forms, instead of pydantic's one per branch of the Union
+        if value is not None and not isinstance(value, dict) and value != "all":
+            raise ValueError(f'give "all" (every trained dataset tested on every other one) or a table '
+                             f'[external] of training dataset id = [test dataset ids] or "all"; got {value!r}')
+        return value
 
     @field_validator("paths")
     @classmethod
@@ -165,7 +192,31 @@ class Study(_Strict):
             raise ValueError(f"trainers: repeated ({self.trainers})")
         if self.baseline is not None and self.baseline not in self.trainers:
             raise ValueError(f"baseline {self.baseline!r} is not one of the study's trainers")
+        self._check_external(ids)
         return self
+
+    def _check_external(self, ids: List[int]) -> None:
+        trained = [d.id for d in self.datasets if d.train]
+        if not trained:
+            raise ValueError("datasets: every dataset has train = false; a study trains on at least one")
+        tested = set()
+        if self.external == "all":
+            tested = set(ids)
+        for key, tests in (self.external.items() if isinstance(self.external, dict) else ()):
+            if key not in ids:
+                raise ValueError(f"external.{key}: {key} is not a dataset id of the study ({ids})")
+            if key not in trained:
+                raise ValueError(f"external.{key}: dataset {key} has train = false: it has no models to test")
+            unknown = [t for t in (tests if tests != "all" else []) if t not in ids]
+            if unknown:
+                raise ValueError(f"external.{key}: {unknown[0]} is not a dataset id of the study ({ids})")
+            if tests != "all" and key in tests:
+                raise ValueError(f"external.{key}: a dataset is not its own external test (its cross-validation "
+                                 f"is the matrix's diagonal)")
+            tested |= set(ids if tests == "all" else tests) - {key}
+        for i, d in enumerate(self.datasets):
+            if not d.train and d.id not in tested:
+                raise ValueError(f"datasets[{i}]: train = false, but no [external] entry tests on dataset {d.id}")
 
     # -- derived ---------------------------------------------------------------------------------
     @property

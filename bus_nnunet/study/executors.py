@@ -43,6 +43,9 @@ def prepare(job: J.Job, study: Study, layout: J.Layout, device: str) -> J.Job:
     """The job with its command as the current state on disk asks (training: fresh / --c / --val)."""
     if job.stage == "train":
         job.cmd = J.train_command(study, layout, job, device)
+    if job.stage == "external":
+        from bus_nnunet.study import external_validation as EV
+        job.cmd = [*EV.command(study.file, job.dataset_id, job.test_id, job.plans, job.trainer), "--device", device]
     return job
 
 
@@ -219,7 +222,11 @@ def submit_slurm(study: Study, layout: J.Layout, jobs: List[J.Job], study_file: 
         todo = [j for j in jobs if j.stage == stage and states[j.key] not in ("done", "running", "queued")]
         if not todo:
             continue
-        groups = [todo] if stage in J.GPU_STAGES else [[j] for j in todo]  # training: one job array
+        groups = [[j] for j in todo]
+        if stage in J.GPU_STAGES:  # one job array of the stage's jobs that need none of it, the rest after it
+            keys = {j.key for j in todo}
+            array = [j for j in todo if not keys & set(j.after)]
+            groups = [array] + [[j] for j in todo if j not in array]
         for group in groups:
             needed = sorted({a for j in group for a in j.after if a in handles})
             waiting_ids = [str(handles[a].job_id) for a in needed] + \
@@ -229,7 +236,7 @@ def submit_slurm(study: Study, layout: J.Layout, jobs: List[J.Job], study_file: 
                     failed.add(j.key)
                     log(f"{j.key}: not submitted, a job it needs failed")
                 continue
-            params = slurm_parameters(study, stage in J.GPU_STAGES)
+            params = slurm_parameters(study, J.needs_gpu(group[0]))
             params["name"] = f"{study.name or 'study'}-{stage}"
             if on_slurm and waiting_ids:
                 params["slurm_additional_parameters"] = {
@@ -249,7 +256,7 @@ def submit_slurm(study: Study, layout: J.Layout, jobs: List[J.Job], study_file: 
                         log(f"{j.key}: skipped, a job it needs failed")
                     continue
             executor.update_parameters(**params)
-            device = gpu_device if stage in J.GPU_STAGES else "cpu"
+            device = gpu_device if J.needs_gpu(group[0]) else "cpu"
             if len(group) > 1:
                 with executor.batch():
                     submitted = [executor.submit(function, str(study_file), j.key, device) for j in group]

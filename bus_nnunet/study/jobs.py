@@ -24,13 +24,15 @@ from typing import Callable, Dict, List, Optional
 
 from bus_nnunet.errors import UserError
 from bus_nnunet.harness import tool  # console scripts of the venv that runs the study
+from bus_nnunet.study import external_validation as EV
 from bus_nnunet.study.config import PLANNERS, Study
 # the trainer attributes a [schedule] sets -> the variables bus-nnunet trainers (and the study's
 # launcher, for nnU-Net's own trainers) read them from
 from bus_nnunet.trainers.base import SCHEDULE_ENV
 
-STAGES = ("convert", "plan", "train", "ensemble", "report", "summary")
-GPU_STAGES = ("train",)
+STAGES = ("convert", "plan", "train", "ensemble", "report", "external", "summary")
+#: stages whose jobs run a network (external: the trainers' predictions; its ensembles only average)
+GPU_STAGES = ("train", "external")
 
 
 @dataclass
@@ -43,8 +45,9 @@ class Job:
     after: List[str] = field(default_factory=list)
     dataset_id: int = 0
     plans: str = ""
-    trainer: str = ""
+    trainer: str = ""   # external jobs: the trainer, or "ensemble"
     fold: str = ""
+    test_id: int = 0    # external jobs: the dataset tested on
 
     @property
     def rc_file(self) -> Path:
@@ -186,6 +189,8 @@ def build_jobs(study: Study, layout: Layout) -> List[Job]:
                 [tool("bus-nnunet"), "convert", ds.converter, (study.root / ds.source).resolve(), "--id", did,
                  "-o", layout.raw, "--no-progress", *ds.convert_args], dataset_id=did)
             convert = [f"convert-{did}"]
+        if not ds.train:  # only tested on (external validation): converted, never planned or trained
+            continue
         previous_plan = convert
         for preset in study.plans:
             plans = study.trained_plans(preset)
@@ -206,15 +211,39 @@ def build_jobs(study: Study, layout: Layout) -> List[Job]:
              "-f", *study.folds, "-np", study.executor.processes,
              *([] if "--npz" in study.nnunet_train_flags else ["--disable_ensembling"])],
             trains, dataset_id=did)
+        ensembles = ["--ensembles", EV.ensemble_selection(study)] if EV.ensemble_selection(study) else []
         for plans in trained_plans:
             add(f"report-{did}-{plans}", "report",
                 [tool("bus-nnunet"), "cv-report", did, "-tr", *study.trainers, "-p", plans, "-c", cfg,
                  "-f", *[f for f in study.folds if f != "all"], "-o", layout.cv_report(did, plans), "--overwrite",
-                 "--no-progress"],
+                 "--hd95", study.hd95, *ensembles, "--no-progress"],
                 [k for k in trains if f"-{plans}-" in k], dataset_id=did, plans=plans)
+    converted = {j.dataset_id: j.key for j in jobs if j.stage == "convert"}
+    for train_id, test_id in EV.external_pairs(study):
+        for plans in map(study.trained_plans, study.plans):
+            predictions = []
+            for model in EV.external_models(study):
+                if model == EV.ENSEMBLE:  # averages its members' saved probabilities, chosen by the cv-report
+                    after = [*predictions, f"report-{train_id}-{plans}"]
+                else:
+                    after = [train_key(train_id, plans, model, f) for f in EV.prediction_folds(study)]
+                    after += [converted[test_id]] if test_id in converted else []
+                key = external_key(train_id, test_id, plans, model)
+                add(key, "external", EV.command(study.file, train_id, test_id, plans, model), after,
+                    dataset_id=train_id, plans=plans, trainer=model, test_id=test_id)
+                predictions.append(key)
     add("summary", "summary", [tool("bus-nnunet"), "study", "report", study.file],
-        [j.key for j in jobs if j.stage in ("ensemble", "report")])
+        [j.key for j in jobs if j.stage in ("ensemble", "report", "external")])
     return jobs
+
+
+def needs_gpu(job: Job) -> bool:
+    """Training runs and the trainers' external predictions (an external ensemble only averages)."""
+    return job.stage in GPU_STAGES and not (job.stage == "external" and job.trainer == EV.ENSEMBLE)
+
+
+def external_key(train_id: int, test_id: int, plans: str, model: str) -> str:
+    return f"external-{train_id}-{test_id}-{plans}-{model}"
 
 
 def train_key(dataset_id: int, plans: str, trainer: str, fold) -> str:
@@ -264,9 +293,14 @@ def is_done(job: Job, study: Study, layout: Layout) -> bool:
             (folder / "validation" / "summary.json").is_file()
     if job.stage == "summary":
         page = layout.output / "summary.html"
-        inputs = [layout.cv_report(d.id, study.trained_plans(p)) / "metrics.json" for d in study.datasets
+        inputs = [layout.cv_report(d, study.trained_plans(p)) / "metrics.json" for d in EV.trained_datasets(study)
                   for p in study.plans]
+        inputs += [EV.pair_folder(layout, train, test, study.trained_plans(p), model) / "metrics.json"
+                   for train, test in EV.external_pairs(study) for p in study.plans
+                   for model in EV.external_models(study)]
         return page.is_file() and all(f.is_file() and f.stat().st_mtime <= page.stat().st_mtime for f in inputs)
+    if job.stage == "external":
+        return EV.is_done(study, layout, job.dataset_id, job.test_id, job.plans, job.trainer)
     name = layout.dataset_name(job.dataset_id)
     if job.stage == "ensemble":
         marker = layout.results / name / "inference_information.json" if name else None
