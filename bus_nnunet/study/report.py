@@ -13,7 +13,7 @@ import csv
 import html
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from bus_nnunet.study import jobs as J
 from bus_nnunet.study.config import Study
 
 METRICS = (("dice", "Dice"), ("iou", "IoU"), ("hd95", "HD95 (px)"))
+#: the external-validation heatmap's colours (mean Dice 0..1)
+EXTERNAL_CMAP = "viridis"
 LOWER_IS_BETTER = {"hd95"}
 
 
@@ -34,7 +36,7 @@ def _mean_std(stat) -> str:
 def collect(study: Study, layout: J.Layout) -> Dict[str, object]:
     """Per dataset: the cv-report of each plans, the ensemble result and the fold states."""
     datasets = []
-    for ds in study.datasets:
+    for ds in (d for d in study.datasets if d.train):  # test-only datasets have no cross-validation
         entry = {"id": ds.id, "name": layout.dataset_name(ds.id) or f"Dataset{ds.id:03d}", "plans": {},
                  "ensemble": None}
         for plans in map(study.trained_plans, study.plans):
@@ -60,6 +62,13 @@ def results_rows(study: Study, entry) -> List[Dict[str, object]]:
             per_image = summary["all_cases"]["per_image"]
             rows.append({"plans": plans, "trainer": trainer, "n": summary["all_cases"]["n_cases"],
                          "folds": summary["folds_found"], **{m: per_image.get(m) for m, _ in METRICS}})
+        # cv-report's ensemble rows (--ensembles), scored on the same validation cases as the trainers
+        for name, summary in (report.get("ensembles") or {}).items():
+            if summary.get("all_cases"):
+                per_image = summary["all_cases"]["per_image"]
+                rows.append({"plans": plans, "trainer": name, "n": summary["all_cases"]["n_cases"],
+                             "folds": summary["folds_found"], "folder": summary.get("folder"),
+                             **{m: per_image.get(m) for m, _ in METRICS}})
     return rows
 
 
@@ -139,28 +148,196 @@ def plot_learning_curves(study: Study, layout: J.Layout, dataset_id: int, plans:
     return True
 
 
-def plot_worst_cases(layout: J.Layout, dataset_id: int, plans: str, trainer: str, n: int, path: Path) -> List[str]:
-    """The ``n`` lowest-Dice validation cases of ``trainer``: image / reference / prediction."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_worst_cases(layout: J.Layout, dataset_id: int, plans: str, trainer: str, n: int, path: Path,
+                     folder: Optional[str] = None) -> List[str]:
+    """The ``n`` lowest-Dice validation cases of ``trainer`` (an ensemble row: its cv-report
+    ``folder``): image / reference / prediction."""
     from bus_nnunet.evaluation import folder as F
     from bus_nnunet.evaluation.cv_report import find_raw_image
     per_case = layout.cv_report(dataset_id, plans) / "per_case.csv"
     name = layout.dataset_name(dataset_id)
     rows = [r for r in csv.DictReader(open(per_case)) if r["trainer"] == trainer]
     rows = sorted(rows, key=lambda r: (float(r["dice"]), r["case_id"]))[:n]
-    if not rows:
-        return []
-    refs = F.list_segmentations(layout.preprocessed / name / "gt_segmentations")
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
-    for ax_row, r in zip(axes, rows):
+    refs = F.list_segmentations(layout.preprocessed / name / "gt_segmentations") if rows else {}
+    cases = []
+    for r in rows:
         ref = F.read_segmentation(refs[r["case_id"]]) > 0
-        pred_file = F.list_segmentations(layout.fold_folder(dataset_id, trainer, plans, r["fold"]) / "validation").get(
-            r["case_id"])
+        model = Path(folder) if folder else layout.model_folder(dataset_id, trainer, plans)
+        pred_file = F.list_segmentations(model / f"fold_{r['fold']}" / "validation").get(r["case_id"])
         pred = F.read_segmentation(pred_file) > 0 if pred_file else np.zeros(ref.shape, bool)
         image_file = find_raw_image(layout.raw / name, r["case_id"])
         image = F.read_segmentation(image_file) if image_file else np.zeros(ref.shape)
+        cases.append((r["case_id"], image, ref, pred, float(r["dice"])))
+    return draw_overlays(cases, path)
+
+
+# -- external validation ---------------------------------------------------------------------------
+def cv_dice(study: Study, layout: J.Layout, plans: str, model: str) -> Dict[int, Optional[dict]]:
+    """In-domain Dice per trained dataset (mean ± std over all folds' validation cases, from its
+    cv-report) of a trainer, or of the ensemble where cv-report scored it."""
+    from bus_nnunet.study import external_validation as EV
+    out = {}
+    for dataset_id in EV.trained_datasets(study):
+        metrics = layout.cv_report(dataset_id, plans) / "metrics.json"
+        report = json.loads(metrics.read_text()) if metrics.is_file() else {}
+        if model == EV.ENSEMBLE:  # cv-report's row of the same ensemble (--ensembles best<k>)
+            summary = next((e for e in (report.get("ensembles") or {}).values()
+                            if e.get("selection") == EV.ensemble_selection(study)), None)
+        else:
+            summary = (report.get("trainers") or {}).get(model)
+        out[dataset_id] = (((summary or {}).get("all_cases") or {}).get("per_image") or {}).get("dice")
+    return out
+
+
+def external_matrix(study: Study, layout: J.Layout, plans: str, model: str) -> Dict[tuple, Optional[dict]]:
+    """(train id, test id) -> Dice summary of one model: the external jobs' per-image mean ± std,
+    and the in-domain cross-validation on the diagonal."""
+    from bus_nnunet.study import external_validation as EV
+    cells = {(d, d): s for d, s in cv_dice(study, layout, plans, model).items()}
+    for train, test in EV.external_pairs(study):
+        scores = EV.read_scores(layout, train, test, plans, model)
+        cells[(train, test)] = scores["summary"]["per_image"]["dice"] if scores else None
+    return cells
+
+
+def _matrix_axes(study: Study):
+    from bus_nnunet.study import external_validation as EV
+    pairs = EV.external_pairs(study)
+    order = [d.id for d in study.datasets]
+    rows = sorted({t for t, _ in pairs}, key=order.index)
+    columns = [i for i in order if i in rows or any(i == t for _, t in pairs)]
+    return rows, columns
+
+
+def plot_external_heatmap(study: Study, layout: J.Layout, plans: str, matrices: Dict[str, dict], path: Path) -> bool:
+    """One train x test heatmap of mean Dice per model, the diagonal (cross-validation) outlined."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows, columns = _matrix_axes(study)
+    if not rows:
+        return False
+    short = {d: (layout.dataset_name(d) or f"Dataset{d:03d}") for d in columns}
+    fig, axes = plt.subplots(1, len(matrices), figsize=(0.9 + (1.2 + 0.9 * len(columns)) * len(matrices),
+                                                          1.4 + 0.7 * len(rows)), squeeze=False)
+    for ax, (model, cells) in zip(axes[0], matrices.items()):
+        values = np.full((len(rows), len(columns)), np.nan)
+        for i, train in enumerate(rows):
+            for j, test in enumerate(columns):
+                stat = cells.get((train, test))
+                if stat and stat.get("mean") is not None:
+                    values[i, j] = stat["mean"]
+        ax.imshow(np.ma.masked_invalid(values), cmap=EXTERNAL_CMAP, vmin=0, vmax=1)
+        for i, train in enumerate(rows):
+            for j, test in enumerate(columns):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if values[i, j] < 0.6 else "black")
+                if train == test:
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
+        ax.set_xticks(range(len(columns)), [short[c] for c in columns], rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), [short[r] for r in rows], fontsize=7)
+        ax.set_xlabel("tested on", fontsize=8)
+        ax.set_ylabel("trained on", fontsize=8)
+        ax.set_title(model, fontsize=8)
+    fig.suptitle(f"mean Dice, {plans} (outlined: in-domain cross-validation)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def external_section(study: Study, layout: J.Layout, figures: Path, worst: int) -> Tuple[List[str], List[Path]]:
+    """The summary's external-validation part: per plans, a train x test Dice table per model,
+    the heatmap, and per tested pair the paired tests between the models and the worst cases."""
+    from bus_nnunet.study import external_validation as EV
+    pairs = EV.external_pairs(study)
+    lines: List[str] = []
+    figs: List[Path] = []
+    if not pairs:
+        return lines, figs
+    rows, columns = _matrix_axes(study)
+    names = {d: layout.dataset_name(d) or f"Dataset{d:03d}" for d in columns}
+    models = EV.external_models(study)
+    lines += ["Models trained on one dataset, tested on another's images (its imagesTs where it has a test split, "
+              "else all of them): mean ± std of per-image Dice; the diagonal (CV) is the in-domain "
+              "cross-validation of the same model (all folds' validation cases, cv-report). The ensemble averages "
+              f"the softmax of the {study.ensemble_best_k} trainers with the best cross-validation Dice.", ""]
+    for plans in map(study.trained_plans, study.plans):
+        matrices = {m: external_matrix(study, layout, plans, m) for m in models}
+        for model, cells in matrices.items():
+            table = []
+            for train in rows:
+                row = [names[train]]
+                for test in columns:
+                    stat = cells.get((train, test))
+                    text = _mean_std(stat) if (train, test) in cells else ""
+                    row.append(f"{text} (CV)" if train == test and text else text)
+                table.append(row)
+            lines += [f"Train x test Dice of {model} ({plans}):", "",
+                      markdown_table(["trained on \\ tested on", *[names[c] for c in columns]], table), ""]
+        heatmap = figures / f"external_{plans}.png"
+        if plot_external_heatmap(study, layout, plans, matrices, heatmap):
+            figs.append(heatmap)
+        for train, test in pairs:
+            per_model = {m: EV.read_per_case(layout, train, test, plans, m) for m in models}
+            comparisons = EV.paired_tests(per_model)
+            if comparisons:
+                lines += [f"Paired Dice tests on {names[test]} of the models trained on {names[train]} ({plans}; "
+                          f"Wilcoxon, Holm-corrected):", "",
+                          markdown_table(["pair (a vs b)", "images", "a > b / a < b", "Dice a - b", "p (Holm)"],
+                                         [[f"{c['trainer_a']} vs {c['trainer_b']}", str(c["n_pairs"]),
+                                           f"{c['n_a_better']} / {c['n_b_better']}", _signed(c["mean_difference"]),
+                                           _p(c["p_holm"])] for c in comparisons]), ""]
+            shown = _best_external_model(per_model)
+            if shown:
+                png = figures / f"external_worst_{train}_to_{test}_{plans}.png"
+                cases = plot_external_worst_cases(layout, train, test, plans, shown, per_model[shown], worst, png)
+                if cases:
+                    lines += [f"Worst cases on {names[test]} of {shown} trained on {names[train]} ({plans}): "
+                              f"{', '.join(cases)}.", ""]
+                    figs.append(png)
+    return lines, figs
+
+
+def _best_external_model(per_model) -> Optional[str]:
+    """The model whose external failures are shown: the ensemble when it was scored, else the best trainer."""
+    from bus_nnunet.study import external_validation as EV
+    if per_model.get(EV.ENSEMBLE):
+        return EV.ENSEMBLE
+    scored = {m: np.nanmean([r["dice"] for r in rows if isinstance(r.get("dice"), float)])
+              for m, rows in per_model.items() if rows}
+    return max(scored, key=scored.get) if scored else None
+
+
+def plot_external_worst_cases(layout: J.Layout, train: int, test: int, plans: str, model: str, rows, n: int,
+                              path: Path) -> List[str]:
+    from bus_nnunet.evaluation import folder as F
+    from bus_nnunet.study import external_validation as EV
+    images = EV.external_images(layout, test)
+    masks = EV.pair_folder(layout, train, test, plans, model) / "masks"
+    refs = F.list_segmentations(images.labels)
+    worst_rows = sorted((r for r in rows if isinstance(r.get("dice"), float)),
+                        key=lambda r: (r["dice"], r["case_id"]))[:n]
+    cases = []
+    for r in worst_rows:
+        ref = F.read_segmentation(refs[r["case_id"]]) > 0
+        pred_file = masks / f"{r['case_id']}.png"
+        pred = F.read_segmentation(pred_file) > 0 if pred_file.is_file() else np.zeros(ref.shape, bool)
+        cases.append((r["case_id"], F.read_segmentation(images.images[r["case_id"]]), ref, pred, r["dice"]))
+    return draw_overlays(cases, path)
+
+
+def draw_overlays(cases, path: Path) -> List[str]:
+    """One row per ``(case id, image, reference, prediction, dice)``: the image, the reference
+    (green) and the prediction (red) over it; returns the case ids drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not cases:
+        return []
+    fig, axes = plt.subplots(len(cases), 3, figsize=(7.5, 2.5 * len(cases)), squeeze=False)
+    for ax_row, (case_id, image, ref, pred, dice) in zip(axes, cases):
         image = image if image.shape[:2] == ref.shape else np.zeros(ref.shape)
         for ax, (title, mask, colour) in zip(ax_row, (("image", None, None), ("reference", ref, (0, 1, 0)),
                                                       ("prediction", pred, (1, 0, 0)))):
@@ -169,13 +346,12 @@ def plot_worst_cases(layout: J.Layout, dataset_id: int, plans: str, trainer: str
                 overlay = np.zeros((*mask.shape, 4))
                 overlay[mask] = (*colour, 0.45)
                 ax.imshow(overlay)
-            ax.set_title(f"{r['case_id']} {title}" + (f" (Dice {float(r['dice']):.3f})" if title == "prediction" else ""),
-                         fontsize=7)
+            ax.set_title(f"{case_id} {title}" + (f" (Dice {dice:.3f})" if title == "prediction" else ""), fontsize=7)
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return [r["case_id"] for r in rows]
+    return [c[0] for c in cases]
 
 
 # -- the pages -------------------------------------------------------------------------------------
@@ -226,7 +402,8 @@ def write_report(study: Study, layout: J.Layout, states: Dict[str, str], worst: 
                   "nnUNetv2_find_best_configuration: not run yet.", ""]
         if best:
             worst_png = figures / f"worst_{entry['id']}.png"
-            cases = plot_worst_cases(layout, entry["id"], best["plans"], best["trainer"], worst, worst_png)
+            cases = plot_worst_cases(layout, entry["id"], best["plans"], best["trainer"], worst, worst_png,
+                                     best.get("folder"))
             if cases:
                 lines += [f"Worst cases of the best trainer ({best['trainer']}, {best['plans']}): {', '.join(cases)}.",
                           ""]
@@ -235,6 +412,11 @@ def write_report(study: Study, layout: J.Layout, states: Dict[str, str], worst: 
             lines += [f"![{f.stem}]({_relative(f, out)})", ""]
         sections.append((entry["name"], lines, figs))
         md += [f"## {entry['name']}", "", *lines]
+    lines, figs = external_section(study, layout, figures, worst)
+    if lines:
+        lines += [f"![{f.stem}]({_relative(f, out)})" for f in figs] + [""]
+        sections.append(("External validation", lines, figs))
+        md += ["## External validation", "", *lines]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
     atomic_write_text(out / "summary.html", _html(study, md[:5], sections))
     atomic_write_json(out / "summary.json", {"states": states, **data})
