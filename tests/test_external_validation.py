@@ -9,7 +9,6 @@ probabilities, the heatmap in summary.html (rendered in headless chromium), and 
 SIGKILLed mid-way that the rerun finishes without recomputing an image."""
 import json
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest

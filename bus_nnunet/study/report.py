@@ -219,7 +219,7 @@ def plot_external_heatmap(study: Study, layout: J.Layout, plans: str, matrices: 
         return False
     short = {d: (layout.dataset_name(d) or f"Dataset{d:03d}") for d in columns}
     fig, axes = plt.subplots(1, len(matrices), figsize=(0.9 + (1.2 + 0.9 * len(columns)) * len(matrices),
-                                                          1.4 + 0.7 * len(rows)), squeeze=False)
+                                                          2.1 + 0.7 * len(rows)), squeeze=False)
     for ax, (model, cells) in zip(axes[0], matrices.items()):
         values = np.full((len(rows), len(columns)), np.nan)
         for i, train in enumerate(rows):
@@ -405,7 +405,7 @@ def write_report(study: Study, layout: J.Layout, states: Dict[str, str], worst: 
             cases = plot_worst_cases(layout, entry["id"], best["plans"], best["trainer"], worst, worst_png,
                                      best.get("folder"))
             if cases:
-                lines += [f"Worst cases of the best trainer ({best['trainer']}, {best['plans']}): {', '.join(cases)}.",
+                lines += [f"Worst cases of the best model ({best['trainer']}, {best['plans']}): {', '.join(cases)}.",
                           ""]
                 figs.append(worst_png)
         for f in figs:
