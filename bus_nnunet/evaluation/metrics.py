@@ -90,10 +90,14 @@ EMPTY_TRUTH_RULES = {
 DEFAULT_EMPTY_TRUTH = "one"
 
 
+def _check_choice(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {sorted(choices)}, not {value!r}")
+    return value
+
+
 def check_empty_truth(rule: str) -> str:
-    if rule not in EMPTY_TRUTH_RULES:
-        raise ValueError(f"empty_truth must be one of {sorted(EMPTY_TRUTH_RULES)}, not {rule!r}")
-    return rule
+    return _check_choice(rule, EMPTY_TRUTH_RULES, "empty_truth")
 
 
 def overlap_scores(tp: int, fp: int, fn: int, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
@@ -149,9 +153,7 @@ DEFAULT_HD95 = "pooled"
 
 
 def check_hd95_convention(convention: str) -> str:
-    if convention not in HD95_CONVENTIONS:
-        raise ValueError(f"hd95 convention must be one of {sorted(HD95_CONVENTIONS)}, not {convention!r}")
-    return convention
+    return _check_choice(convention, HD95_CONVENTIONS, "hd95 convention")
 
 
 def surface_distances(reference, prediction, *, label: Optional[int] = None,
