@@ -227,15 +227,19 @@ def hospitals(tmp_path_factory):
     proc = subprocess.Popen([harness.tool("bus-nnunet"), "study", "run", str(study)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 1800
-    while proc.poll() is None and time.time() < deadline and not (
-            pid_file.is_file() and masks.is_dir() and any(masks.glob("*.png"))):
+
+    def finished_cases():  # a case is done once its mask is there (not its '.'-named temporary file)
+        return sorted(p.stem for p in masks.glob("*.png") if not p.name.startswith(".")) if masks.is_dir() else []
+    while proc.poll() is None and time.time() < deadline and not (pid_file.is_file() and finished_cases()):
         time.sleep(0.02)
     assert pid_file.is_file(), "the external job to kill never started"
     os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-    done_at_kill = sorted(p.name for p in masks.glob("*.png"))
+    done_at_kill = finished_cases()
     first_out, _ = proc.communicate(timeout=1800)
-    external = out / "external"
-    written = {p: p.stat().st_mtime_ns for p in external.rglob("*") if p.is_file() and p.suffix in (".png", ".npz")}
+    # every file of a case its job finished (mask and probabilities; a case killed between the two is redone)
+    written = {p: p.stat().st_mtime_ns for p in (out / "external").rglob("*")
+               if p.is_file() and p.suffix in (".png", ".npz")
+               and (p.parent.parent / "masks" / f"{p.stem}.png").is_file()}
     rerun = _cli(["study", "run", study])
     assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-4000:]
     return {"root": root, "study": study, "out": out, "first_out": first_out, "done_at_kill": done_at_kill,
