@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import csv
 import itertools
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -33,6 +34,25 @@ DEFAULT_CLASSES = ("benign", "malignant")
 def classes_from_configuration(configuration: dict) -> List[str]:
     """Class names recorded in a plans configuration (benign/malignant if none is recorded)."""
     return list(configuration.get(PLANS_CLASSES_KEY) or DEFAULT_CLASSES)
+
+
+def check_same_classes(model_folders: Sequence) -> List[str]:
+    """The class names every model folder's plans record (``<Trainer>__<Plans>__<configuration>``);
+    a UserError naming each model and its classes when they differ."""
+    import json
+    found = {}
+    for folder in map(Path, model_folders):
+        plans = folder / "plans.json"
+        if not plans.is_file():
+            raise UserError(f"{folder} is not an nnU-Net model folder (no plans.json); pass the "
+                            f"<Trainer>__<Plans>__<configuration> folder inside nnUNet_results")
+        configuration = json.loads(plans.read_text())["configurations"].get(folder.name.rsplit("__", 1)[-1], {})
+        found[folder] = classes_from_configuration(configuration)
+    first, classes = next(iter(found.items()))
+    if any(c != classes for c in found.values()):
+        raise UserError("the models classify into different classes: "
+                        + "; ".join(f"{f}: {c}" for f, c in found.items()) + "; average only models of the same classes")
+    return classes
 
 
 def pad_to_multiple(image, divisor: int = 32):
@@ -134,17 +154,13 @@ def classify_images(inputs: Sequence, model_folders, folds: Optional[Sequence] =
 
     images, ignored = U.collect_images(inputs, recursive)
     U.require_some(images, ignored, inputs)
+    # from the plans, before any weights load: a head of another class count would not even load
+    class_names = check_same_classes([model_folders] if isinstance(model_folders, (str, Path)) else model_folders)
     ensemble = load_ensemble(model_folders, weights, folds, checkpoint_name, device)
-    class_names = None
     for member in ensemble.members:
         if not hasattr(member.predictor.network, "forward_classification"):
             raise UserError(f"{member.folder} was trained by {member.predictor.trainer_name}, whose network has no "
                             f"classification output (use an ACSNet trainer)")
-        classes = classes_from_configuration(member.predictor.configuration_manager.configuration)
-        if class_names is not None and classes != class_names:
-            raise UserError(f"the models classify into different classes: {ensemble.members[0].folder}: "
-                            f"{class_names}; {member.folder}: {classes}; average only models of the same classes")
-        class_names = classes
     total_weight = sum(m.weight for m in ensemble.members)
     skipped: List[U.Unreadable] = []
     names, probabilities = [], []

@@ -216,6 +216,21 @@ def test_acsnet_trainer_cli_writes_classification_and_classify_command(planned_d
     copy_row = next(csv.DictReader(open(tmp_path / "m.csv")))
     original = next(r for r in test_rows if r["case_id"] == first.name[:-len("_0000.png")])
     assert copy_row["case_id"] == "copy" and copy_row["p_malignant"] == original["p_malignant"]
+    # several models (issue 23): weighted, a copy of the model averaged with it classifies as the
+    # model does; models of other classes are refused, naming both
+    import shutil
+    from bus_nnunet.classification_inference import classify_images
+    copy = tmp_path / "copy" / folder.name
+    shutil.copytree(folder, copy)
+    _nnunet.run(["bus-nnunet", "classify", "-i", mixed / "copy.png", "-m", folder, "-m", copy, "--weights", 1, 3,
+                 "-f", "0", "-o", tmp_path / "ensemble.csv"], env)
+    ensemble_row = next(csv.DictReader(open(tmp_path / "ensemble.csv")))
+    assert float(ensemble_row["p_malignant"]) == pytest.approx(float(copy_row["p_malignant"]), abs=2e-6)
+    plans["configurations"]["2d"]["classification_classes"] = ["benign", "malignant", "normal"]
+    (copy / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(UserError, match=f"classify into different classes: {folder}: \\['benign', 'malignant'\\]; "
+                                        f"{copy}: \\['benign', 'malignant', 'normal'\\]"):
+        classify_images([mixed / "copy.png"], [folder, copy], folds=["0"])
 
 
 def test_acsnet_trainer_without_manifest_stops_with_one_line(planned_dataset, tmp_path):
@@ -233,18 +248,3 @@ def test_acsnet_trainer_without_manifest_stops_with_one_line(planned_dataset, tm
     manifest = raw / "Dataset990_SyntheticUS" / "manifest.csv"
     assert f"ACSNetTrainer: manifest {manifest} not found" in proc.stderr
     assert "bus-nnunet convert" in proc.stderr and "BUS_NNUNET_MANIFEST=/path/to/manifest.csv" in proc.stderr
-    # several models (issue 23): weighted, a copy of the model averaged with it classifies as the
-    # model does; models of other classes are refused, naming both
-    import shutil
-    from bus_nnunet.classification_inference import classify_images
-    copy = tmp_path / "copy" / folder.name
-    shutil.copytree(folder, copy)
-    _nnunet.run(["bus-nnunet", "classify", "-i", mixed / "copy.png", "-m", folder, "-m", copy, "--weights", 1, 3,
-                 "-f", "0", "-o", tmp_path / "ensemble.csv"], env)
-    ensemble_row = next(csv.DictReader(open(tmp_path / "ensemble.csv")))
-    assert float(ensemble_row["p_malignant"]) == pytest.approx(float(copy_row["p_malignant"]), abs=2e-6)
-    plans["configurations"]["2d"]["classification_classes"] = ["benign", "malignant", "normal"]
-    (copy / "plans.json").write_text(json.dumps(plans))
-    with pytest.raises(UserError, match=f"classify into different classes: {folder}: \\['benign', 'malignant'\\]; "
-                                        f"{copy}: \\['benign', 'malignant', 'normal'\\]"):
-        classify_images([mixed / "copy.png"], [folder, copy], folds=["0"])
