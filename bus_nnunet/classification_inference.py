@@ -46,7 +46,7 @@ def check_same_classes(model_folders: Sequence) -> List[str]:
         if not plans.is_file():
             raise UserError(f"{folder} is not an nnU-Net model folder (no plans.json); pass the "
                             f"<Trainer>__<Plans>__<configuration> folder inside nnUNet_results")
-        configuration = json.loads(plans.read_text())["configurations"].get(folder.name.rsplit("__", 1)[-1], {})
+        configuration = json.loads(plans.read_text()).get("configurations", {}).get(folder.name.rsplit("__", 1)[-1], {})
         found[folder] = classes_from_configuration(configuration)
     first, classes = next(iter(found.items()))
     if any(c != classes for c in found.values()):
