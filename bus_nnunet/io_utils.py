@@ -179,20 +179,26 @@ def atomic_output_dir(path, overwrite: bool = False, what: str = "output folder"
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
-def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
-    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
+def atomic_write(path, write) -> None:
+    """``write(tmp)`` into a hidden temporary sibling (``.<name>.*``), then one rename over
+    ``path``: a kill leaves the old file or none, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
         give_umask_mode(tmp, directory=False)
-        with os.fdopen(fd, "w", encoding=encoding) as f:
-            f.write(text)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
 
 
 def atomic_write_json(path, obj, indent: int = 2) -> None:

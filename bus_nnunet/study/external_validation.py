@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -235,29 +233,20 @@ def _start(folder: Path, inputs: Dict[str, object]) -> None:
     atomic_write_json(record, inputs)
 
 
-def _atomic_save(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path``: a kill leaves the old file or none, never half
-    of one.  The temporary name starts with '.', which the scoring's file listing skips."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _save_mask(path: Path, segmentation: np.ndarray) -> None:
     from PIL import Image
-    _atomic_save(path, lambda tmp: Image.fromarray(np.asarray(segmentation, np.uint8)).save(tmp, format="PNG"))
+    from bus_nnunet.io_utils import atomic_write
+    # hidden temporary name: the scoring's file listing skips it
+    atomic_write(path, lambda tmp: Image.fromarray(np.asarray(segmentation, np.uint8)).save(tmp, format="PNG"))
 
 
 def _save_probabilities(path: Path, probabilities: np.ndarray) -> None:
+    from bus_nnunet.io_utils import atomic_write
+
     def write(tmp: Path):
         with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
             np.savez_compressed(f, probabilities=probabilities)
-    _atomic_save(path, write)
+    atomic_write(path, write)
 
 
 # -- the jobs --------------------------------------------------------------------------------------
