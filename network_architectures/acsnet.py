@@ -263,11 +263,6 @@ def load_imagenet_encoder(network: ACSNet, source) -> LoadReport:
     return load_resnet_encoder(network.encoder, source, "ResNet-18")
 
 
-def load_resnet18_encoder(encoder: TorchvisionResNetEncoder, path: str) -> str:
-    """Load a torchvision or timm ResNet-18 checkpoint into ACSNet's encoder; a one-line report."""
-    return str(load_resnet_encoder(encoder, path, "ResNet-18"))
-
-
 @register_model(size_divisor=32, min_size=32, deep_supervision_strides=None,
                 pretrained=[PretrainedPart("resnet18.tv_in1k", load_imagenet_encoder)],
                 paper="He et al., ACSNet, Computers in Biology and Medicine 2024 (segmentation + classification)",

@@ -47,7 +47,7 @@ from bus_nnunet.network_architectures._layers import ConvBlock, TorchvisionResNe
 from bus_nnunet.network_architectures._pretrained import LoadReport, PretrainedPart, load_resnet_encoder
 from bus_nnunet.network_architectures._registry import register_model
 
-__all__ = ["AnatomicalAttention", "AnatoSegNet", "anatosegnet", "load_resnet50_weights",
+__all__ = ["AnatomicalAttention", "AnatoSegNet", "anatosegnet", "load_imagenet_encoder",
            "TOKEN_LAYOUTS", "POSITION_BIASES"]
 
 TOKEN_LAYOUTS = ("released", "intended")
@@ -191,12 +191,6 @@ class AnatoSegNet(nn.Module):
 def load_imagenet_encoder(network: AnatoSegNet, source) -> LoadReport:
     """ImageNet ResNet-50 (torchvision or timm layout) into AnatoSegNet's encoder."""
     return load_resnet_encoder(network.encoder, source, "ResNet-50")
-
-
-def load_resnet50_weights(network: AnatoSegNet, path: str) -> str:
-    """Load a local torchvision or timm ``resnet50`` state dict into the encoder (fc dropped, the
-    RGB stem adapted to the network's input channels); a one-line report."""
-    return str(load_imagenet_encoder(network, path))
 
 
 @register_model(size_divisor=32, min_size=64, deep_supervision_strides=None,

@@ -34,7 +34,7 @@ from bus_nnunet.network_architectures._pretrained import LoadReport, PretrainedP
 from bus_nnunet.network_architectures._registry import register_model
 
 __all__ = ["ENCODERS", "ATTENTIONS", "DepthwiseSeparableBlock", "CBAM", "NonLocalBlock", "AttentionUNet",
-           "attention_unet", "load_timm_checkpoint"]
+           "attention_unet"]
 
 #: timm model name -> channels of its stride-32 feature map (``forward_features``)
 ENCODERS: Dict[str, int] = {"resnet18": 512, "densenet121": 1024, "efficientnet_b0": 1280}
@@ -259,22 +259,6 @@ class AttentionUNet(nn.Module):
         if y.shape[-2:] != size:  # only if H, W are not multiples of 32
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
         return self.head(y)
-
-    def load_encoder_checkpoint(self, encoder: str, path: str) -> str:
-        """Load a local timm checkpoint (ImageNet classifier weights) into one encoder; the
-        classifier is dropped and the first conv adapted to ``in_channels``. Returns a report."""
-        if encoder not in self.encoders:
-            raise KeyError(f"{encoder!r} is not an encoder of this network ({list(self.encoders)})")
-        return str(load_timm_model(self.encoders[encoder], path))
-
-
-def load_timm_checkpoint(model: nn.Module, path: str, in_channels: int = None) -> str:
-    """Load the timm checkpoint at ``path`` into a classifier-less timm ``model`` (the classifier
-    dropped, the RGB stem adapted to the model's input channels as timm does for its own weights).
-    ``in_channels``, if given, must be the model's. Returns a one-line report."""
-    if in_channels is not None and getattr(model, "in_chans", in_channels) != in_channels:
-        raise ValueError(f"in_channels={in_channels} but the model was built with {model.in_chans}")
-    return str(load_timm_model(model, path))
 
 
 def _encoder_loader(encoder: str):

@@ -46,13 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bus_nnunet.network_architectures._pretrained import PretrainedPart
+from bus_nnunet.network_architectures._pretrained import LoadReport, PretrainedPart, load_checkpoint
 from bus_nnunet.network_architectures._registry import register_model
 from bus_nnunet.network_architectures.selective_scan import selective_scan
 
 __all__ = ["SSNet", "ssnet", "DTSBlock", "DynamicTilesScan", "SelectiveScan2D", "DWTFusion",
-           "HybridFrequencyAttention", "PVTv2Stages12", "PVT_TRANSFER_PREFIXES",
-           "pvt_state_dict_from_checkpoint", "load_pvt_v2_b2", "load_pvt_v2_b2_report"]
+           "HybridFrequencyAttention", "PVTv2Stages12", "PVT_TRANSFER_PREFIXES", "load_imagenet_backbone"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -62,21 +61,6 @@ def eca_kernel_size(channels: int) -> int:
     """ECA's adaptive 1-D kernel: int((log2 C + 1) / 2), made odd."""
     k = int((math.log2(channels) + 1) / 2)
     return k + 1 if k % 2 == 0 else k
-
-
-class DropPath(nn.Module):
-    """Per-sample stochastic depth (timm style, scaled by 1/keep)."""
-
-    def __init__(self, rate: float = 0.0):
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x):
-        if self.rate == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
 
 
 class LearnableTemperature(nn.Module):
@@ -241,6 +225,7 @@ class PVTBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = PVTAttention(dim, num_heads, sr_ratio)
+        from timm.layers import DropPath  # lazy: timm is heavy to import and only needed to build
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = PVTMlp(dim, dim * mlp_ratio)
@@ -397,6 +382,7 @@ class DTSBlock(nn.Module):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
         self.self_attention = DynamicTilesScan(dim, tile, faithful_tiles=faithful_tiles)
+        from timm.layers import DropPath  # lazy: timm is heavy to import and only needed to build
         self.drop_path = DropPath(drop_path)
         self.apply(self._init_weights)
 
@@ -795,30 +781,16 @@ def pvt_filter(state: Dict[str, torch.Tensor], module: nn.Module = None):
     return selected, []
 
 
-def pvt_state_dict_from_checkpoint(checkpoint) -> Dict[str, torch.Tensor]:
-    """The stage-1/2 tensors of a PVTv2-b2 checkpoint (file or dict, optionally wrapped in
-    ``{"state_dict": ...}`` / ``{"model": ...}`` and/or with a ``module.`` prefix), official layout."""
-    from bus_nnunet.network_architectures._pretrained import read_state_dict
-    return pvt_filter(read_state_dict(checkpoint))[0]
-
-
-def load_pvt_v2_b2_report(model: SSNet, checkpoint):
+def load_imagenet_backbone(model: SSNet, checkpoint) -> LoadReport:
     """Partial transfer: PVTv2-b2 stages 1-2 into ``model.backbone`` (all 152 tensors, stem adapted
     to ``model.in_channels``). Returns the :class:`LoadReport`; raises PretrainedMismatchError."""
-    from bus_nnunet.network_architectures._pretrained import load_checkpoint
     return load_checkpoint(model.backbone, checkpoint, "PVTv2-b2 stage-1/2", pvt_filter,
                            stem="patch_embed1.proj.weight",
                            hint="the official pvt_v2_b2.pth (whai362/PVT) or timm's pvt_v2_b2 state dict")
 
 
-def load_pvt_v2_b2(model: SSNet, checkpoint) -> Dict[str, int]:
-    """:func:`load_pvt_v2_b2_report` as ``{"tensors": n, "parameters": m}``."""
-    report = load_pvt_v2_b2_report(model, checkpoint)
-    return {"tensors": report.tensors, "parameters": report.parameters}
-
-
 @register_model(size_divisor=128, min_size=128, deep_supervision_strides=None, takes_input_size=True,
-                pretrained=[PretrainedPart("pvt_v2_b2.in1k", load_pvt_v2_b2_report, probe_kwargs={"input_size": 128})],
+                pretrained=[PretrainedPart("pvt_v2_b2.in1k", load_imagenet_backbone, probe_kwargs={"input_size": 128})],
                 paper="Yan et al., SS-Net: Semantic-aware and Spectrum-guided Network for Ultrasound Image Breast "
                       "Tumor Segmentation (Pattern Recognition, submitted 2026)")
 def ssnet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False,

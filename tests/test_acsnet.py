@@ -140,7 +140,7 @@ def test_manifest_labels_and_clear_errors(tmp_path):
 # -- pretrained encoder ----------------------------------------------------------------------------
 @pytest.mark.parametrize("source", ["torchvision", "timm"])
 def test_pretrained_resnet18_loading(tmp_path, source):
-    from bus_nnunet.network_architectures.acsnet import load_resnet18_encoder
+    from bus_nnunet.network_architectures import model_info
     torch.manual_seed(1)
     if source == "torchvision":
         import torchvision
@@ -151,14 +151,15 @@ def test_pretrained_resnet18_loading(tmp_path, source):
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
     net = create_model("acsnet", in_channels=1)
-    report = load_resnet18_encoder(net.encoder, str(path))
+    load = model_info("acsnet").pretrained[0].load  # the registry entry's loader, as the trainer uses it
+    report = str(load(net, str(path)))
     assert "loaded 100/100" in report and "conv1 folded from 3 to 1" in report and "fc.weight" in report
     assert torch.equal(net.encoder.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
     assert torch.equal(net.encoder.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
     bad = tmp_path / "bad.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, bad)
     with pytest.raises(UserError, match="not a ResNet-18"):
-        load_resnet18_encoder(net.encoder, str(bad))
+        load(net, str(bad))
 
 
 # -- nnU-Net CLI -----------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import torch
 
 import _nnunet
 from bus_nnunet.errors import UserError
-from bus_nnunet.network_architectures import create_model
-from bus_nnunet.network_architectures.attention_unet import CBAM, NonLocalBlock, load_timm_checkpoint
+from bus_nnunet.network_architectures import create_model, model_info
+from bus_nnunet.network_architectures.attention_unet import CBAM, NonLocalBlock
 from bus_nnunet.trainers import attention_unet as att_trainers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,18 +193,19 @@ def test_frozen_encoder_unchanged_by_training_step(frozen_net):
 
 
 def test_pretrained_loading_drops_classifier_and_adapts_stem(timm_checkpoints):
-    import timm
     path = timm_checkpoints["resnet18"]
     saved = torch.load(path, weights_only=True)
-    encoder = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="", in_chans=1)
-    report = load_timm_checkpoint(encoder, str(path), in_channels=1)
+    net = create_model("attention_unet", in_channels=1, encoders=("resnet18",))
+    encoder = net.encoders["resnet18"]
+    load = {part.slot: part.load for part in model_info("attention_unet").pretrained}["resnet18"]  # the registry's loader
+    report = str(load(net, str(path)))
     assert "classifier dropped (fc.weight, fc.bias)" in report
     state = encoder.state_dict()
     assert torch.allclose(state["conv1.weight"], saved["conv1.weight"].sum(dim=1, keepdim=True))
     assert torch.equal(state["layer4.1.conv2.weight"], saved["layer4.1.conv2.weight"])
     assert torch.equal(state["bn1.running_var"], saved["bn1.running_var"])
     with pytest.raises(ValueError, match="does not fit"):
-        load_timm_checkpoint(encoder, str(timm_checkpoints["densenet121"]), in_channels=1)
+        load(net, str(timm_checkpoints["densenet121"]))
 
 
 def test_frozen_trainer_refuses_random_encoders():

@@ -9,7 +9,10 @@ import torch
 import _nnunet
 from bus_nnunet.network_architectures import create_model, model_info, snap_patch_size
 from bus_nnunet.network_architectures.selective_scan import linear_scan, selective_scan, selective_scan_reference
-from bus_nnunet.network_architectures.ssnet import DynamicTilesScan, hilbert_distance_table, load_pvt_v2_b2
+from bus_nnunet.network_architectures.ssnet import DynamicTilesScan, hilbert_distance_table
+
+#: the one pretrained path: the registry entry's loader (what the trainer calls)
+load_pvt_v2_b2 = model_info("ssnet").pretrained[0].load
 
 
 #: SS-Net at 1x3x256x256 (``in_channels=3, num_classes=1``): ``trainable_params`` is ``sum(p.numel())``;
@@ -225,8 +228,8 @@ def pvt_checkpoints(tmp_path_factory):
 def test_partial_transfer_loads_stages_1_2(pvt_checkpoints, layout):
     pvt = pvt_checkpoints.model
     rgb = create_model("ssnet", in_channels=3, num_classes=1, input_size=128)
-    counts = load_pvt_v2_b2(rgb, str(getattr(pvt_checkpoints, layout)))
-    assert counts == {"tensors": 152, "parameters": 3_545_984}
+    report = load_pvt_v2_b2(rgb, str(getattr(pvt_checkpoints, layout)))
+    assert (report.tensors, report.parameters) == (152, 3_545_984)
     # the transferred encoder computes timm's stage-1/2 features
     x = torch.rand(1, 3, 64, 64)
     rgb.eval()
@@ -237,8 +240,8 @@ def test_partial_transfer_loads_stages_1_2(pvt_checkpoints, layout):
     assert torch.allclose(e0, t0, atol=1e-5) and torch.allclose(e1, t1, atol=1e-5)
 
     gray = create_model("ssnet", in_channels=1, num_classes=2, input_size=128)
-    counts = load_pvt_v2_b2(gray, str(getattr(pvt_checkpoints, layout)))
-    assert counts["tensors"] == 152 and counts["parameters"] == 3_545_984 - 2 * 49 * 64
+    report = load_pvt_v2_b2(gray, str(getattr(pvt_checkpoints, layout)))
+    assert report.tensors == 152 and report.parameters == 3_545_984 - 2 * 49 * 64
     stem = pvt.patch_embed.proj.weight
     assert torch.allclose(gray.backbone.patch_embed1.proj.weight, stem.sum(1, keepdim=True))
     with torch.no_grad():  # grayscale image == the RGB image with three equal channels

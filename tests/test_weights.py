@@ -12,9 +12,8 @@ import _nnunet
 from bus_nnunet import weights
 from bus_nnunet.cli import main
 from bus_nnunet.errors import UserError
-from bus_nnunet.network_architectures import create_model
-from bus_nnunet.network_architectures._pretrained import (PretrainedMismatchError, load_resnet_encoder,
-                                                          read_state_dict)
+from bus_nnunet.network_architectures import create_model, model_info
+from bus_nnunet.network_architectures._pretrained import PretrainedMismatchError, read_state_dict
 
 
 @pytest.fixture
@@ -60,7 +59,7 @@ def test_stem_adapted_with_timm_for_any_channel_count(resnet18_file, in_channels
     from timm.models import adapt_input_conv
     path, state = resnet18_file
     net = create_model("acsnet", in_channels=in_channels)
-    report = load_resnet_encoder(net.encoder, str(path), "ResNet-18")
+    report = model_info("acsnet").pretrained[0].load(net, str(path))  # the registry entry's loader
     expected = adapt_input_conv(in_channels, state["conv1.weight"].clone())
     assert torch.equal(net.encoder.conv1.weight, expected)
     if in_channels == 1:
@@ -80,7 +79,7 @@ def test_mismatch_names_file_and_first_keys_and_loads_nothing(tmp_path):
     net = create_model("acsnet", in_channels=1)
     before = {k: v.clone() for k, v in net.encoder.state_dict().items()}
     with pytest.raises(PretrainedMismatchError) as err:
-        load_resnet_encoder(net.encoder, str(path), "ResNet-18")
+        model_info("acsnet").pretrained[0].load(net, str(path))
     msg = str(err.value)
     assert msg.startswith(f"{path} does not fit: not a ResNet-18 checkpoint")
     assert "96 unexpected keys (first: layer1.2.conv1.weight, layer1.2.bn1.weight" in msg  # resnet34's extra blocks
