@@ -17,7 +17,11 @@ needs to know about the network without building it:
 * ``takes_input_size`` -- the entry point accepts ``input_size=(H, W)``, the patch it will see;
 * ``pretrained`` -- the ImageNet weights the paper initialised parts of the network from, each a
   ``_pretrained.PretrainedPart`` (timm weights name, loader, encoder slot); every loader goes
-  through ``_pretrained.load_checkpoint``.
+  through ``_pretrained.load_checkpoint``;
+* ``deepest_features`` -- the submodule whose output is the encoder's deepest feature map
+  ``(B, C, H, W)`` (``"name:input"``: its first input): the classifying trainer variants
+  (``<Trainer>_Cls``, ``bus_nnunet.trainers.classification``) pool it for their class head, through a
+  forward hook; ``None``: the network gets no classifying variant.
 
 Network modules must not import nnU-Net, and must import optional heavy packages lazily.
 """
@@ -43,6 +47,7 @@ class ModelInfo:
     requires: Tuple[str, ...] = field(default_factory=tuple)
     takes_input_size: bool = False  # entry point wants input_size=(H, W) (the trainer's patch size)
     pretrained: Tuple = ()  # _pretrained.PretrainedPart per pretrained part
+    deepest_features: Optional[str] = None  # submodule[:input] holding the deepest encoder features
 
 
 _MODELS: Dict[str, ModelInfo] = {}
@@ -51,7 +56,7 @@ _MODELS: Dict[str, ModelInfo] = {}
 def register_model(fn: Callable = None, *, name: str = None, size_divisor: int = 32, min_size: int = 32,
                    fixed_sizes: Sequence[int] = None, deep_supervision_strides: Sequence[int] = None,
                    paper: str = "", requires: Sequence[str] = (), takes_input_size: bool = False,
-                   pretrained: Sequence = ()):
+                   pretrained: Sequence = (), deepest_features: Optional[str] = None):
     """Decorator registering a network entry point under ``name`` (default: the function name)."""
 
     def wrap(f):
@@ -61,7 +66,7 @@ def register_model(fn: Callable = None, *, name: str = None, size_divisor: int =
         _MODELS[key] = ModelInfo(key, f, size_divisor, min_size,
                                  tuple(fixed_sizes) if fixed_sizes else None,
                                  tuple(deep_supervision_strides) if deep_supervision_strides else None,
-                                 paper, tuple(requires), takes_input_size, tuple(pretrained))
+                                 paper, tuple(requires), takes_input_size, tuple(pretrained), deepest_features)
         return f
 
     return wrap(fn) if fn is not None else wrap

@@ -263,7 +263,7 @@ def load_imagenet_encoder(network: ACSNet, source) -> LoadReport:
     return load_resnet_encoder(network.encoder, source, "ResNet-18")
 
 
-@register_model(size_divisor=32, min_size=32, deep_supervision_strides=None,
+@register_model(size_divisor=ACSNet.size_divisor, min_size=ACSNet.size_divisor, deep_supervision_strides=None,
                 pretrained=[PretrainedPart("resnet18.tv_in1k", load_imagenet_encoder)],
                 paper="He et al., ACSNet, Computers in Biology and Medicine 2024 (segmentation + classification)",
                 requires=())

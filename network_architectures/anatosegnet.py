@@ -193,7 +193,7 @@ def load_imagenet_encoder(network: AnatoSegNet, source) -> LoadReport:
     return load_resnet_encoder(network.encoder, source, "ResNet-50")
 
 
-@register_model(size_divisor=32, min_size=64, deep_supervision_strides=None,
+@register_model(size_divisor=32, min_size=64, deep_supervision_strides=None, deepest_features="attention4",
                 pretrained=[PretrainedPart("resnet50.tv_in1k", load_imagenet_encoder)],
                 paper="Huang et al., AnatoSegNet: anatomy-aware breast ultrasound segmentation, ISBI 2025")
 def anatosegnet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False,

@@ -275,6 +275,7 @@ ENCODER_WEIGHTS = {"resnet18": "resnet18.tv_in1k", "densenet121": "densenet121.t
 
 
 @register_model(size_divisor=32, min_size=32, deep_supervision_strides=None,
+                deepest_features="dropout",  # the encoders' fused stride-32 features
                 pretrained=[PretrainedPart(w, _encoder_loader(e), slot=e, probe_kwargs={"encoders": (e,)})
                             for e, w in ENCODER_WEIGHTS.items()],
                 paper="Anari et al., Sci. Rep. 2025 (UNet + CBAM/Non-local, ResNet/DenseNet/EfficientNet encoders)")

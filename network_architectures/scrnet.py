@@ -431,6 +431,7 @@ class SCRNet(nn.Module):
 
 
 @register_model(size_divisor=16, min_size=64, deep_supervision_strides=None,
+                deepest_features="up.0:input",  # the bottleneck after its SCRM
                 paper="Xu & Wang, SCRNet: Spatial-Channel Regulation Network for medical ultrasound image "
                       "segmentation, arXiv 2508.13899 (2025)")
 def scrnet(in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False, **kwargs) -> nn.Module:

@@ -790,6 +790,7 @@ def load_imagenet_backbone(model: SSNet, checkpoint) -> LoadReport:
 
 
 @register_model(size_divisor=128, min_size=128, deep_supervision_strides=None, takes_input_size=True,
+                deepest_features="feature_fusion_2:input",  # e3, the 1/32 encoder output
                 pretrained=[PretrainedPart("pvt_v2_b2.in1k", load_imagenet_backbone, probe_kwargs={"input_size": 128})],
                 paper="Yan et al., SS-Net: Semantic-aware and Spectrum-guided Network for Ultrasound Image Breast "
                       "Tumor Segmentation (Pattern Recognition, submitted 2026)")
