@@ -6,4 +6,4 @@ entry points with :func:`register_model`; adding a network is adding a module (d
 >>> from bus_nnunet.network_architectures import create_model, list_models
 >>> net = create_model("ssnet", in_channels=1, num_classes=2)
 """
-from ._registry import ModelInfo, create_model, list_models, model_info, register_model, snap_patch_size  # noqa: F401
+from ._registry import UNAVAILABLE, ModelInfo, create_model, list_models, model_info, register_model, snap_patch_size  # noqa: F401

@@ -23,16 +23,20 @@ needs to know about the network without building it:
   (``<Trainer>_Cls``, ``bus_nnunet.trainers.classification``) pool it for their class head, through a
   forward hook; ``None``: the network gets no classifying variant.
 
-Network modules must not import nnU-Net, and must import optional heavy packages lazily.
+Network modules must not import nnU-Net, and must import optional heavy packages lazily.  A module
+that fails to import is listed in :data:`UNAVAILABLE` with its error (and by ``bus-nnunet doctor``)
+instead of hiding every other network, as the trainers package does.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info", "snap_patch_size"]
+__all__ = ["ModelInfo", "UNAVAILABLE", "register_model", "create_model", "list_models", "model_info",
+           "snap_patch_size"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class ModelInfo:
 
 
 _MODELS: Dict[str, ModelInfo] = {}
+#: module name -> "ExceptionType: message" for network modules that failed to import
+UNAVAILABLE: Dict[str, str] = {}
 
 
 def register_model(fn: Callable = None, *, name: str = None, size_divisor: int = 32, min_size: int = 32,
@@ -74,11 +80,18 @@ def register_model(fn: Callable = None, *, name: str = None, size_divisor: int =
 
 def _load_all():
     """Import every public module of the package, so each registers its networks (on the first
-    registry lookup, not at package import: importing the package stays cheap)."""
+    registry lookup, not at package import: importing the package stays cheap).  A module that
+    fails goes to :data:`UNAVAILABLE` (tried once) and the others still register."""
     package = importlib.import_module(__package__)
     for module in pkgutil.iter_modules(package.__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__package__}.{module.name}")
+        full = f"{__package__}.{module.name}"
+        if module.name.startswith("_") or full in UNAVAILABLE:
+            continue
+        try:
+            importlib.import_module(full)
+        except Exception as e:  # keep every other network findable
+            UNAVAILABLE[full] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"bus-nnunet networks in {full} are unavailable: {UNAVAILABLE[full]}")
 
 
 def list_models() -> List[str]:
@@ -90,7 +103,8 @@ def model_info(name: str) -> ModelInfo:
     if name not in _MODELS:
         _load_all()
     if name not in _MODELS:
-        raise KeyError(f"unknown network {name!r}; available: {', '.join(sorted(_MODELS))}")
+        broken = "".join(f"; {m} failed to import ({e})" for m, e in UNAVAILABLE.items())
+        raise KeyError(f"unknown network {name!r}; available: {', '.join(sorted(_MODELS))}{broken}")
     return _MODELS[name]
 
 

@@ -122,6 +122,31 @@ def test_a_new_network_module_registers_itself(tmp_path, monkeypatch):
         sys.modules.pop(f"{package.__name__}.toynet", None)
 
 
+def test_a_broken_network_module_hides_no_other_network(tmp_path, monkeypatch):
+    """Issue 27 §7: a network module that fails to import is named with its error (registry lookups,
+    ``bus-nnunet doctor``) and every other network still registers."""
+    from bus_nnunet import network_architectures as package
+    from bus_nnunet.commands.doctor import _check_networks
+    extra = tmp_path / "broken_networks"
+    extra.mkdir()
+    (extra / "brokennet.py").write_text("import a_package_that_is_not_installed_anywhere\n")
+    full = f"{package.__name__}.brokennet"
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(extra)])
+    monkeypatch.setattr(_registry, "UNAVAILABLE", {})
+    with pytest.warns(UserWarning, match=f"{full} are unavailable: ModuleNotFoundError"):
+        names = _registry.list_models()
+    assert {"acsnet", "anatosegnet", "attention_unet", "scrnet", "ssnet"} <= set(names)
+    assert _registry.UNAVAILABLE == {full: "ModuleNotFoundError: No module named "
+                                           "'a_package_that_is_not_installed_anywhere'"}
+    with pytest.raises(KeyError, match=f"{full} failed to import .ModuleNotFoundError"):
+        _registry.model_info("brokennet")
+    problems, passed = [], []
+    _check_networks(passed.append, lambda msg, fix: problems.append((msg, fix)))
+    assert problems == [(f"network module {full} failed to import: {_registry.UNAVAILABLE[full]}",
+                         "see the error; reinstall bus-nnunet")]
+    assert passed and "acsnet" in passed[0]
+
+
 def test_snap_patch_size_rules(tiny_network):
     assert _registry.snap_patch_size(tiny_network, (64, 100)) == (64, 96)
     assert _registry.snap_patch_size(tiny_network, (20, 57)) == (32, 64)  # min_size, then nearest multiple

@@ -65,6 +65,16 @@ def _check_weights(ok, info, bad, trainers):
              else ok(f"${env}={r.path} overrides the cached {name}"))
 
 
+def _check_networks(ok, bad):
+    """Every network module imports (one that does not is named with its error, the others still
+    register: ``network_architectures._registry.UNAVAILABLE``)."""
+    from bus_nnunet.network_architectures import _registry
+    names = _registry.list_models()
+    for module, error in sorted(_registry.UNAVAILABLE.items()):
+        bad(f"network module {module} failed to import: {error}", "see the error; reinstall bus-nnunet")
+    ok(f"{len(names)} networks registered: {', '.join(names)}")
+
+
 def run(args) -> int:
     problems = []
     ok = lambda msg: print(f"  ok    {msg}")  # noqa: E731
@@ -111,6 +121,7 @@ def run(args) -> int:
             f'reinstall (pip install -e . / pip install bus-nnunet) or export nnUNet_extTrainer="{folder}"')
     if not registration.hook_installed():
         info("start-up hook _bus_nnunet_hook not importable; registration relies on your export")
+    _check_networks(ok, bad)
     from bus_nnunet.trainers import TRAINERS, UNAVAILABLE
     for module, error in UNAVAILABLE.items():
         bad(f"trainer module {module} failed to import: {error}", "see the error; reinstall bus-nnunet")
