@@ -9,6 +9,7 @@ from PIL import Image
 
 from bus_nnunet.cli import main
 from bus_nnunet.evaluation import metrics as M
+from bus_nnunet.evaluation.folder_report import read_folder_report
 from bus_nnunet.evaluation import stats as S
 
 
@@ -292,6 +293,7 @@ def test_evaluate_cli(tmp_path, capsys):
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
     assert float(rows["c1"]["dice"]) == pytest.approx(0.5) and rows["c4"]["class"] == "normal"
     assert "pooled" in (out / "summary.md").read_text()
+    assert read_folder_report(out).to_json() == m  # the reader gives back what the writer wrote
     # existing output is refused without --overwrite, replaced with it
     assert main(args) == 1
     assert "--overwrite" in capsys.readouterr().err
