@@ -157,8 +157,6 @@ def main(argv=None) -> int:
     """Write the study file, run it with ``bus-nnunet study run`` (the one engine: resumable, one
     budget), and collect its cv-report into OUT.json / OUT.md."""
     from bus_nnunet.harness import run_tool
-    from bus_nnunet.study import jobs as J
-    from bus_nnunet.study.config import load_study
     args = parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -174,8 +172,9 @@ def main(argv=None) -> int:
     proc = run_tool(["bus-nnunet", "study", "run", study_path], {}, check=False)
     print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
 
-    study = load_study(study_path)
-    layout = J.Layout(study)
+    from bus_nnunet.study.run import StudyRun
+    run = StudyRun.load(study_path)
+    study, layout = run.study, run.layout
     plans = study.trained_plans("nnUNetPlans")
     result = {"environment": environment_stamp(args.device), "kind": "full study" if args.full else "CPU smoke study",
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -185,8 +184,8 @@ def main(argv=None) -> int:
         plan_2d = json.loads((layout.preprocessed / name / f"{plans}.json").read_text())["configurations"]["2d"]
         result["plan_2d"] = {k: plan_2d.get(k) for k in ("patch_size", "batch_size", "spacing",
                                                          "median_image_size_in_voxels")}
-    trains = [j for j in J.build_jobs(study, layout) if j.stage == "train"]
-    states = J.job_states(trains, study, layout)
+    trains = [j for j in run.jobs if j.stage == "train"]
+    states = {key: state for key, (state, _) in run.states(trains).items()}
     for job in trains:
         folds = result["trainers"].setdefault(job.trainer, {"folds": {}})["folds"]
         folds[job.fold] = fold_record(layout, job, states[job.key])

@@ -204,8 +204,9 @@ def write_report(study: dict, out: Path) -> None:
 
 
 def main(argv=None) -> int:
+    from bus_nnunet.study.config import batch_plans_name
     args = parse_args(argv)
-    plans = f"nnUNetPlans_bs{args.batch_size}"
+    plans = batch_plans_name("nnUNetPlans", args.batch_size)  # the plans copy the study trains on
     if args.threads:
         os.environ["BUS_NNUNET_TORCH_THREADS"] = str(args.threads)
     cv_out = args.workdir / "accuracy_report"

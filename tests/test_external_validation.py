@@ -115,6 +115,7 @@ def test_an_interrupted_job_keeps_its_images_and_other_inputs_start_over(tmp_pat
 def test_study_file_keys_and_the_jobs_they_make(tmp_path):
     from bus_nnunet.study import jobs as J
     from bus_nnunet.study.config import load_study
+    from bus_nnunet.study.run import StudyRun
 
     def study(text):
         path = tmp_path / "s.toml"
@@ -130,7 +131,7 @@ def test_study_file_keys_and_the_jobs_they_make(tmp_path):
         return str(e.value)
 
     s = study('ensemble_best_k = 2\nhd95 = "max"\n[external]\n601 = [603, 602]\n602 = "all"\n')
-    jobs = {j.key: j for j in J.build_jobs(s, J.Layout(s))}
+    jobs = StudyRun(s).by_key()
     assert not any(k.startswith(("plan-603", "train-603", "report-603")) for k in jobs)  # only tested on
     assert "convert-603" in jobs and "--hd95" in jobs["report-601-nnUNetPlans"].cmd
     external = [k for k in jobs if jobs[k].stage == "external"]

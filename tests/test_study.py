@@ -149,7 +149,7 @@ def test_submitit_local_cluster_runs_the_same_submission(finished_study):
     study = _study_file(root, 'trainers = ["nnUNetTrainerUS"]\nfolds = [0, 1]\n[[datasets]]\nid = 982\n',
                         executor='kind = "slurm"\n[executor.slurm]\ngpus_per_node = 0\n', output="slurm_out")
     checkpoints = {p: p.stat().st_mtime_ns for p in (root / "nn" / "res").rglob("checkpoint_final.pth")}
-    proc = _run(["study", "run", study, "--cluster", "local"])
+    proc = _run(["study", "run", study, "--executor", "submitit-local"])
     for stage in ("ensemble", "report", "summary"):
         assert f"submitted {stage}: " in proc.stdout
     assert "submitted train" not in proc.stdout
@@ -180,12 +180,11 @@ def test_sbatch_files_and_dependencies(tmp_path, monkeypatch):
                         executor='kind = "slurm"\n[executor.slurm]\npartition = "gpu"\ncpu_partition = "cpu"\n'
                                  'timeout_min = 600\ngpus_per_node = 1\ncpus_per_task = 6\nmem_gb = 48\n'
                                  'array_parallelism = 3\naccount = "lab"\n')
-    from bus_nnunet.study import executors as E
-    from bus_nnunet.study import jobs as J
-    from bus_nnunet.study.config import load_study
-    s = load_study(study)
-    layout = J.Layout(s)
-    ids = E.submit_slurm(s, layout, J.build_jobs(s, layout), study, cluster="slurm", log=lambda m: None)
+    from bus_nnunet.study.executors import slurm as S
+    from bus_nnunet.study.run import StudyRun
+    run = StudyRun.load(study)
+    layout = run.layout
+    ids = S.submit(run, run.jobs, "slurm", log=lambda m: None)
     files = {int(p.stem): p.read_text() for p in (tmp_path / "sbatch_log").glob("*.sh")}
     by_job = {key: files[int(job_id.split("_")[0])] for key, job_id in ids.items()}
 
@@ -252,7 +251,7 @@ def test_bad_study_files_name_the_key(tmp_path):
     assert "plans: unknown plans 'nnUNetResEncPlans'" in error('plans = ["nnUNetResEncPlans"]\n' + ok)
     assert "executor.slurm.partiton: unknown key" in error(ok + '[executor]\nkind = "slurm"\n[executor.slurm]\n'
                                                                 'partiton = "gpu"\n')
-    assert "executor.kind: Input should be 'local' or 'slurm'" in error(ok + '[executor]\nkind = "sge"\n')
+    assert "executor.kind: unknown executor 'sge': known: local, slurm" in error(ok + '[executor]\nkind = "sge"\n')
     assert "schedule.epochs: Input should be greater than or equal to 1" in error(ok + "[schedule]\nepochs = 0\n")
     assert "datasets: id repeated" in error(ok + "[[datasets]]\nid = 501\n")
     assert "baseline 'X' is not one of the study's trainers" in error('baseline = "X"\n' + ok)
@@ -313,14 +312,14 @@ def test_study_file_is_checked_against_the_disk_before_anything_runs(tmp_path):
 
 
 def test_plan_jobs_use_the_presets_planner(tmp_path):
-    from bus_nnunet.study import jobs as J
     from bus_nnunet.study.config import load_study
+    from bus_nnunet.study.run import StudyRun
     path = tmp_path / "s.toml"
     path.write_text('trainers = ["nnUNetTrainerUS"]\nplans = ["nnUNetPlans", "nnUNetResEncUNetLPlans"]\n'
                     '[schedule]\nbatch_size = 4\n[paths]\nnnUNet_raw = "r"\nnnUNet_preprocessed = "p"\n'
                     'nnUNet_results = "x"\n[[datasets]]\nid = 7\n')
     study = load_study(path)
-    jobs = {j.key: j for j in J.build_jobs(study, J.Layout(study))}
+    jobs = StudyRun(study).by_key()
     assert "ExperimentPlanner" in jobs["plan-7-nnUNetPlans"].cmd
     assert "nnUNetPlannerResEncL" in jobs["plan-7-nnUNetResEncUNetLPlans"].cmd
     assert jobs["plan-7-nnUNetResEncUNetLPlans"].after == ["plan-7-nnUNetPlans"]  # one fingerprint at a time

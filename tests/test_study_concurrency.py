@@ -66,14 +66,13 @@ def test_two_study_runs_at_once_run_each_job_once(tmp_path):
 
 
 def _report_job(tmp_path):
-    """A study job that needs no nnU-Net: its command only writes a file."""
-    from bus_nnunet.study import jobs as J
-    from bus_nnunet.study.config import load_study
-    study = load_study(_study_file(tmp_path, STUDY))
-    layout = J.Layout(study)
-    job = next(j for j in J.build_jobs(study, layout) if j.key == "report-982-nnUNetPlans")
+    """A study job that needs no nnU-Net: its command only writes a file (the run builds it so)."""
+    from bus_nnunet.study.run import StudyRun
+    run = StudyRun.load(_study_file(tmp_path, STUDY))
+    job = run.by_key()["report-982-nnUNetPlans"]
     job.cmd = [sys.executable, "-c", f"open({str(tmp_path / 'ran')!r}, 'a').write('x')"]
-    return study, layout, job
+    run.job = lambda key: job  # the command built under the lock is this one
+    return run, job
 
 
 def _hold_lock(lock_file):
@@ -92,36 +91,38 @@ def test_a_held_job_is_skipped_a_killed_holder_leaves_no_lock_and_a_done_job_is_
     """The lock and the re-check under it, without training: another process holding the job's
     lock makes this one skip it (naming that process); once that process is SIGKILLed the lock is
     free at once; a job another run finished since the stage began is reported done, not run."""
-    from bus_nnunet.study import executors as E
-    study, layout, job = _report_job(tmp_path)
+    from bus_nnunet.study.executors.local import attempt
+    run, job = _report_job(tmp_path)
+    layout = run.layout
     job.lock_file.parent.mkdir(parents=True)
     holder = _hold_lock(job.lock_file)
     try:
-        assert E.attempt(job, study, layout, "cpu") == ("held", f"pid {holder.pid}")
+        assert attempt(run, job) == ("held", f"pid {holder.pid}")
         assert not (tmp_path / "ran").exists()
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
-    outcome, (rc, _) = E.attempt(job, study, layout, "cpu")  # the killed holder's lock died with it
+    outcome, (rc, _) = attempt(run, job)  # the killed holder's lock died with it
     assert outcome == "ran" and rc == 0 and (tmp_path / "ran").read_text() == "x"
     assert job.lock_file.is_file()  # left in place, and harmless: nobody holds it
 
     marker = layout.cv_report(982, "nnUNetPlans") / "metrics.json"  # what is_done reads for a report
     marker.parent.mkdir(parents=True)
     marker.write_text("{}")
-    assert E.attempt(job, study, layout, "cpu") == ("done", None)
+    assert attempt(run, job) == ("done", None)
     assert (tmp_path / "ran").read_text() == "x"  # not run again
 
 
 def test_a_slurm_job_waits_for_the_study_run_that_holds_its_job(tmp_path, capsys):
     """What a SLURM node runs (StudyJobFunction) waits while a local study run holds the job, and
     then finds it done instead of running it a second time."""
-    from bus_nnunet.study import executors as E
-    study, layout, job = _report_job(tmp_path)
+    from bus_nnunet.study.executors.slurm import StudyJobFunction
+    run, job = _report_job(tmp_path)
+    layout = run.layout
     job.lock_file.parent.mkdir(parents=True)
     holder = _hold_lock(job.lock_file)
     result = {}
-    node = threading.Thread(target=lambda: result.update(rc=E.StudyJobFunction()(str(study.file), job.key, "cpu")))
+    node = threading.Thread(target=lambda: result.update(rc=StudyJobFunction()(str(run.file), job.key, "local")))
     try:
         node.start()
         node.join(3)

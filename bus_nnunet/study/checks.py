@@ -21,9 +21,11 @@ from bus_nnunet.study.config import DatasetSpec, Study
 NNUNET_DEFAULT_FOLDS = 5
 
 
-def require_valid(study: Study, layout) -> None:
-    """Raise one UserError listing every problem of :func:`problems` (nothing has run yet)."""
-    found = problems(study, layout)
+def require_valid(run) -> None:
+    """Raise one UserError listing every problem of :func:`problems` of a
+    :class:`bus_nnunet.study.run.StudyRun` (nothing has run yet)."""
+    study = run.study
+    found = problems(study, run.layout)
     if found:
         raise UserError(f"{study.file}: {len(found)} problem{'s' if len(found) > 1 else ''}; nothing was run:\n  "
                         + "\n  ".join(found))

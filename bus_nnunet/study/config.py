@@ -1,6 +1,6 @@
 """The study file: what to run, validated before anything runs.
 
-A study file is TOML (see ``examples/study_busi_breast.toml``)::
+A study file is TOML (see ``examples/study_breast.toml``)::
 
     output = "studies/breast"                  # status logs and the report (relative to this file)
     trainers = ["nnUNetTrainer", "nnUNetTrainerUS", "SSNetTrainer"]
@@ -22,8 +22,8 @@ A study file is TOML (see ``examples/study_busi_breast.toml``)::
     501 = [502]
 
     [executor]
-    kind = "slurm"
-    [executor.slurm]
+    kind = "slurm"                             # a registered executor (bus_nnunet.study.executors)
+    [executor.slurm]                           # its options, validated by the model it registers
     partition = "gpu"
 
 Every key is checked (unknown keys too); an error names the key, e.g.
@@ -31,7 +31,7 @@ Every key is checked (unknown keys too); an error names the key, e.g.
 """
 from __future__ import annotations
 
-import importlib.util
+import functools
 import os
 import tomllib
 from pathlib import Path
@@ -52,6 +52,12 @@ PLANNERS = {
 NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 
+def batch_plans_name(plans: str, batch_size: Optional[int]) -> str:
+    """The plans copy a smoke run trains on: ``<plans>_bs<N>`` (same preprocessed data, batch size N
+    in the 2D configuration), or ``plans`` itself without a batch size."""
+    return f"{plans}_bs{batch_size}" if batch_size else plans
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,11 +73,15 @@ class DatasetSpec(_Strict):
     @field_validator("converter")
     @classmethod
     def _known_converter(cls, name):
-        if name is not None and importlib.util.find_spec(f"bus_nnunet.dataset_conversion.{name}") is None:
-            from bus_nnunet.dataset_conversion import __path__ as conversion_path
-            import pkgutil
-            known = sorted(m.name for m in pkgutil.iter_modules(conversion_path) if not m.name.startswith("_"))
-            raise ValueError(f"unknown converter {name!r}: {did_you_mean(name, known)}known: {', '.join(known)}")
+        # the converter registry's own lookup: keys and aliases, as `bus-nnunet convert` accepts them
+        if name is not None:
+            from bus_nnunet.dataset_conversion import converters, get_converter
+            try:
+                get_converter(name)
+            except UserError:
+                known = list(converters())
+                raise ValueError(f"unknown converter {name!r}: {did_you_mean(name, known)}known: "
+                                 f"{', '.join(known)}") from None
         return name
 
     @model_validator(mode="after")
@@ -96,24 +106,10 @@ class Schedule(_Strict):
         return {k: v for k, v in values.items() if v is not None}
 
 
-class SlurmSpec(_Strict):
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    timeout_min: int = Field(24 * 60, ge=1)
-    gpus_per_node: int = Field(1, ge=0)
-    cpus_per_task: int = Field(8, ge=1)
-    mem_gb: int = Field(64, ge=1)
-    array_parallelism: int = Field(64, ge=1)
-    #: other sbatch options, e.g. {constraint = "a100"}
-    additional: Dict[str, Union[str, int]] = {}
-    #: CPU-only stages (convert, plan, report) get these instead of the GPU ones
-    cpu_partition: Optional[str] = None
-    cpu_timeout_min: int = Field(4 * 60, ge=1)
-
-
 class ExecutorSpec(_Strict):
-    kind: Literal["local", "slurm"] = "local"
+    """``[executor]``: the kind (a registered executor) and what every executor shares; each
+    executor's own table (``[executor.slurm]``) is added from the registry by :func:`load_study`."""
+    kind: str = "local"
     #: local: "auto" = every visible GPU (none: CPU, one job at a time), or a number of GPUs
     gpus: Union[Literal["auto"], int] = "auto"
     #: nnU-Net's preprocessing / export processes per job (-np / nnUNet_def_n_proc)
@@ -121,7 +117,14 @@ class ExecutorSpec(_Strict):
     #: nnU-Net's data-augmentation workers per training run (nnUNet_n_proc_DA; 0 = in the training
     #: process, for tiny smoke studies); default: nnU-Net's choice
     augmentation_workers: Optional[int] = Field(None, ge=0)
-    slurm: SlurmSpec = SlurmSpec()
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind):
+        from bus_nnunet.study.executors import executor_kinds, unknown_kind_message
+        if kind not in executor_kinds():
+            raise ValueError(unknown_kind_message(kind))
+        return kind
 
 
 class Study(_Strict):
@@ -137,7 +140,7 @@ class Study(_Strict):
     #: flags passed to every nnUNetv2_train, e.g. ["--npz"] (needed for ensembling)
     nnunet_train_flags: List[str] = ["--npz"]
     schedule: Schedule = Schedule()
-    executor: ExecutorSpec = ExecutorSpec()
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     #: nnUNet_raw / nnUNet_preprocessed / nnUNet_results; default: the environment's
     paths: Dict[str, Path] = {}
     #: external validation: ``"all"`` (every trained dataset tested on every other dataset of the
@@ -225,7 +228,7 @@ class Study(_Strict):
 
     def trained_plans(self, plans: str) -> str:
         """The plans identifier training runs use: the preset, or its ``[schedule] batch_size`` copy."""
-        return f"{plans}_bs{self.schedule.batch_size}" if self.schedule.batch_size else plans
+        return batch_plans_name(plans, self.schedule.batch_size)
 
     @property
     def output_dir(self) -> Path:
@@ -250,6 +253,20 @@ def _key_path(loc) -> str:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _study_model():
+    """:class:`Study` whose ``[executor]`` has a table per registered executor with options
+    (``[executor.slurm]``): a new executor's options need no edit here."""
+    from pydantic import create_model
+    from bus_nnunet.study.executors import executor_kinds
+    tables = {}
+    for entry in executor_kinds().values():
+        if entry.options is not None:
+            tables.setdefault(entry.table, (entry.options, entry.options()))
+    executor = create_model("ExecutorSpec", __base__=ExecutorSpec, **tables)
+    return create_model("Study", __base__=Study, executor=(executor, executor()))
+
+
 def load_study(path) -> Study:
     path = Path(path)
     try:
@@ -263,7 +280,7 @@ def load_study(path) -> Study:
             raise UserError(f"{path}: {internal!r} is not a study key (relative paths are resolved against the "
                             f"file's folder)")
     try:
-        return Study(**data, root=path.resolve().parent, file=path.resolve())
+        return _study_model()(**data, root=path.resolve().parent, file=path.resolve())
     except ValidationError as e:
         problems = []
         for err in e.errors():

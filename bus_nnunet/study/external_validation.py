@@ -17,7 +17,8 @@ or held-out test split, else all its ``imagesTr``.  Each job writes into
 
     masks/<case>.png            label map (written last for a case: its presence = case done)
     probabilities/<case>.npz    softmax, nnU-Net's layout (``probabilities``, C x 1 x H x W); trainers only
-    inputs.json                 what the outputs are computed from (fold checkpoints: size, mtime)
+    inputs.json                 what the outputs are computed from (fold checkpoints: size, mtime; the
+                                record of every study job that uses models, :mod:`bus_nnunet.study.inputs`)
     per_case.csv, metrics.json  once every image is scored, as cv-report scores (metrics.json = done)
 
 A killed job's rerun predicts only the images without a mask (each file is written atomically);
@@ -35,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from bus_nnunet.errors import UserError
+from bus_nnunet.study.inputs import checkpoint_record, stale_reason
 
 #: the model name of the study's ensemble (trainer names are class names, never this)
 ENSEMBLE = "ensemble"
@@ -145,18 +147,6 @@ def pair_problems(layout, train_id: int, test_id: int, plans: str) -> List[str]:
 
 
 # -- what a job's outputs are computed from ----------------------------------------------------------
-def checkpoint_record(layout, dataset_id: int, trainer: str, plans: str, folds) -> Dict[str, List[int]]:
-    """``fold_k/checkpoint_final.pth`` -> [size, mtime_ns] of each fold a trainer's prediction uses
-    (a missing one is [0, 0]): a retrained fold changes it."""
-    record = {}
-    for fold in folds:
-        folder = layout.fold_folder(dataset_id, trainer, plans, fold)
-        checkpoint = folder / "checkpoint_final.pth" if folder else None
-        stat = checkpoint.stat() if checkpoint and checkpoint.is_file() else None
-        record[f"{trainer}/fold_{fold}"] = [stat.st_size, stat.st_mtime_ns] if stat else [0, 0]
-    return record
-
-
 def cv_ranking(study, layout, train_id: int, plans: str) -> List[Tuple[str, float]]:
     """(trainer, mean per-image cross-validation Dice) from the dataset's cv-report, best first
     (ties in the study's trainer order); empty before the cv-report exists."""
@@ -197,24 +187,36 @@ def expected_inputs(study, layout, train_id: int, test_id: int, plans: str, mode
     """What the outputs of this job must be computed from, now."""
     folds = prediction_folds(study)
     members = ensemble_members(study, layout, train_id, plans) if model == ENSEMBLE else [model]
-    checkpoints = {}
-    for trainer in members:
-        checkpoints.update(checkpoint_record(layout, train_id, trainer, plans, folds))
+    # the record every study job that uses trained models keeps (bus_nnunet.study.inputs)
+    checkpoints = checkpoint_record(layout, train_id, [plans], members, folds)
     return {"train": train_id, "test": test_id, "plans": plans, "model": model, "members": members,
             "folds": folds, "checkpoints": checkpoints, "hd95": getattr(study, "hd95", None)}
 
 
-def is_done(study, layout, train_id: int, test_id: int, plans: str, model: str) -> bool:
-    """metrics.json is there and was computed from the checkpoints (and members) there now."""
+def outputs_state(study, layout, train_id: int, test_id: int, plans: str, model: str) -> Tuple[bool, Optional[str]]:
+    """(done, stale reason): metrics.json is there and was computed from the checkpoints (and
+    members) there now; else why its scores are out of date (None: not computed yet)."""
     metrics = pair_folder(layout, train_id, test_id, plans, model) / "metrics.json"
     if not metrics.is_file():
-        return False
+        return False, None
     try:
-        recorded = json.loads(metrics.read_text()).get("inputs")
+        recorded = json.loads(metrics.read_text()).get("inputs") or {}
     except ValueError:
-        return False
+        return False, None
     expected = expected_inputs(study, layout, train_id, test_id, plans, model)
-    return bool(expected["members"]) and recorded == expected
+    if not expected["members"]:
+        return False, None
+    if recorded == expected:
+        return True, None
+    why = stale_reason(recorded.get("checkpoints") or {}, expected["checkpoints"], "external test")
+    if why is None and recorded.get("members") != expected["members"]:
+        why = f"the ensemble's members are {' + '.join(expected['members'])} now"
+    return False, why or "computed with other settings (folds, HD95) than the study's"
+
+
+def is_done(study, layout, train_id: int, test_id: int, plans: str, model: str) -> bool:
+    """metrics.json is there and was computed from the checkpoints (and members) there now."""
+    return outputs_state(study, layout, train_id, test_id, plans, model)[0]
 
 
 def _start(folder: Path, inputs: Dict[str, object]) -> None:
@@ -370,7 +372,7 @@ def paired_tests(per_model: Dict[str, List[Dict[str, object]]]) -> List[Dict[str
 
 # -- the job's command line ------------------------------------------------------------------------
 def command(study_file, train_id: int, test_id: int, plans: str, model: str) -> List[str]:
-    """The study job's command (the executor appends ``--device``)."""
+    """The study job's command (a trainer's prediction gets ``--device`` beside it)."""
     action = "ensemble" if model == ENSEMBLE else "predict"
     return [sys.executable, "-m", "bus_nnunet.study.external_validation", action, str(study_file),
             "--train", str(train_id), "--test", str(test_id), "--plans", plans,

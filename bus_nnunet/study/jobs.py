@@ -5,7 +5,10 @@ unit of scheduling is one training run.  State is what nnU-Net left on disk, nev
 database: ``checkpoint_final.pth`` plus ``validation/summary.json`` is a finished fold,
 ``checkpoint_final.pth`` alone a fold whose final validation was cut off (rerun with ``--val``),
 ``checkpoint_latest.pth`` a fold to resume with ``--c``.  Beside that, each job's log and exit
-status live in ``<output>/logs`` so a failure can be shown with its log tail.
+status live in ``<output>/logs`` so a failure can be shown with its log tail, with the record of
+the folds a job that uses trained models was computed from (:mod:`.inputs`: a fold retrained
+since makes it stale) and the SLURM job id of its last submission (SLURM's state: cancelled,
+failed on a node, queued again).
 """
 from __future__ import annotations
 
@@ -20,12 +23,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from bus_nnunet.errors import UserError
 from bus_nnunet.harness import tool  # console scripts of the venv that runs the study
 from bus_nnunet.study import external_validation as EV
 from bus_nnunet.study.config import PLANNERS, Study
+from bus_nnunet.study.inputs import Record, checkpoint_record, read_record, stale_reason, write_record
+from bus_nnunet.study.slurm_state import FAILED_STATES, LIVE_STATES, RUNNING_STATES, slurm_states
 # the trainer attributes a [schedule] sets -> the variables bus-nnunet trainers (and the study's
 # launcher, for nnU-Net's own trainers) read them from
 from bus_nnunet.trainers.base import SCHEDULE_ENV
@@ -48,6 +53,8 @@ class Job:
     trainer: str = ""   # external jobs: the trainer, or "ensemble"
     fold: str = ""
     test_id: int = 0    # external jobs: the dataset tested on
+    #: the folds a job that uses trained models is computed from (:mod:`.inputs`), as they are now
+    inputs: Optional[Record] = None
 
     @property
     def rc_file(self) -> Path:
@@ -64,6 +71,11 @@ class Job:
     @property
     def lock_file(self) -> Path:
         return self.log.with_suffix(".lock")
+
+    @property
+    def inputs_file(self) -> Path:
+        """The record of what the job's outputs were computed from, written when it succeeds."""
+        return self.log.with_suffix(".inputs.json")
 
 
 class JobHeld(Exception):
@@ -112,9 +124,11 @@ def _lock_holder(fd: int) -> str:
 
 def run_job(job: Job, extra_env: Optional[Dict[str, str]] = None) -> int:
     """Run one job's command with its log and exit status written beside it (local and SLURM
-    alike: submitit pickles this function).  Returns the exit status."""
+    alike), and, when it succeeds, the record of the folds it was computed from.  Returns the
+    exit status."""
     job.log.parent.mkdir(parents=True, exist_ok=True)
     job.rc_file.unlink(missing_ok=True)
+    job.inputs_file.unlink(missing_ok=True)  # the outputs are being replaced: no record vouches for them
     env = {k: v for k, v in os.environ.items() if k not in SCHEDULE_ENV.values()}
     env.update(job.env)
     env.update(extra_env or {})
@@ -125,9 +139,19 @@ def run_job(job: Job, extra_env: Optional[Dict[str, str]] = None) -> int:
         proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         job.pid_file.write_text(f"{proc.pid} {socket.gethostname()}\n")
         rc = proc.wait()
-    job.rc_file.write_text(f"{rc}\n")
+    if rc == 0 and job.inputs is not None:
+        write_record(job.inputs_file, job.inputs)
+    # the SLURM job that ran it, if any: its exit status and SLURM's state then describe one run
+    job.rc_file.write_text(f"{rc} {_slurm_job_id()}\n".rstrip(" \n") + "\n")
     job.pid_file.unlink(missing_ok=True)
     return rc
+
+
+def _slurm_job_id() -> str:
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID", "")
 
 
 class Layout:
@@ -163,8 +187,12 @@ class Layout:
 
 
 # -- the job graph ---------------------------------------------------------------------------------
-def build_jobs(study: Study, layout: Layout) -> List[Job]:
-    """Every job of the study, in stage order, with the keys of the jobs it needs."""
+def build_jobs(run) -> List[Job]:
+    """Every job of the :class:`bus_nnunet.study.run.StudyRun`, in stage order, with the keys of
+    the jobs it needs, each with its real command as the state on disk asks for now (a training
+    run: fresh, ``--c`` or ``--val``) and, for a job that uses trained models, the record of the
+    folds it will be computed from (:mod:`.inputs`)."""
+    study, layout = run.study, run.layout
     base_env = dict(layout.paths, nnUNet_def_n_proc=str(study.executor.processes))
     base_env.update({SCHEDULE_ENV[k]: str(v) for k, v in study.schedule.overrides().items()})
     cfg = study.configuration
@@ -180,7 +208,9 @@ def build_jobs(study: Study, layout: Layout) -> List[Job]:
     def add(key, stage, cmd, after=(), **meta):
         jobs.append(Job(key, stage, [str(c) for c in cmd], {**base_env, **stage_env.get(stage, {})},
                         layout.logs / f"{key}.log", list(after), **meta))
+        return jobs[-1]
 
+    numbered = [f for f in study.folds if f != "all"]
     for ds in study.datasets:
         did = ds.id
         convert = []
@@ -202,7 +232,8 @@ def build_jobs(study: Study, layout: Layout) -> List[Job]:
             previous_plan = [f"plan-{did}-{preset}"]
             for trainer in study.trainers:
                 for fold in study.folds:
-                    add(train_key(did, plans, trainer, fold), "train", [], previous_plan, dataset_id=did,
+                    add(train_key(did, plans, trainer, fold), "train",
+                        train_command(run, did, plans, trainer, str(fold)), previous_plan, dataset_id=did,
                         plans=plans, trainer=trainer, fold=str(fold))
         trains = [j.key for j in jobs if j.stage == "train" and j.dataset_id == did]
         trained_plans = [study.trained_plans(p) for p in study.plans]
@@ -210,14 +241,15 @@ def build_jobs(study: Study, layout: Layout) -> List[Job]:
             [tool("nnUNetv2_find_best_configuration"), did, "-c", cfg, "-tr", *study.trainers, "-p", *trained_plans,
              "-f", *study.folds, "-np", study.executor.processes,
              *([] if "--npz" in study.nnunet_train_flags else ["--disable_ensembling"])],
-            trains, dataset_id=did)
+            trains, dataset_id=did).inputs = checkpoint_record(layout, did, trained_plans, study.trainers, study.folds)
         ensembles = ["--ensembles", EV.ensemble_selection(study)] if EV.ensemble_selection(study) else []
         for plans in trained_plans:
             add(f"report-{did}-{plans}", "report",
                 [tool("bus-nnunet"), "cv-report", did, "-tr", *study.trainers, "-p", plans, "-c", cfg,
-                 "-f", *[f for f in study.folds if f != "all"], "-o", layout.cv_report(did, plans), "--overwrite",
+                 "-f", *numbered, "-o", layout.cv_report(did, plans), "--overwrite",
                  "--hd95", study.hd95, *ensembles, "--no-progress"],
-                [k for k in trains if f"-{plans}-" in k], dataset_id=did, plans=plans)
+                [k for k in trains if f"-{plans}-" in k], dataset_id=did, plans=plans
+                ).inputs = checkpoint_record(layout, did, [plans], study.trainers, numbered)
     converted = {j.dataset_id: j.key for j in jobs if j.stage == "convert"}
     for train_id, test_id in EV.external_pairs(study):
         for plans in map(study.trained_plans, study.plans):
@@ -229,11 +261,15 @@ def build_jobs(study: Study, layout: Layout) -> List[Job]:
                     after = [train_key(train_id, plans, model, f) for f in EV.prediction_folds(study)]
                     after += [converted[test_id]] if test_id in converted else []
                 key = external_key(train_id, test_id, plans, model)
-                add(key, "external", EV.command(study.file, train_id, test_id, plans, model), after,
+                device = ["--device", run.device] if model != EV.ENSEMBLE else []
+                add(key, "external", [*EV.command(study.file, train_id, test_id, plans, model), *device], after,
                     dataset_id=train_id, plans=plans, trainer=model, test_id=test_id)
                 predictions.append(key)
     add("summary", "summary", [tool("bus-nnunet"), "study", "report", study.file],
-        [j.key for j in jobs if j.stage in ("ensemble", "report", "external")])
+        [j.key for j in jobs if j.stage in ("ensemble", "report", "external")]).inputs = {
+        k: v for did in EV.trained_datasets(study)
+        for k, v in checkpoint_record(layout, did, map(study.trained_plans, study.plans), study.trainers,
+                                      study.folds).items()}
     return jobs
 
 
@@ -250,11 +286,12 @@ def train_key(dataset_id: int, plans: str, trainer: str, fold) -> str:
     return f"train-{dataset_id}-{plans}-{trainer}-fold{fold}"
 
 
-def train_command(study: Study, layout: Layout, job: Job, device: str) -> List[str]:
+def train_command(run, dataset_id: int, plans: str, trainer: str, fold: str) -> List[str]:
     """``nnUNetv2_train`` for this fold as its state asks: fresh, ``--c`` to resume, ``--val`` when
     only the final validation is missing.  With a [schedule], through :mod:`.budget_train` so
     nnU-Net's own trainers run the same budget as ours."""
-    folder = layout.fold_folder(job.dataset_id, job.trainer, job.plans, job.fold)
+    study = run.study
+    folder = run.layout.fold_folder(dataset_id, trainer, plans, fold)
     state = []
     if folder is not None and (folder / "checkpoint_final.pth").is_file():
         state = ["--val"]
@@ -262,35 +299,47 @@ def train_command(study: Study, layout: Layout, job: Job, device: str) -> List[s
         state = ["--c"]
     launcher = [sys.executable, "-m", "bus_nnunet.study.budget_train"] if study.schedule.overrides() else \
         [tool("nnUNetv2_train")]
-    return [*launcher, str(job.dataset_id), study.configuration, job.fold, "-tr", job.trainer, "-p", job.plans,
-            "-device", device, *study.nnunet_train_flags, *state]
+    return [*launcher, str(dataset_id), study.configuration, fold, "-tr", trainer, "-p", plans,
+            "-device", run.device, *study.nnunet_train_flags, *state]
 
 
-# -- state -----------------------------------------------------------------------------------------
-def _newest_checkpoint(layout: Layout, study: Study, dataset_id: int, plans_list) -> float:
-    times = []
-    for plans in plans_list:
-        for trainer in study.trainers:
-            for fold in study.folds:
-                f = layout.fold_folder(dataset_id, trainer, plans, fold)
-                if f is not None and (f / "checkpoint_final.pth").is_file():
-                    times.append((f / "checkpoint_final.pth").stat().st_mtime)
-    return max(times, default=0.0)
+# -- outputs on disk -------------------------------------------------------------------------------
+#: the word a stale-reason names each job that uses trained models by
+_WHAT = {"ensemble": "ensemble", "report": "report", "summary": "summary", "external": "external test"}
 
 
-def is_done(job: Job, study: Study, layout: Layout) -> bool:
+def _newest_checkpoint(record: Record) -> float:
+    return max((mtime / 1e9 for _, mtime in record.values()), default=0.0)
+
+
+def _recorded(job: Job, marker: Path, name_of=None) -> Tuple[bool, Optional[str]]:
+    """(done, stale reason) of a job whose outputs exist (``marker``), from its record of inputs;
+    outputs without a record (made before records, or by hand) count when newer than every fold."""
+    recorded = read_record(job.inputs_file)
+    if recorded is None:
+        return marker.stat().st_mtime >= _newest_checkpoint(job.inputs or {}), None
+    why = stale_reason(recorded, job.inputs or {}, _WHAT[job.stage], name_of)
+    return why is None, why
+
+
+def outputs_state(run, job: Job) -> Tuple[bool, Optional[str]]:
+    """(done, stale reason): done is what nnU-Net and the study's commands left on disk, never a
+    scheduler's word; stale: the outputs are there, computed from folds that changed since."""
+    study, layout = run.study, run.layout
     if job.stage == "convert":
         name = layout.dataset_name(job.dataset_id)
-        return bool(name) and (layout.raw / name / "dataset.json").is_file()
+        return bool(name) and (layout.raw / name / "dataset.json").is_file(), None
     if job.stage == "plan":
         name = layout.dataset_name(job.dataset_id)
         derived = study.trained_plans(job.plans)
         return plans_complete(layout, job.dataset_id, job.plans, study.configuration) and \
-            (layout.preprocessed / name / f"{derived}.json").is_file()
+            (layout.preprocessed / name / f"{derived}.json").is_file(), None
     if job.stage == "train":
         folder = layout.fold_folder(job.dataset_id, job.trainer, job.plans, job.fold)
         return folder is not None and (folder / "checkpoint_final.pth").is_file() and \
-            (folder / "validation" / "summary.json").is_file()
+            (folder / "validation" / "summary.json").is_file(), None
+    if job.stage == "external":
+        return EV.outputs_state(study, layout, job.dataset_id, job.test_id, job.plans, job.trainer)
     if job.stage == "summary":
         page = layout.output / "summary.html"
         inputs = [layout.cv_report(d, study.trained_plans(p)) / "metrics.json" for d in EV.trained_datasets(study)
@@ -298,24 +347,27 @@ def is_done(job: Job, study: Study, layout: Layout) -> bool:
         inputs += [EV.pair_folder(layout, train, test, study.trained_plans(p), model) / "metrics.json"
                    for train, test in EV.external_pairs(study) for p in study.plans
                    for model in EV.external_models(study)]
-        return page.is_file() and all(f.is_file() and f.stat().st_mtime <= page.stat().st_mtime for f in inputs)
-    if job.stage == "external":
-        return EV.is_done(study, layout, job.dataset_id, job.test_id, job.plans, job.trainer)
+        if not page.is_file() or not all(f.is_file() and f.stat().st_mtime <= page.stat().st_mtime for f in inputs):
+            return False, None
+        return _recorded(job, page, name_of=lambda d: layout.dataset_name(d) or f"Dataset{d:03d}")
     name = layout.dataset_name(job.dataset_id)
     if job.stage == "ensemble":
         marker = layout.results / name / "inference_information.json" if name else None
         if not marker or not marker.is_file():
-            return False
+            return False, None
         trained = [study.trained_plans(p) for p in study.plans]
-        info = json.loads(marker.read_text())
+        try:
+            info = json.loads(marker.read_text())
+        except ValueError:
+            return False, None
         considered = {(m.get("trainer"), m.get("plans")) for m in info.get("considered_models", [])}
         # nnU-Net writes one such file per dataset: it is this study's only for these models and folds
-        return considered == {(t, p) for t in study.trainers for p in trained} and \
-            [str(f) for f in info.get("folds", [])] == [str(f) for f in study.folds] and \
-            marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id, trained)
+        if considered != {(t, p) for t in study.trainers for p in trained} or \
+                [str(f) for f in info.get("folds", [])] != [str(f) for f in study.folds]:
+            return False, None
+        return _recorded(job, marker)
     marker = layout.cv_report(job.dataset_id, job.plans) / "metrics.json"
-    return marker.is_file() and marker.stat().st_mtime >= _newest_checkpoint(layout, study, job.dataset_id,
-                                                                               [job.plans])
+    return _recorded(job, marker) if marker.is_file() else (False, None)
 
 
 def plans_complete(layout: Layout, dataset_id: int, plans: str, configuration: str) -> bool:
@@ -336,6 +388,7 @@ def plans_complete(layout: Layout, dataset_id: int, plans: str, configuration: s
     return data.is_dir() and sum(1 for _ in data.glob("*.pkl")) >= n_training
 
 
+# -- state -----------------------------------------------------------------------------------------
 def _process_alive(pid_file: Path) -> bool:
     try:
         pid, host = pid_file.read_text().split()
@@ -347,48 +400,67 @@ def _process_alive(pid_file: Path) -> bool:
         return False
 
 
-def _submitted_id(job: Job) -> Optional[str]:
-    return job.slurm_file.read_text().split()[0] if job.slurm_file.is_file() else None
-
-
-def slurm_queue(jobs: List[Job]) -> Dict[str, str]:
-    """SLURM's state of every job id recorded at submission, from one ``squeue`` call (a study
-    has hundreds of jobs); jobs that left the queue are absent, and so is everything without SLURM."""
-    ids = sorted({i for i in map(_submitted_id, jobs) if i})
-    if not ids:
-        return {}
+def submitted_id(job: Job) -> Optional[str]:
+    """The SLURM job id of the job's last submission (``<output>/logs/<key>.slurm``)."""
     try:
-        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True, text=True,
-                             timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+        words = job.slurm_file.read_text().split()
+    except OSError:
+        return None
+    return words[0] if words else None
 
 
-def job_state(job: Job, study: Study, layout: Layout, queue: Optional[Dict[str, str]] = None) -> str:
-    """``done`` / ``running`` / ``queued`` / ``failed`` / ``resumable`` / ``pending``; ``queue`` is
-    :func:`slurm_queue` of the jobs asked about together (asked for this job alone if not given)."""
-    if is_done(job, study, layout):
-        return "done"
+def exit_status(job: Job) -> Optional[Tuple[int, str]]:
+    """(exit status, SLURM job id or "") of the job's last finished command (None: none finished)."""
+    try:
+        words = job.rc_file.read_text().split()
+        return int(words[0]), (words[1] if len(words) > 1 else "")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def job_state(run, job: Job, slurm: Optional[Dict[str, Tuple[str, str]]] = None) -> Tuple[str, str]:
+    """(state, why) of one job: ``done``, ``running``, ``queued``, ``blocked`` (SLURM holds it for a
+    dependency that can never be met), ``stale`` (outputs computed from folds that changed since),
+    ``cancelled`` (SLURM says so), ``failed``, ``resumable`` or ``pending``.  ``slurm`` is
+    :func:`.slurm_state.slurm_states` of the jobs asked about together (asked for this job alone
+    if not given).  Done is only ever read from the outputs on disk."""
+    done, stale = outputs_state(run, job)
+    if done:
+        return "done", ""
     if job.pid_file.is_file() and _process_alive(job.pid_file):
-        return "running"
-    slurm = (slurm_queue([job]) if queue is None else queue).get(_submitted_id(job) or "", "").lower()
-    if slurm:
-        return "running" if slurm == "running" else "queued"
-    if job.rc_file.is_file() and job.rc_file.read_text().strip() != "0":
-        return "failed"
+        return "running", ""
+    job_id = submitted_id(job)
+    if slurm is None:
+        slurm = slurm_states([job_id]) if job_id else {}
+    slurm_state, reason = slurm.get(job_id or "", ("", ""))
+    if slurm_state in LIVE_STATES:
+        if slurm_state == "PENDING" and reason == "DependencyNeverSatisfied":
+            return "blocked", f"SLURM job {job_id} waits for a job that did not finish"
+        return ("running" if slurm_state in RUNNING_STATES else "queued"), f"SLURM job {job_id} {slurm_state}"
+    if stale:
+        return "stale", stale
+    finished = exit_status(job)
+    # SLURM's word on the last submission, unless a later run on this machine has finished it since
+    from_slurm = slurm_state and (finished is None or finished[1] == job_id or
+                                  job.rc_file.stat().st_mtime <= job.slurm_file.stat().st_mtime)
+    if from_slurm and slurm_state == "CANCELLED":
+        return "cancelled", f"SLURM job {job_id} was cancelled"
+    if from_slurm and slurm_state in FAILED_STATES:
+        return "failed", f"SLURM job {job_id} {slurm_state}"
+    if finished is not None and finished[0] != 0:
+        return "failed", f"exit status {finished[0]}"
     if job.stage == "train":
-        folder = layout.fold_folder(job.dataset_id, job.trainer, job.plans, job.fold)
+        folder = run.layout.fold_folder(job.dataset_id, job.trainer, job.plans, job.fold)
         if folder is not None and any((folder / c).is_file() for c in ("checkpoint_latest.pth",
                                                                           "checkpoint_final.pth")):
-            return "resumable"
-    return "pending"
+            return "resumable", ""
+    return "pending", ""
 
 
-def job_states(jobs: List[Job], study: Study, layout: Layout) -> Dict[str, str]:
-    """:func:`job_state` of every job, with one ``squeue`` call for all of them."""
-    queue = slurm_queue(jobs)
-    return {j.key: job_state(j, study, layout, queue) for j in jobs}
+def job_states(run, jobs: List[Job]) -> Dict[str, Tuple[str, str]]:
+    """:func:`job_state` of every job, with one SLURM call for all of them."""
+    slurm = slurm_states([submitted_id(j) for j in jobs])
+    return {j.key: job_state(run, j, slurm) for j in jobs}
 
 
 def log_tail(job: Job, lines: int = 15) -> str:
@@ -436,8 +508,9 @@ def trainer_default_schedule(trainer: str, plans_file: Path, dataset_json: Path,
         os.environ.update(saved_env)
 
 
-def budget_mismatches(study: Study, layout: Layout) -> List[str]:
+def budget_mismatches(run) -> List[str]:
     """Folds trained (or started) with another schedule than the study's, one line each."""
+    study, layout = run.study, run.layout
     overrides = study.schedule.overrides()
     defaults: Dict[tuple, Dict[str, int]] = {}
     problems = []

@@ -10,10 +10,7 @@ import sys
 from pathlib import Path
 
 from bus_nnunet.harness import tool
-
-
-def batch_plans_name(plans: str, batch_size) -> str:
-    return f"{plans}_bs{batch_size}" if batch_size else plans
+from bus_nnunet.study.config import batch_plans_name
 
 
 def write_batch_plans(plans_file: Path, configuration: str, batch_size: int) -> Path:
