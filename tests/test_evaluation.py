@@ -139,6 +139,34 @@ def test_empty_mask_rule():
     assert fn["n_ref"] == 16 and fn["n_pred"] == 0
 
 
+def test_metrics_validate_masks_first_and_take_options_by_keyword(monkeypatch):
+    """Issue 27 §4: a probability map is refused with the fix (it used to become an all-foreground mask),
+    options are keyword-only, and segmentation_metrics validates the pair once."""
+    ref = square(2, 2).astype(np.float32)  # a 0/1 float mask is a mask
+    assert M.dice_score(ref, ref) == 1.0
+    prob = ref * 0.9 + 0.05
+    for metric in (M.dice_score, M.confusion_counts, M.hd95, M.segmentation_metrics):
+        with pytest.raises(ValueError, match=r"prediction is a float array with values other than 0 and 1 "
+                                             r"\(e.g. 0.05\).*threshold it first \(e.g. prediction >= 0.5\)"):
+            metric(ref, prob)
+    assert M.dice_score(ref, prob >= 0.5) == 1.0
+    with pytest.raises(ValueError, match="reference is a float array"):
+        M.dice_score(np.full((2, 2), np.nan), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"references\[1\] is a float array"):
+        M.image_false_positive_rate([ref, prob], [ref, ref])
+    with pytest.raises(TypeError, match="reference must be a numeric or boolean array"):
+        M.dice_score(np.array([["a"]]), np.array([[1]]))
+    with pytest.raises(TypeError, match="positional argument"):
+        M.dice_score(ref, ref, 1)
+    with pytest.raises(TypeError, match="positional argument"):
+        M.hd95(ref, ref, None, (1.0, 1.0))
+    calls = []
+    real = M._binary
+    monkeypatch.setattr(M, "_binary", lambda *a, **k: calls.append(a) or real(*a, **k))
+    M.segmentation_metrics(ref, square(2, 3))
+    assert len(calls) == 2  # reference and prediction, once each
+
+
 def test_pooled_overlap_differs_from_mean():
     big_ref, big_pred = square(0, 0, 10), square(0, 0, 10)        # perfect, 100 px
     small_ref, small_pred = square(0, 0, 2), square(10, 10, 2)    # 0, 4 px each

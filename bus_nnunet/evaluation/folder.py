@@ -140,7 +140,7 @@ def aggregate(rows: Sequence[Dict[str, object]], empty_truth: str = M.DEFAULT_EM
     recorded in the result."""
     out = {"n_cases": len(rows), "empty_truth": M.check_empty_truth(empty_truth),
            "hd95_convention": M.check_hd95_convention(hd95), "per_image": {},
-           "pooled": M.pooled_overlap(rows, empty_truth)}
+           "pooled": M.pooled_overlap(rows, empty_truth=empty_truth)}
     for name in M.PER_IMAGE_METRICS:
         out["per_image"][name] = M.summarize([r[name] for r in rows])
     normal = [r for r in rows if r["n_ref"] == 0]

@@ -1,7 +1,10 @@
 """Per-image and dataset-level segmentation metrics, in scikit-learn's style.
 
 Every function takes a *reference* (ground truth) and a *prediction* as arrays of the same shape;
-anything non-zero is foreground (lesion) unless ``label`` selects one label.
+anything non-zero is foreground (lesion) unless ``label`` selects one label.  Options are
+keyword-only, and the masks are checked before anything is computed: a float array must hold only
+0 and 1 (a probability map is refused with the fix -- threshold it -- instead of silently
+becoming an all-foreground mask).
 
 Empty-mask rule (normal images)
 -------------------------------
@@ -57,27 +60,68 @@ NAN = float("nan")
 PER_IMAGE_METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
 
 
-def _binary(mask, label: Optional[int] = None) -> np.ndarray:
+# -- input validation: every public function checks its masks here, once ------------------------------
+def _binary(mask, label: Optional[int] = None, what: str = "mask") -> np.ndarray:
+    """``mask`` as a boolean foreground array: non-zero (or ``== label``). A float array must hold only
+    0 and 1: anything else is a probability map or a resampled mask, and ``!= 0`` would make it
+    (almost) all foreground."""
     mask = np.asarray(mask)
-    if mask.dtype == bool and label is None:
-        return mask
+    if mask.dtype == bool:
+        return mask if label is None else mask == label
+    if mask.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be a numeric or boolean array, not {mask.dtype}")
+    if mask.dtype.kind == "f":
+        odd = mask[(mask != 0) & (mask != 1)]
+        if odd.size:
+            raise ValueError(f"{what} is a float array with values other than 0 and 1 (e.g. {odd.flat[0]:.4g}): "
+                             f"a probability map is not a mask; threshold it first (e.g. {what} >= 0.5) or pass "
+                             f"the integer label map")
     return mask == label if label is not None else mask != 0
 
 
 def _pair(reference, prediction, label=None) -> Tuple[np.ndarray, np.ndarray]:
-    ref, pred = _binary(reference, label), _binary(prediction, label)
+    ref, pred = _binary(reference, label, "reference"), _binary(prediction, label, "prediction")
     if ref.shape != pred.shape:
         raise ValueError(f"reference has shape {ref.shape}, prediction {pred.shape}")
     return ref, pred
 
 
-def confusion_counts(reference, prediction, label: Optional[int] = None) -> Dict[str, int]:
-    """Pixel counts ``tp, fp, fn, tn`` of a binary prediction against a reference."""
-    ref, pred = _pair(reference, prediction, label)
+def _check_choice(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {sorted(choices)}, not {value!r}")
+    return value
+
+
+# -- pixel counts and overlap -----------------------------------------------------------------------
+def _counts(ref: np.ndarray, pred: np.ndarray) -> Dict[str, int]:
     tp = int(np.count_nonzero(ref & pred))
     fp = int(np.count_nonzero(pred & ~ref))
     fn = int(np.count_nonzero(ref & ~pred))
     return {"tp": tp, "fp": fp, "fn": fn, "tn": int(ref.size - tp - fp - fn)}
+
+
+def confusion_counts(reference, prediction, *, label: Optional[int] = None) -> Dict[str, int]:
+    """Pixel counts of a binary prediction against a reference.
+
+    Parameters
+    ----------
+    reference, prediction : array_like
+        Masks of the same shape; non-zero is foreground unless ``label`` selects one label. Float
+        masks must hold only 0 and 1.
+    label : int, optional
+        The label value that is foreground.
+
+    Returns
+    -------
+    dict
+        ``tp``, ``fp``, ``fn``, ``tn`` (int).
+
+    Examples
+    --------
+    >>> confusion_counts([[1, 1, 0, 0]], [[0, 1, 1, 0]])
+    {'tp': 1, 'fp': 1, 'fn': 1, 'tn': 1}
+    """
+    return _counts(*_pair(reference, prediction, label))
 
 
 #: ``empty_truth`` rules (see the module docstring); the text is written into reports
@@ -90,18 +134,39 @@ EMPTY_TRUTH_RULES = {
 DEFAULT_EMPTY_TRUTH = "one"
 
 
-def _check_choice(value: str, choices, what: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {sorted(choices)}, not {value!r}")
-    return value
-
-
 def check_empty_truth(rule: str) -> str:
+    """``rule`` if it is one of :data:`EMPTY_TRUTH_RULES`, else a ValueError listing them.
+
+    Examples
+    --------
+    >>> check_empty_truth("zero")
+    'zero'
+    """
     return _check_choice(rule, EMPTY_TRUTH_RULES, "empty_truth")
 
 
-def overlap_scores(tp: int, fp: int, fn: int, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
-    """Dice, IoU, precision and recall from pixel counts; the one place the empty-mask rule lives."""
+def overlap_scores(tp: int, fp: int, fn: int, *, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
+    """Dice, IoU, precision and recall from pixel counts: the one place the empty-mask rule lives.
+
+    Parameters
+    ----------
+    tp, fp, fn : int
+        True-positive, false-positive and false-negative pixel counts.
+    empty_truth : {"one", "zero"}, default "one"
+        The empty-mask rule (:data:`EMPTY_TRUTH_RULES`).
+
+    Returns
+    -------
+    dict
+        ``dice``, ``iou``, ``precision``, ``recall`` (float; NaN where undefined).
+
+    Examples
+    --------
+    >>> overlap_scores(8, 8, 8)["dice"]
+    0.5
+    >>> overlap_scores(0, 0, 0), overlap_scores(0, 0, 0, empty_truth="zero")["dice"]
+    ({'dice': 1.0, 'iou': 1.0, 'precision': 1.0, 'recall': 1.0}, 0.0)
+    """
     check_empty_truth(empty_truth)
     if tp + fn == 0 and empty_truth == "zero":
         return {"dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 0.0}
@@ -112,35 +177,110 @@ def overlap_scores(tp: int, fp: int, fn: int, empty_truth: str = DEFAULT_EMPTY_T
 
 
 def _scores(reference, prediction, label, empty_truth) -> Dict[str, float]:
-    c = confusion_counts(reference, prediction, label)
-    return overlap_scores(c["tp"], c["fp"], c["fn"], empty_truth)
+    c = confusion_counts(reference, prediction, label=label)
+    return overlap_scores(c["tp"], c["fp"], c["fn"], empty_truth=empty_truth)
 
 
-def dice_score(reference, prediction, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
-    """Dice similarity coefficient 2|A∩B| / (|A|+|B|); both empty: 1 (``empty_truth="zero"``: 0)."""
+_OVERLAP_PARAMETERS = """
+    Parameters
+    ----------
+    reference, prediction : array_like
+        Masks of the same shape; non-zero is foreground unless ``label`` selects one label. Float
+        masks must hold only 0 and 1 (threshold a probability map first).
+    label : int, optional
+        The label value that is foreground.
+    empty_truth : {"one", "zero"}, default "one"
+        The empty-mask rule (:data:`EMPTY_TRUTH_RULES`, module docstring).
+
+    Returns
+    -------
+    float
+"""
+
+
+def _with_parameters(f):
+    """Insert the parameters the four overlap scores share before each one's Examples (numpydoc)."""
+    if f.__doc__:  # None under python -OO
+        f.__doc__ = f.__doc__.replace("\n    Examples", _OVERLAP_PARAMETERS.rstrip("\n") + "\n\n    Examples", 1)
+    return f
+
+
+@_with_parameters
+def dice_score(reference, prediction, *, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
+    """Dice similarity coefficient 2|A∩B| / (|A|+|B|); both empty: 1 (``empty_truth="zero"``: 0).
+
+    Examples
+    --------
+    >>> dice_score([[1, 1, 0, 0]], [[0, 1, 1, 0]])
+    0.5
+    >>> dice_score([[0, 0]], [[0, 0]]), dice_score([[0, 0]], [[0, 0]], empty_truth="zero")
+    (1.0, 0.0)
+    """
     return _scores(reference, prediction, label, empty_truth)["dice"]
 
 
-def iou_score(reference, prediction, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
-    """Intersection over union (Jaccard) |A∩B| / |A∪B|; empty masks as :func:`dice_score`."""
+@_with_parameters
+def iou_score(reference, prediction, *, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
+    """Intersection over union (Jaccard) |A∩B| / |A∪B|; empty masks as :func:`dice_score`.
+
+    Examples
+    --------
+    >>> round(iou_score([[1, 1, 0, 0]], [[0, 1, 1, 0]]), 4)
+    0.3333
+    """
     return _scores(reference, prediction, label, empty_truth)["iou"]
 
 
-def precision_score(reference, prediction, label: Optional[int] = None,
+@_with_parameters
+def precision_score(reference, prediction, *, label: Optional[int] = None,
                     empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
-    """Positive predictive value tp / (tp + fp); 1 if both empty, NaN if only the prediction is empty."""
+    """Positive predictive value tp / (tp + fp); 1 if both empty, NaN if only the prediction is empty.
+
+    Examples
+    --------
+    >>> precision_score([[1, 1, 0, 0]], [[0, 1, 1, 1]]), precision_score([[1, 0]], [[0, 0]])
+    (0.3333333333333333, nan)
+    """
     return _scores(reference, prediction, label, empty_truth)["precision"]
 
 
-def recall_score(reference, prediction, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
-    """Sensitivity tp / (tp + fn); 1 if both empty, NaN if only the reference is empty."""
+@_with_parameters
+def recall_score(reference, prediction, *, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
+    """Sensitivity tp / (tp + fn); 1 if both empty, NaN if only the reference is empty.
+
+    Examples
+    --------
+    >>> recall_score([[1, 1, 0, 0]], [[0, 1, 1, 1]]), recall_score([[0, 0]], [[1, 0]])
+    (0.5, nan)
+    """
     return _scores(reference, prediction, label, empty_truth)["recall"]
 
 
-def specificity_score(reference, prediction, label: Optional[int] = None) -> float:
-    """Pixel specificity tn / (tn + fp); NaN only if the reference covers the whole image."""
-    c = confusion_counts(reference, prediction, label)
+def _specificity(c: Mapping[str, int]) -> float:
     return c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else NAN
+
+
+def specificity_score(reference, prediction, *, label: Optional[int] = None) -> float:
+    """Pixel specificity tn / (tn + fp).
+
+    Parameters
+    ----------
+    reference, prediction : array_like
+        Masks of the same shape; non-zero is foreground unless ``label`` selects one label.
+    label : int, optional
+        The label value that is foreground.
+
+    Returns
+    -------
+    float
+        NaN only if the reference covers the whole image.
+
+    Examples
+    --------
+    >>> specificity_score([[1, 0, 0, 0]], [[1, 1, 0, 0]])
+    0.6666666666666666
+    """
+    return _specificity(confusion_counts(reference, prediction, label=label))
 
 
 #: ``hd95`` conventions (see the module docstring); the text is written into reports
@@ -153,7 +293,27 @@ DEFAULT_HD95 = "pooled"
 
 
 def check_hd95_convention(convention: str) -> str:
+    """``convention`` if it is one of :data:`HD95_CONVENTIONS`, else a ValueError listing them.
+
+    Examples
+    --------
+    >>> check_hd95_convention("max")
+    'max'
+    """
     return _check_choice(convention, HD95_CONVENTIONS, "hd95 convention")
+
+
+# -- surface distances ------------------------------------------------------------------------------
+def _surface_distances(ref: np.ndarray, pred: np.ndarray, spacing) -> Tuple[np.ndarray, np.ndarray]:
+    from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+    cross = generate_binary_structure(ref.ndim, 1)
+    ref_border = ref ^ binary_erosion(ref, structure=cross)
+    pred_border = pred ^ binary_erosion(pred, structure=cross)
+    # the distance transform measures to the nearest zero, so the borders are the zeros
+    sampling = None if spacing is None else np.broadcast_to(np.asarray(spacing, np.float64), (ref.ndim,))
+    to_ref = distance_transform_edt(~ref_border, sampling=sampling)[pred_border]
+    to_pred = distance_transform_edt(~pred_border, sampling=sampling)[ref_border]
+    return to_ref, to_pred
 
 
 def surface_distances(reference, prediction, *, label: Optional[int] = None,
@@ -187,31 +347,22 @@ def surface_distances(reference, prediction, *, label: Optional[int] = None,
     >>> [d.tolist() for d in surface_distances(a, b)]
     [[0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
     """
-    from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
     ref, pred = _pair(reference, prediction, label)
     if not ref.any() or not pred.any():
         raise ValueError("surface distances need two non-empty masks")
-    cross = generate_binary_structure(ref.ndim, 1)
-    ref_border = ref ^ binary_erosion(ref, structure=cross)
-    pred_border = pred ^ binary_erosion(pred, structure=cross)
-    # the distance transform measures to the nearest zero, so the borders are the zeros
-    sampling = None if spacing is None else np.broadcast_to(np.asarray(spacing, np.float64), (ref.ndim,))
-    to_ref = distance_transform_edt(~ref_border, sampling=sampling)[pred_border]
-    to_pred = distance_transform_edt(~pred_border, sampling=sampling)[ref_border]
-    return to_ref, to_pred
+    return _surface_distances(ref, pred, spacing)
 
 
-def _distance_metrics(reference, prediction, label, spacing, convention: str) -> Dict[str, float]:
-    """``hd95`` and ``assd`` from one pair of directed distance sets; the empty-mask rule of the
-    module docstring (0 when both are empty, NaN when one is)."""
+def _distances(ref: np.ndarray, pred: np.ndarray, spacing, convention: str) -> Dict[str, float]:
+    """``hd95`` and ``assd`` of two validated boolean masks from one pair of directed distance sets;
+    the empty-mask rule of the module docstring (0 when both are empty, NaN when one is)."""
     check_hd95_convention(convention)
-    ref, pred = _pair(reference, prediction, label)
     ref_any, pred_any = ref.any(), pred.any()
     if not ref_any and not pred_any:
         return {"hd95": 0.0, "assd": 0.0}
     if not ref_any or not pred_any:
         return {"hd95": NAN, "assd": NAN}
-    to_ref, to_pred = surface_distances(ref, pred, spacing=spacing)
+    to_ref, to_pred = _surface_distances(ref, pred, spacing)
     pooled = np.concatenate([to_ref, to_pred])
     if convention == "pooled":
         hd = np.percentile(pooled, 95)
@@ -220,7 +371,7 @@ def _distance_metrics(reference, prediction, label, spacing, convention: str) ->
     return {"hd95": float(hd), "assd": float(pooled.mean())}  # ASSD: mean of the pooled set (medpy >= 0.5)
 
 
-def hd95(reference, prediction, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None, *,
+def hd95(reference, prediction, *, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None,
          convention: str = DEFAULT_HD95) -> float:
     """95th-percentile Hausdorff distance between the mask borders.
 
@@ -248,40 +399,102 @@ def hd95(reference, prediction, label: Optional[int] = None, spacing: Optional[S
     >>> hd95(ref, pred), hd95(ref, pred, convention="max")
     (0.0, 30.0)
     """
-    return _distance_metrics(reference, prediction, label, spacing, convention)["hd95"]
+    return _distances(*_pair(reference, prediction, label), spacing, convention)["hd95"]
 
 
-def assd(reference, prediction, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None) -> float:
+def assd(reference, prediction, *, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None) -> float:
     """Average symmetric surface distance: the mean of both directions' border distances pooled
-    (medpy >= 0.5); empty rule as :func:`hd95`."""
-    return _distance_metrics(reference, prediction, label, spacing, DEFAULT_HD95)["assd"]
+    (medpy >= 0.5).
+
+    Parameters
+    ----------
+    reference, prediction : array_like
+        Masks of the same shape; non-zero is foreground unless ``label`` selects one label.
+    label : int, optional
+        The label value that is foreground.
+    spacing : sequence of float, optional
+        Pixel size per axis; distances are in pixels without it.
+
+    Returns
+    -------
+    float
+        0 when both masks are empty, NaN when exactly one is (as :func:`hd95`).
+
+    Examples
+    --------
+    >>> a = np.zeros((5, 5), bool); a[1:4, 1:4] = True
+    >>> assd(a, np.roll(a, 1, axis=1))
+    0.5
+    """
+    return _distances(*_pair(reference, prediction, label), spacing, DEFAULT_HD95)["assd"]
 
 
-def segmentation_metrics(reference, prediction, label: Optional[int] = None,
+def segmentation_metrics(reference, prediction, *, label: Optional[int] = None,
                          spacing: Optional[Sequence[float]] = None,
-                         empty_truth: str = DEFAULT_EMPTY_TRUTH, *,
-                         hd95: str = DEFAULT_HD95) -> Dict[str, float]:
+                         empty_truth: str = DEFAULT_EMPTY_TRUTH, hd95: str = DEFAULT_HD95) -> Dict[str, float]:
     """All per-image metrics of :data:`PER_IMAGE_METRICS` plus the pixel counts and mask sizes.
 
-    ``n_ref``/``n_pred`` are the foreground pixel counts (as in nnU-Net's summary.json); HD95 under the
-    convention ``hd95`` (:data:`HD95_CONVENTIONS`).
+    The masks are validated and counted once; every metric is computed from that one pair.
+
+    Parameters
+    ----------
+    reference, prediction : array_like
+        Masks of the same shape; non-zero is foreground unless ``label`` selects one label. Float
+        masks must hold only 0 and 1.
+    label : int, optional
+        The label value that is foreground.
+    spacing : sequence of float, optional
+        Pixel size per axis for HD95 and ASSD; pixels without it.
+    empty_truth : {"one", "zero"}, default "one"
+        The empty-mask rule (:data:`EMPTY_TRUTH_RULES`).
+    hd95 : {"pooled", "max"}, default "pooled"
+        The HD95 convention (:data:`HD95_CONVENTIONS`).
+
+    Returns
+    -------
+    dict
+        ``dice, iou, precision, recall, specificity, hd95, assd`` (float), ``tp, fp, fn, tn`` and
+        ``n_ref``/``n_pred``, the foreground pixel counts (as in nnU-Net's summary.json).
+
+    Examples
+    --------
+    >>> m = segmentation_metrics([[1, 1, 0, 0]], [[0, 1, 1, 0]])
+    >>> m["dice"], m["specificity"], m["hd95"], m["n_ref"], m["n_pred"]
+    (0.5, 0.5, 1.0, 2, 2)
     """
     ref, pred = _pair(reference, prediction, label)
-    c = confusion_counts(ref, pred)
-    out = overlap_scores(c["tp"], c["fp"], c["fn"], empty_truth)
-    out["specificity"] = specificity_score(ref, pred)
-    out.update(_distance_metrics(ref, pred, None, spacing, hd95))
+    c = _counts(ref, pred)
+    out = overlap_scores(c["tp"], c["fp"], c["fn"], empty_truth=empty_truth)
+    out["specificity"] = _specificity(c)
+    out.update(_distances(ref, pred, spacing, hd95))
     out.update(c)
     out["n_ref"], out["n_pred"] = c["tp"] + c["fn"], c["tp"] + c["fp"]
     return out
 
 
-def pooled_overlap(counts: Iterable[Mapping[str, int]], empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
-    """Dataset-level ("global") Dice and IoU from summed pixel counts over all images.
+# -- dataset level ----------------------------------------------------------------------------------
+def pooled_overlap(counts: Iterable[Mapping[str, int]], *, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
+    """Dataset-level ("global") Dice and IoU from pixel counts summed over all images.
 
     Large lesions weigh more than small ones, unlike the mean of per-image scores; report both.
-    ``counts`` are dicts with ``tp, fp, fn`` (e.g. from :func:`confusion_counts`). If no image has
-    a reference lesion the empty-mask rule decides; NaN for no images.
+
+    Parameters
+    ----------
+    counts : iterable of mapping
+        Per image, ``tp``, ``fp``, ``fn`` (e.g. from :func:`confusion_counts` or
+        :func:`segmentation_metrics` rows).
+    empty_truth : {"one", "zero"}, default "one"
+        The empty-mask rule, which decides when no image has a reference lesion.
+
+    Returns
+    -------
+    dict
+        ``dice``, ``iou`` (NaN for no images) and ``n``, the number of images.
+
+    Examples
+    --------
+    >>> pooled_overlap([{"tp": 100, "fp": 0, "fn": 0}, {"tp": 0, "fp": 4, "fn": 4}])
+    {'dice': 0.9615384615384616, 'iou': 0.9259259259259259, 'n': 2}
     """
     tp = fp = fn = 0
     n = 0
@@ -289,45 +502,84 @@ def pooled_overlap(counts: Iterable[Mapping[str, int]], empty_truth: str = DEFAU
         tp, fp, fn, n = tp + c["tp"], fp + c["fp"], fn + c["fn"], n + 1
     if n == 0:
         return {"dice": NAN, "iou": NAN, "n": 0}
-    scores = overlap_scores(tp, fp, fn, empty_truth)
+    scores = overlap_scores(tp, fp, fn, empty_truth=empty_truth)
     return {"dice": scores["dice"], "iou": scores["iou"], "n": n}
 
 
-def image_false_positive_rate(references: Sequence, predictions: Sequence, min_area: int = 1) -> Dict[str, float]:
-    """Image-level false-positive rate on cases whose reference is empty (normal images).
+def _same_length(references: Sequence, others: Sequence, what: str) -> None:
+    if len(references) != len(others):
+        raise ValueError(f"{len(references)} references but {len(others)} {what}")
 
-    A normal image is a false positive if the prediction has at least ``min_area`` foreground
-    pixels. Returns ``{"n_normal", "n_false_positive", "fp_rate", "specificity"}``; the rates are
-    NaN when there is no normal image.
+
+def image_false_positive_rate(references: Sequence, predictions: Sequence, *, min_area: int = 1) -> Dict[str, float]:
+    """Image-level false-positive rate on the cases whose reference is empty (normal images).
+
+    Parameters
+    ----------
+    references, predictions : sequence of array_like
+        One mask each per image, in the same order.
+    min_area : int, default 1
+        A normal image is a false positive if its prediction has at least this many foreground pixels.
+
+    Returns
+    -------
+    dict
+        ``n_normal``, ``n_false_positive``, ``fp_rate`` and ``specificity`` (1 - ``fp_rate``); the
+        rates are NaN when there is no normal image.
+
+    Examples
+    --------
+    >>> empty, speck = np.zeros((4, 4)), np.eye(4)
+    >>> image_false_positive_rate([empty, empty], [empty, speck])
+    {'n_normal': 2, 'n_false_positive': 1, 'fp_rate': 0.5, 'specificity': 0.5}
     """
-    if len(references) != len(predictions):
-        raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
+    _same_length(references, predictions, "predictions")
+    refs = [_binary(r, what=f"references[{i}]") for i, r in enumerate(references)]
+    preds = [_binary(p, what=f"predictions[{i}]") for i, p in enumerate(predictions)]
     n_normal = n_fp = 0
-    for ref, pred in zip(references, predictions):
-        if _binary(ref).any():
+    for ref, pred in zip(refs, preds):
+        if ref.any():
             continue
         n_normal += 1
-        n_fp += int(np.count_nonzero(_binary(pred)) >= min_area)
+        n_fp += int(np.count_nonzero(pred) >= min_area)
     rate = n_fp / n_normal if n_normal else NAN
     return {"n_normal": n_normal, "n_false_positive": n_fp, "fp_rate": rate,
             "specificity": 1 - rate if n_normal else NAN}
 
 
-def pixel_roc_curve(references: Sequence, probabilities: Sequence, max_pixels: Optional[int] = 2_000_000,
+def pixel_roc_curve(references: Sequence, probabilities: Sequence, *, max_pixels: Optional[int] = 2_000_000,
                     random_state: int = 0) -> Dict[str, object]:
-    """Pixel-level ROC curve and AUC of foreground probabilities over a set of images (sklearn).
+    """Pixel-level ROC curve and AUC of foreground probabilities over a set of images (scikit-learn).
 
-    ``probabilities[i]`` has the shape of ``references[i]`` (foreground probability per pixel).
-    When more than ``max_pixels`` pixels are pooled, a uniform random subset of that size is used
-    (seeded; AUC estimates stay unbiased). Returns ``fpr, tpr, thresholds`` arrays and ``auc``
-    (NaN if the pooled reference has only one class).
+    Parameters
+    ----------
+    references : sequence of array_like
+        One reference mask per image.
+    probabilities : sequence of array_like
+        The foreground probability per pixel, each of its reference's shape.
+    max_pixels : int or None, default 2_000_000
+        When more pixels are pooled, a uniform random subset of this size is used (seeded; the AUC
+        estimate stays unbiased). None: every pixel.
+    random_state : int, default 0
+        Seed of that subset.
+
+    Returns
+    -------
+    dict
+        ``fpr``, ``tpr``, ``thresholds`` (arrays, empty if the pooled reference has one class),
+        ``auc`` (NaN then) and ``n_pixels``.
+
+    Examples
+    --------
+    >>> roc = pixel_roc_curve([[[0, 0, 1, 1]]], [[[0.1, 0.4, 0.35, 0.8]]])
+    >>> roc["auc"], roc["n_pixels"]
+    (0.75, 4)
     """
     from sklearn.metrics import roc_auc_score, roc_curve
-    if len(references) != len(probabilities):
-        raise ValueError(f"{len(references)} references but {len(probabilities)} probability maps")
+    _same_length(references, probabilities, "probability maps")
     y_true, y_score = [], []
-    for ref, prob in zip(references, probabilities):
-        ref, prob = _binary(ref), np.asarray(prob, dtype=np.float32)
+    for i, (ref, prob) in enumerate(zip(references, probabilities)):
+        ref, prob = _binary(ref, what=f"references[{i}]"), np.asarray(prob, dtype=np.float32)
         if ref.shape != prob.shape:
             raise ValueError(f"reference has shape {ref.shape}, probabilities {prob.shape}")
         y_true.append(ref.ravel())
@@ -346,7 +598,24 @@ def pixel_roc_curve(references: Sequence, probabilities: Sequence, max_pixels: O
 
 
 def summarize(values: Sequence[float]) -> Dict[str, float]:
-    """mean, std (ddof=1), median, min, max over the finite values, and how many were NaN."""
+    """Summary statistics over the finite values.
+
+    Parameters
+    ----------
+    values : sequence of float
+        Per-image scores; NaN (undefined) values are counted, not averaged.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``std`` (ddof=1; NaN for one value), ``median``, ``min``, ``max``, ``n`` (finite
+        values) and ``n_nan``.
+
+    Examples
+    --------
+    >>> summarize([0.5, 1.0, float("nan")])
+    {'mean': 0.75, 'std': 0.3535533905932738, 'median': 0.75, 'min': 0.5, 'max': 1.0, 'n': 2, 'n_nan': 1}
+    """
     arr = np.asarray(values, dtype=float)
     finite = arr[np.isfinite(arr)]
     if finite.size == 0:
