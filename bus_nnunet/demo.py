@@ -116,6 +116,7 @@ class DemoRun:
 
     def report(self, pred: Path) -> dict:
         from bus_nnunet.evaluation.metrics import dice_score
+        from bus_nnunet.evaluation.folder_report import read_folder_report
         labels = sorted((self.out / "test" / "labels").glob("*.png"))
         refs = [np.array(Image.open(p)) > 0 for p in labels]
         preds = [np.array(Image.open(pred / p.name)) > 0 for p in labels]
@@ -126,7 +127,7 @@ class DemoRun:
         empty = float(np.mean([dice_score(r, np.zeros_like(r)) for r in refs]))
         overlay = self.out / "overlays.png"
         save_overlay_montage(images, refs, preds, overlay)
-        metrics = json.loads((self.out / "evaluation" / "metrics.json").read_text())
+        evaluation = read_folder_report(self.out / "evaluation")
         result = {"trainer": self.trainer, "test_cases": len(labels), "mean_dice": dice,
                   "baseline_all_foreground_dice": all_fg, "baseline_empty_dice": empty,
                   "learned": learning_shown(dice, all_fg, empty), "timings_s": self.timings,
@@ -150,7 +151,7 @@ class DemoRun:
         if summary_md.is_file():
             lines += ["## Evaluation summary", "", summary_md.read_text()]
         atomic_write_text(self.out / "report.md", "\n".join(lines))
-        (self.out / "result.json").write_text(json.dumps({**result, "evaluation": metrics.get("summary", {})},
+        (self.out / "result.json").write_text(json.dumps({**result, "evaluation": evaluation.summary},
                                                          indent=2, default=str))
         return result
 

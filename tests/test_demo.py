@@ -33,6 +33,7 @@ def test_demo_quick_learns_end_to_end_and_refuses_to_overwrite(tmp_path):
     assert (out / "overlays.png").is_file() and (out / "report.md").read_text().startswith("# bus-nnunet demo")
     assert "Learning shown: **yes**" in (out / "report.md").read_text()
     assert (out / "evaluation" / "per_case.csv").is_file()
+    assert result["evaluation"]["n_cases"] == result["test_cases"]  # evaluate's summary, read by its reader
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 1 and "--overwrite" in again.stderr
 
