@@ -8,7 +8,13 @@ corrected), Markdown and LaTeX tables and figures. Missing folds are reported, n
 
 --ensembles all best3 adds ensemble rows: per validation case the mean of the members' softmax
 probabilities (fold_k/validation/<case>.npz, written by nnUNetv2_train ... --npz), argmax, as
-nnUNetv2_ensemble does; scored, tabled and tested like a trainer."""
+nnUNetv2_ensemble does; scored, tabled and tested like a trainer.
+
+Trainers whose validation writes fold_k/validation/classification.csv (ACSNet, the classifying
+variants) also get a classification section, malignant vs rest on p_malignant: AUC with DeLong's
+95% CI, sensitivity/specificity at 0.5 and at Youden's threshold chosen on the other folds' cases,
+accuracy, expected calibration error, ROC and reliability figures, and DeLong's paired test
+between classifiers (Holm-corrected); an ensemble averages its members' class probabilities."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +50,7 @@ def register(subparsers):
 def run(args) -> int:
     from pathlib import Path
 
+    from bus_nnunet.evaluation import classification_report as CR
     from bus_nnunet.evaluation import cv_report as R
     from bus_nnunet.evaluation import ensembles as E
     from bus_nnunet.evaluation import folder as F
@@ -64,6 +71,9 @@ def run(args) -> int:
     results = R.collect(dataset, args.trainers, args.plans, args.configuration, args.folds, classes,
                         progress=not args.no_progress, empty_truth=args.empty_truth,
                         allow_missing=args.allow_missing, hd95=args.hd95)
+    # image-level classification of the trainers that write fold_k/validation/classification.csv;
+    # a stale or malformed csv fails before any output is written
+    classifiers = CR.collect(results, classes, allow_missing=args.allow_missing)
     # a bad selection (best5 of three trainers) fails before any output is written
     ensembles, ensemble_notes = E.choose_ensembles(results, args.ensembles)
     slugs = {e.name: e.slug for e in ensembles}
@@ -81,6 +91,17 @@ def run(args) -> int:
             summaries[e.name].update(folder=str(Path(args.output) / "ensembles" / e.slug),
                                      **E.ensemble_summary_fields(e, dice_by_trainer))
         comparisons = R.pairwise_comparisons(scored, n_resamples=args.bootstrap)
+        classification_notes = []
+        for e in ensembles if classifiers else ():
+            cr, why = CR.ensemble(e.name, e.members, classifiers, ensemble_results[e.name].folds_found)
+            if cr is None:
+                classification_notes.append(why)
+            else:
+                classifiers[e.name] = cr
+        classification = {name: CR.summarize(cr) for name, cr in classifiers.items()}
+        for name, entry in classification.items():
+            summaries[name]["classification"] = entry
+        classification_comparisons = CR.compare(classifiers)
 
         caption = (f"{dataset}, {args.configuration}, {args.plans}: {len(args.folds)}-fold cross-validation. "
                    f"Dice (folds): mean ± std of the fold means; other metrics: mean ± std over all out-of-fold "
@@ -124,6 +145,12 @@ def run(args) -> int:
         all_rows = [{"trainer": t, **row} for t, r in scored.items() for row in r.rows]
         figures = tmp / "figures"
         figures.mkdir()
+        if classification:
+            drawn = [(alt, f"figures/{name}") for alt, name, ok in (
+                ("ROC, malignant vs rest", "roc.png", CR.plot_roc(classifiers, classification, figures / "roc.png")),
+                ("reliability diagram", "reliability.png", CR.plot_reliability(classification,
+                                                                                figures / "reliability.png"))) if ok]
+            md += CR.markdown_section(classification, classification_comparisons, classification_notes, drawn)
         R.plot_dice_distribution(scored, figures / "dice_per_image.png")
         md += ["## Figures", "", "![per-image Dice](figures/dice_per_image.png)", ""]
         aucs = R.plot_roc_curves(results, gt_dir, figures / "roc_pixels.png")
@@ -142,6 +169,11 @@ def run(args) -> int:
                   "trainers": {t: summaries[t] for t in results},
                   "ensembles": {e.name: summaries[e.name] for e in ensembles},
                   "comparisons": comparisons, "pixel_auc": aucs, "montage_cases": montages}
+        if classification:
+            # each classifier's numbers are in its trainers/ensembles entry ("classification")
+            report["classification"] = {"classifiers": list(classification), "rules": CR.RULES,
+                                        "comparisons": classification_comparisons, "notes": classification_notes,
+                                        "figures": {alt: path for alt, path in drawn}}
         atomic_write_json(tmp / "metrics.json", F.json_safe(report))
         atomic_write_text(tmp / "per_case.csv", F.rows_to_csv(all_rows))
         atomic_write_text(tmp / "report.md", "\n".join(md))
@@ -151,6 +183,8 @@ def run(args) -> int:
                                         "Paired Wilcoxon signed-rank tests (Holm-corrected) on per-image scores.")
         atomic_write_text(tmp / "table.tex", tex)
     print(markdown_table(R.RESULTS_HEADER, result_rows))
+    if classification:
+        print(markdown_table(CR.TABLE_HEADER, CR.table_rows(classification)))
     for t, s in summaries.items():
         if s["folds_missing"]:
             print(f"{t}: fold(s) {s['folds_missing']} missing")

@@ -92,6 +92,25 @@ def baseline_tests(study: Study, report) -> List[Dict[str, object]]:
     return out
 
 
+def classification_section(cv_report: Path, report, plans: str) -> Tuple[List[str], List[Path]]:
+    """cv-report's classification results (trainers that write validation/classification.csv):
+    the AUC table with DeLong CIs, the paired DeLong tests, and its ROC and reliability figures."""
+    from bus_nnunet.evaluation import classification_report as CR
+    section = report.get("classification")
+    if not section:
+        return [], []
+    summaries = {name: entry["classification"] for group in ("trainers", "ensembles")
+                 for name, entry in (report.get(group) or {}).items() if entry.get("classification")}
+    lines = [f"Classification, malignant vs rest ({plans}; out-of-fold p_malignant; AUC with DeLong's 95% CI; "
+             f"@Youden: threshold chosen on the other folds' cases; ECE: {CR.N_BINS} equal-width bins):", "",
+             markdown_table(CR.TABLE_HEADER, CR.table_rows(summaries)), ""]
+    if section.get("comparisons"):
+        lines += [f"Paired AUC comparisons ({plans}; DeLong, Holm-corrected):", "",
+                  markdown_table(CR.COMPARISON_HEADER, CR.comparison_rows(section["comparisons"])), ""]
+    figs = [cv_report / path for path in (section.get("figures") or {}).values() if (cv_report / path).is_file()]
+    return lines, figs
+
+
 def ensemble_summary(info) -> Optional[str]:
     """nnU-Net's choice and its cross-validation Dice, from ``inference_information.json``."""
     if not info:
@@ -394,6 +413,9 @@ def write_report(study: Study, layout: J.Layout, states: Dict[str, str], worst: 
             dist = layout.cv_report(entry["id"], plans) / "figures" / "dice_per_image.png"
             if dist.is_file():
                 figs.append(dist)
+            cls_lines, cls_figs = classification_section(layout.cv_report(entry["id"], plans), report, plans)
+            lines += cls_lines
+            figs += cls_figs
             curve = figures / f"learning_{entry['id']}_{plans}.png"
             if plot_learning_curves(study, layout, entry["id"], plans, curve):
                 figs.append(curve)
