@@ -313,3 +313,37 @@ def test_cv_report_refuses_a_stale_or_contradicting_classification_csv(nnunet_en
     csv_file.write_text("case_id,true_class,p_a,p_b\nc_00,benign,0.5,0.5\n")
     assert main(args + ["-o", str(tmp_path / "r3")]) == 1
     assert "needs the columns case_id and p_malignant" in capsys.readouterr().err
+
+
+def test_cv_report_ensemble_rows_classify_with_the_mean_of_their_members(nnunet_env, tmp_path, monkeypatch):
+    """--ensembles: an ensemble of classifying trainers classifies with the mean of their class
+    probabilities; one with a member that does not classify gets no classification, and the
+    report says why. (The ensembles' segmentation, which needs nnU-Net's validation
+    probabilities, is tested in test_cv_ensembles; here it is the first member's.)"""
+    from bus_nnunet.cli import main
+    from bus_nnunet.evaluation import cv_report as R
+    from bus_nnunet.evaluation import ensembles as E
+
+    def members_segmentation(ensemble, results, folder, **_):
+        first = results[ensemble.members[0]]
+        return R.TrainerResults(ensemble.name, first.folder, rows=list(first.rows), folds_found=list(first.folds_found))
+
+    monkeypatch.setattr(E, "score_ensemble", members_segmentation)
+    cases, truth, _, probs = _write_results(nnunet_env, "Dataset997_Ens", {"A": 2.5, "B": 1.0, "D": None})
+    out = tmp_path / "r"
+    assert main(["cv-report", "997", "-tr", "A", "B", "D", "-f", "0", "1", "2", "--bootstrap", "50",
+                 "--no-progress", "--ensembles", "all", "best2", "-o", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    best2 = next(name for name, e in report["ensembles"].items() if e["selection"] == "best2")
+    everyone = next(name for name, e in report["ensembles"].items() if e["selection"] == "all")
+    assert report["ensembles"][best2]["members"] == ["A", "B"]  # equal Dice: the -tr order
+    y = np.array([truth[c] == "malignant" for c in cases], int)
+    mean = np.array([(probs["A"][c][1] + probs["B"][c][1]) / 2 for c in cases])
+    entry = report["ensembles"][best2]["classification"]
+    assert entry["auc"]["auc"] == pytest.approx(C.delong_auc(y, mean)["auc"])
+    assert entry["ece"]["value"] == pytest.approx(C.expected_calibration_error(y, mean))
+    assert "classification" not in report["ensembles"][everyone]
+    assert report["classification"]["classifiers"] == ["A", "B", best2]
+    assert f"{everyone}: no classification (D writes no classification.csv)" in report["classification"]["notes"]
+    assert len(report["classification"]["comparisons"]) == 3
+    assert f"| {best2} | 24 (8) |" in (out / "report.md").read_text()
