@@ -440,13 +440,19 @@ def job_state(run, job: Job, slurm: Optional[Dict[str, Tuple[str, str]]] = None)
     if stale:
         return "stale", stale
     finished = exit_status(job)
-    # SLURM's word on the last submission, unless a later run on this machine has finished it since
-    from_slurm = slurm_state and (finished is None or finished[1] == job_id or
-                                  job.rc_file.stat().st_mtime <= job.slurm_file.stat().st_mtime)
+    # SLURM's word on the last submission, unless a run on this machine has finished the job since
+    ran_there = finished is not None and finished[1] == job_id
+    from_slurm = bool(job_id) and (finished is None or ran_there or
+                                   job.rc_file.stat().st_mtime <= job.slurm_file.stat().st_mtime)
     if from_slurm and slurm_state == "CANCELLED":
+        if reason == "DependencyNeverSatisfied":  # SLURM's kill_invalid_depend: the job never ran
+            return "blocked", f"SLURM cancelled job {job_id}: a job it needs did not finish"
         return "cancelled", f"SLURM job {job_id} was cancelled"
     if from_slurm and slurm_state in FAILED_STATES:
-        return "failed", f"SLURM job {job_id} {slurm_state}"
+        return "failed", f"SLURM job {job_id} ended {slurm_state}"
+    if from_slurm and not slurm_state and getattr(slurm, "answered", False) and not ran_there:
+        # gone from SLURM's queue without running (a pending array task that was scancel'd leaves no record)
+        return "cancelled", f"SLURM job {job_id} left the queue without running"
     if finished is not None and finished[0] != 0:
         return "failed", f"exit status {finished[0]}"
     if job.stage == "train":
@@ -458,9 +464,16 @@ def job_state(run, job: Job, slurm: Optional[Dict[str, Tuple[str, str]]] = None)
 
 
 def job_states(run, jobs: List[Job]) -> Dict[str, Tuple[str, str]]:
-    """:func:`job_state` of every job, with one SLURM call for all of them."""
+    """:func:`job_state` of every job, with one SLURM call for all of them; a job SLURM cancelled
+    before it ran because a job it needs did not finish is ``blocked`` (with that job), not
+    ``cancelled`` -- the user cancelled the other one."""
     slurm = slurm_states([submitted_id(j) for j in jobs])
-    return {j.key: job_state(run, j, slurm) for j in jobs}
+    states = {j.key: job_state(run, j, slurm) for j in jobs}
+    for j in jobs:  # in stage order: what a job needs is settled before it
+        needs = [a for a in j.after if states.get(a, ("done", ""))[0] in ("cancelled", "failed", "blocked")]
+        if states[j.key][0] == "cancelled" and needs and not (exit_status(j) or (0, ""))[1]:
+            states[j.key] = ("blocked", f"needs {needs[0]} ({states[needs[0]][0]})")
+    return states
 
 
 def log_tail(job: Job, lines: int = 15) -> str:

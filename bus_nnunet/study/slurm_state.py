@@ -22,24 +22,32 @@ LIVE_STATES = RUNNING_STATES | {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_
 FAILED_STATES = {"NODE_FAIL", "BOOT_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE", "PREEMPTED", "FAILED"}
 
 
-def slurm_states(ids: Iterable[Optional[str]]) -> Dict[str, Tuple[str, str]]:
+class SlurmStates(dict):
+    """``job id -> (state, reason)``; :attr:`answered`: SLURM was asked and answered, so a job id
+    it does not know has left its queue (without running, if the job wrote no exit status)."""
+    answered = False
+
+
+def slurm_states(ids: Iterable[Optional[str]]) -> SlurmStates:
     """``job id -> (state, reason)`` of the given SLURM job ids (array tasks as ``123_4``), from one
     ``squeue`` call; the completion log fills in the ones SLURM forgot."""
+    found = SlurmStates()
     wanted = sorted({i for i in ids if i})
     if not wanted:
-        return {}
-    found: Dict[str, Tuple[str, str]] = {}
+        return found
     try:
         out = subprocess.run(["squeue", "-h", "-r", "--states=all", "-j", ",".join(wanted), "-o", "%i|%T|%r"],
                              capture_output=True, text=True, timeout=60)
-        for line in out.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 3 and parts[0] in wanted:
-                found[parts[0]] = (parts[1], parts[2])
     except (OSError, subprocess.TimeoutExpired):
-        return {}  # no SLURM on this machine
+        return found  # no SLURM on this machine
+    # squeue refuses a list of only unknown ids ("Invalid job id specified"): an answer all the same
+    found.answered = out.returncode == 0 or "Invalid job id" in out.stderr
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[0] in wanted:
+            found[parts[0]] = (parts[1], parts[2])
     missing = set(wanted) - set(found)
-    if missing:
+    if missing and found.answered:
         for job_id, state in completion_log_states(missing).items():
             found[job_id] = (state, "")
     return found

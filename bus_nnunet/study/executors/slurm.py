@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bus_nnunet.study import jobs as J
 from bus_nnunet.study.executors import register_executor
 from bus_nnunet.study.executors.local import indent
+from bus_nnunet.study.slurm_state import slurm_states
 
 
 class SlurmOptions(BaseModel):
@@ -97,8 +98,9 @@ def submit(run, jobs: List[J.Job], cluster: str = "slurm", log: Callable[[str], 
     failed: set = set()
     states = {k: s for k, (s, _) in run.states(jobs).items()}
     # jobs SLURM holds for a dependency that can never be met: cancelled here, submitted again below
-    never = [J.submitted_id(j) for j in jobs if states[j.key] == "blocked" and J.submitted_id(j)]
-    if never and on_slurm:
+    blocked = [J.submitted_id(j) for j in jobs if states[j.key] == "blocked" and J.submitted_id(j)]
+    never = [i for i, (state, _) in slurm_states(blocked).items() if state == "PENDING"] if on_slurm else []
+    if never:
         subprocess.run(["scancel", *never], capture_output=True, timeout=60)
         log(f"cancelled {len(never)} SLURM job(s) left waiting for a job that did not finish: {', '.join(never)}")
     # jobs of an earlier submission still in SLURM's queue: new jobs wait for them by their ids
@@ -150,8 +152,9 @@ def submit(run, jobs: List[J.Job], cluster: str = "slurm", log: Callable[[str], 
                 handles[j.key] = handle
                 j.log.parent.mkdir(parents=True, exist_ok=True)
                 j.slurm_file.write_text(f"{handle.job_id} {handle.paths.stdout}\n")
+            after = needed + sorted({a for j in group for a in j.after if a in earlier})
             log(f"submitted {stage}: {', '.join(f'{j.key}={h.job_id}' for j, h in zip(group, submitted))}"
-                + (f" (after {', '.join(needed)})" if needed else ""))
+                + (f" (after {', '.join(after)})" if after else ""))
     if not on_slurm:  # local/debug: the call ends when the study does, as the local executor's does
         for key, handle in handles.items():
             try:
