@@ -60,7 +60,8 @@ def test_paired_delong_test_matches_the_hand_computed_example():
     assert r["variance"] == pytest.approx(11 / 54)
     assert r["z"] == pytest.approx(0.369274, abs=1e-6) and r["p_value"] == pytest.approx(0.711929, abs=1e-5)
     swapped = C.delong_roc_test(Y, B, A)  # symmetric
-    assert swapped["difference"] == pytest.approx(-r["difference"]) and swapped["p_value"] == pytest.approx(r["p_value"])
+    assert swapped["difference"] == pytest.approx(-r["difference"])
+    assert swapped["p_value"] == pytest.approx(r["p_value"])
     # a classifier against itself: no variability, nothing to test
     assert C.delong_roc_test(Y, A, A)["p_value"] == 1.0
     with pytest.raises(ValueError, match="at least 2 positive and 2 negative"):
@@ -234,7 +235,8 @@ def test_cv_report_and_study_summary_classification_section(nnunet_env, tmp_path
         assert entry["at_0.5"]["specificity"] == pytest.approx(half["specificity"])
         for fold in range(N_FOLDS):  # each fold's threshold is chosen on the other two folds only
             other = folds != fold
-            assert entry["at_youden"]["thresholds"][str(fold)] == pytest.approx(C.youden_threshold(y[other], score[other]))
+            chosen = C.youden_threshold(y[other], score[other])
+            assert entry["at_youden"]["thresholds"][str(fold)] == pytest.approx(chosen)
         thresholds = np.array([entry["at_youden"]["thresholds"][str(f)] for f in folds])
         youden = C.binary_classification_metrics(y, score, threshold=thresholds)
         assert entry["at_youden"]["sensitivity"] == pytest.approx(youden["sensitivity"])

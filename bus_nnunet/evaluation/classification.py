@@ -32,7 +32,8 @@ def _binary_inputs(y_true, *scores, names=("y_score",)):
     if y.dtype == bool:
         y = y.astype(int)
     if y.size and not set(np.unique(y).tolist()) <= {0, 1}:
-        raise ValueError(f"y_true must contain only 0 and 1 (1 = positive class), got {sorted(set(np.unique(y).tolist()))}")
+        raise ValueError(f"y_true must contain only 0 and 1 (1 = positive class), "
+                         f"got {sorted(set(np.unique(y).tolist()))}")
     y = y.astype(int)
     out = []
     for name, s in zip(names, scores):
@@ -193,7 +194,7 @@ def delong_roc_test(y_true: Sequence[int], y_score_a: Sequence[float], y_score_b
     -------
     dict
         ``auc_a``, ``auc_b``, ``difference`` (a - b), ``variance`` and ``se`` of the difference,
-        ``ci_low``/``ci_high`` of the difference, ``z``, ``p_value`` and ``n_positive``,
+        ``ci_low``/``ci_high`` of the difference (clipped to [-1, 1]), ``z``, ``p_value`` and ``n_positive``,
         ``n_negative``. Two classifiers that order every positive-negative pair alike have a
         variance of 0: ``p_value`` is then 1 when the AUCs are equal and NaN (undefined) otherwise.
 
@@ -224,7 +225,8 @@ def delong_roc_test(y_true: Sequence[int], y_score_a: Sequence[float], y_score_b
         p = 1.0 if abs(difference) < 1e-12 else NAN
     z = float(norm.ppf(0.5 + confidence / 2))
     return {"auc_a": auc_a, "auc_b": auc_b, "difference": difference, "variance": max(variance, 0.0), "se": se,
-            "ci_low": difference - z * se, "ci_high": difference + z * se, "z": z_value, "p_value": p,
+            "ci_low": max(-1.0, difference - z * se), "ci_high": min(1.0, difference + z * se), "z": z_value,
+            "p_value": p,
             "n_positive": m, "n_negative": n}
 
 

@@ -381,7 +381,8 @@ def plot_reliability(summaries: Dict[str, Dict[str, object]], path) -> bool:
         ax_n.bar([b["low"] + width * (i + 0.5) for b in bins], [b["n"] for b in bins], width=width, align="edge")
         drawn = True
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(ylabel="fraction malignant", title="reliability of p_malignant (out-of-fold)", xlim=(0, 1), ylim=(-0.02, 1.02))
+    ax.set(ylabel="fraction malignant", title="reliability of p_malignant (out-of-fold)", xlim=(0, 1),
+           ylim=(-0.02, 1.02))
     ax_n.set(xlabel="p_malignant (points: bin means; bars: cases per bin)", ylabel="cases")
     if drawn:
         ax.legend(fontsize=7, loc="upper left")
