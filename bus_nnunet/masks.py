@@ -1,5 +1,5 @@
 """How a mask image's colour and alpha channels become one plane: the one rule shared by the
-dataset converters' lesion-mask reader (``dataset_conversion._common.read_mask``) and the label-map
+dataset converters' lesion-mask reader (``bus_nnunet.image_io.read_mask``) and the label-map
 reader of ``evaluate`` / ``cv-report`` (``evaluation.folder.read_segmentation``).
 
 Masks drawn in a colour (green lesion on black) have the lesion in one channel only, so reading

@@ -8,8 +8,7 @@ or an RGB file into a grey model, fails inside nnU-Net and takes the whole folde
 * :func:`collect_images` -- image files of files and folders, each with an output *name*;
 * :func:`model_wants_rgb` -- the channels a model was trained on (its ``dataset.json``);
 * :func:`read_for_model` -- one file -> nnU-Net's ``(C, 1, H, W)`` array, converted by the
-  converters' own :func:`dataset_conversion._common.read_image`, so a prediction sees what
-  training saw.
+  converters' own :func:`bus_nnunet.image_io.read_image`, so a prediction sees what training saw.
 
 A file that cannot be read is reported (:class:`Unreadable`) and every other file still runs.
 
@@ -115,7 +114,7 @@ def require_natural_image_model(configuration_manager, model_folder) -> None:
 def read_for_model(path: Path, rgb: bool) -> np.ndarray:
     """``(C, 1, H, W)`` float32 as nnU-Net's NaturalImage2DIO gives the converted training image
     (C = 3 for ``rgb`` else 1).  Raises :class:`UserError` naming the file when it cannot be read."""
-    from bus_nnunet.dataset_conversion._common import read_image  # the converters' rule, applied again
+    from bus_nnunet.image_io import read_image  # the converters' rule, applied again
     pixels, _ = read_image(Path(path), rgb)
     channels_first = pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels[None]
     return np.ascontiguousarray(channels_first[:, None], dtype=np.float32)

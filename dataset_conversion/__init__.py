@@ -1,7 +1,8 @@
 """Converters from public breast/thyroid ultrasound releases to nnU-Net raw datasets.
 
-One module per dataset finds its cases and defines ``INFO`` (a :class:`._common.DatasetInfo`);
-:mod:`._common` does the rest.  Every module of this package that defines ``INFO`` is a
+One module per dataset finds its cases and defines ``INFO`` (a :class:`.base.DatasetInfo`: the
+contract and small helpers live in :mod:`.base`); :mod:`.pipeline` does the rest (reading through
+:mod:`bus_nnunet.image_io`, splits and duplicates in :mod:`.splits`).  Every module of this package that defines ``INFO`` is a
 ``bus-nnunet convert`` dataset: its key, aliases, default id and own options reach the command
 line from ``INFO``, so adding a dataset is adding one module (docs/extending.md)."""
 import importlib

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, locate_root, read_table,
-                                                   unmatched_error)
+from bus_nnunet.dataset_conversion.base import (Case, Collection, DatasetInfo, cell, locate_root, read_table,
+                                                unmatched_error)
 from bus_nnunet.errors import UserError
 
 SHEET = "BrEaST-Lesions-USG clinical dat"  # Excel's 31-character truncation of the sheet name

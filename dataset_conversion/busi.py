@@ -10,8 +10,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, find_child_dir, locate_root,
-                                                   require_complete_mask_sets, unmatched_error)
+from bus_nnunet.dataset_conversion.base import (Case, Collection, DatasetInfo, find_child_dir, locate_root,
+                                                require_complete_mask_sets, unmatched_error)
 
 CLASSES = ("benign", "malignant", "normal")
 _NAME = re.compile(r"^(benign|malignant|normal) \((\d+)\)(_mask(?:_(\d+))?)?\.png$", re.IGNORECASE)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, read_table, require_pairs)
+from bus_nnunet.dataset_conversion.base import (Case, Collection, DatasetInfo, cell, read_table, require_pairs)
 from bus_nnunet.errors import UserError
 
 _IMAGE = re.compile(r"^case(\d+)$", re.IGNORECASE)

@@ -15,8 +15,8 @@ from typing import List
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, files_with_suffix, find_child_dir,
-                                                   locate_root, require_pairs)
+from bus_nnunet.dataset_conversion.base import (Case, Collection, DatasetInfo, files_with_suffix, find_child_dir,
+                                                locate_root, require_pairs)
 from bus_nnunet.errors import UserError
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, files_with_suffix, read_table,
-                                                   require_dir, sanitize, unmatched_error)
+from bus_nnunet.dataset_conversion.base import (Case, Collection, DatasetInfo, cell, files_with_suffix, read_table,
+                                                require_dir, sanitize, unmatched_error)
 from bus_nnunet.errors import UserError
 
 _EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

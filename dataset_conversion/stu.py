@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, files_with_suffix, locate_root,
-                                                   require_pairs, unmatched_error)
+from bus_nnunet.dataset_conversion.base import (Case, Collection, DatasetInfo, files_with_suffix, locate_root,
+                                                require_pairs, unmatched_error)
 
 _IMAGE = re.compile(r"^(?:Test_Image|image)_(\d+)$", re.IGNORECASE)
 _MASK = re.compile(r"^mask_(\d+)$", re.IGNORECASE)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, files_with_suffix, find_child_dir,
-                                                   locate_root, require_pairs)
+from bus_nnunet.dataset_conversion.base import (Case, Collection, DatasetInfo, files_with_suffix, find_child_dir,
+                                                locate_root, require_pairs)
 from bus_nnunet.errors import UserError
 
 _EXT = (".jpg", ".jpeg", ".png")

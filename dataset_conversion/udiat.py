@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bus_nnunet.dataset_conversion._common import (Case, Collection, DatasetInfo, cell, files_with_suffix,
-                                                   find_child_dir, locate_root, read_table, require_pairs)
+from bus_nnunet.dataset_conversion.base import (Case, Collection, DatasetInfo, cell, files_with_suffix,
+                                                find_child_dir, locate_root, read_table, require_pairs)
 from bus_nnunet.errors import UserError
 
 _ID = re.compile(r"^(\d+)$")

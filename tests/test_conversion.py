@@ -17,7 +17,8 @@ import dataset_replicas as replicas  # noqa: E402
 
 from bus_nnunet.cli import main  # noqa: E402
 from bus_nnunet.dataset_conversion import get_converter  # noqa: E402
-from bus_nnunet.dataset_conversion._common import Options, convert, read_mask  # noqa: E402
+from bus_nnunet.dataset_conversion.pipeline import Options, convert  # noqa: E402
+from bus_nnunet.image_io import read_mask  # noqa: E402
 from bus_nnunet.errors import UserError  # noqa: E402
 
 
@@ -367,20 +368,20 @@ def test_refuses_existing_output_and_overwrites_on_request(tmp_path, capsys):
 
 
 def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
-    from bus_nnunet.dataset_conversion import _common
+    from bus_nnunet.dataset_conversion import pipeline
     source, _ = replicas.write_stu(tmp_path / "src")
     raw = tmp_path / "raw"
     options = Options(dataset_id=504, name="STU", raw_root=raw, folds=3, progress=False)
     written = []
 
     def write_case_then_fail(*args, **kwargs):  # the third case is written, then the writing fails
-        written.append(_common_write_case(*args, **kwargs))
+        written.append(real_write_case(*args, **kwargs))
         if len(written) >= 3:
             raise RuntimeError("simulated failure while writing")
         return written[-1]
 
-    _common_write_case = _common.write_case
-    monkeypatch.setattr(_common, "write_case", write_case_then_fail)
+    real_write_case = pipeline.write_case
+    monkeypatch.setattr(pipeline, "write_case", write_case_then_fail)
     with pytest.raises(RuntimeError, match="simulated"):
         convert(get_converter("stu"), source, options)
     assert len(written) == 3
@@ -471,15 +472,15 @@ def test_outputs_get_the_users_umask_not_mkdtemps_0700(tmp_path, umask):
 
 KILLED_CONVERT = """
 import sys, time
-import bus_nnunet.dataset_conversion._common as common
+import bus_nnunet.dataset_conversion.pipeline as pipeline
 from bus_nnunet.cli import main
-real = common.file_sha256
+real = pipeline.file_sha256
 def slow(path):  # writing slowed down inside the subprocess: it is killed half way
     if path.name == "Test_Image_3.png":
         print("converting", flush=True)
         time.sleep(60)
     return real(path)
-common.file_sha256 = slow
+pipeline.file_sha256 = slow
 sys.exit(main(["convert", "stu", sys.argv[1], "-o", sys.argv[2], "--no-progress", "--folds", "3"]))
 """
 
@@ -557,7 +558,7 @@ def test_output_root_that_is_a_file_and_scarce_hold_out_classes_are_messages(tmp
 
 NEW_CONVERTER = '''
 from dataclasses import dataclass, field
-from bus_nnunet.dataset_conversion._common import Case, Collection, DatasetInfo
+from bus_nnunet.dataset_conversion.base import Case, Collection, DatasetInfo
 
 
 @dataclass

@@ -418,7 +418,7 @@ def test_colour_masks_are_read_by_the_converters_rule(tmp_path):
     """One rule for colour and alpha (bus_nnunet.masks.mask_plane) in evaluate's reader and the
     converters' read_mask: channels are max-combined, so a red lesion beside a green one is one
     foreground of both; a varying alpha keeps what is opaque; an alpha-only mask is its alpha."""
-    from bus_nnunet.dataset_conversion._common import read_mask
+    from bus_nnunet.image_io import read_mask
     from bus_nnunet.evaluation.folder import read_segmentation
     red, green = square(2, 2), square(10, 10)
     mixed = _colour(red, (255, 0, 0)) + _colour(green, (0, 255, 0))

@@ -268,10 +268,10 @@ def one_line_naming(err: str, folder: Path) -> None:
 
 
 def test_a_full_disk_during_convert_is_one_line_with_the_folder_and_free_space(tmp_path, monkeypatch, capsys):
-    from bus_nnunet.dataset_conversion import _common
+    from bus_nnunet.dataset_conversion import pipeline
     source, _ = replicas.write_stu(tmp_path / "src")
     written = []
-    write_case = _common.write_case
+    write_case = pipeline.write_case
 
     def write_case_until_the_disk_is_full(*args, **kwargs):
         if len(written) == 2:
@@ -279,7 +279,7 @@ def test_a_full_disk_during_convert_is_one_line_with_the_folder_and_free_space(t
         written.append(write_case(*args, **kwargs))
         return written[-1]
 
-    monkeypatch.setattr(_common, "write_case", write_case_until_the_disk_is_full)
+    monkeypatch.setattr(pipeline, "write_case", write_case_until_the_disk_is_full)
     raw = tmp_path / "raw"
     assert main(["convert", "stu", str(source), "-o", str(raw), "--no-progress", "--folds", "3"]) == 1
     one_line_naming(capsys.readouterr().err, raw / "Dataset504_STU")

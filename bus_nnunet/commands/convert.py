@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from bus_nnunet.dataset_conversion import get_converter
-    from bus_nnunet.dataset_conversion._common import Options, convert
+    from bus_nnunet.dataset_conversion.pipeline import Options, convert
 
     info = get_converter(args.dataset)
     raw_root = args.raw_root or os.environ.get("nnUNet_raw")

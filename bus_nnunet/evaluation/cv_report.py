@@ -288,7 +288,7 @@ def plot_montage(res: TrainerResults, gt_dir: Path, raw_dataset_dir: Path, path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from bus_nnunet.dataset_conversion._common import read_image
+    from bus_nnunet.image_io import read_image
     rows = [r for r in res.rows if r["n_ref"] > 0] or list(res.rows)
     rows = sorted(rows, key=lambda r: (r["dice"], r["case_id"]))
     picks = [("best", rows[-1]), ("median", rows[len(rows) // 2]), ("worst", rows[0])]

@@ -1,6 +1,14 @@
-"""Shared machinery of the dataset converters: every dataset module only *finds* its cases
-(:class:`Case` list plus official splits); reading, binarising, merging, writing, splitting,
-de-duplication, the manifest and the summary live here once.
+"""The conversion pipeline of ``bus-nnunet convert``: read -> group -> split -> write -> summary.
+
+Every dataset module only *finds* its cases (:mod:`.base`); everything after lives here once:
+
+1. :func:`read_case` reads each image and OR-merges its lesion masks (:mod:`bus_nnunet.image_io`);
+2. :func:`group_cases` unions cases of one patient and, with ``--dedup``, duplicates (:mod:`.splits`);
+3. :func:`split_cases` takes the official test set or a ``--test-fraction`` hold-out, then the
+   official folds or stratified group folds;
+4. :func:`write_dataset` writes everything into a temporary folder that replaces the dataset folder
+   only when complete;
+5. the summary says what was done.
 
 Conventions of the written nnU-Net raw dataset:
 
@@ -19,284 +27,22 @@ import io
 import re
 import sys
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
+from bus_nnunet.dataset_conversion.base import Case, Collection, DatasetInfo
+from bus_nnunet.dataset_conversion.splits import (DEFAULT_PHASH_DISTANCE, UnionFind, find_duplicates, holdout_test,
+                                                  make_folds, pixel_sha256)
 from bus_nnunet.errors import UserError
-from bus_nnunet.masks import MASK_THRESHOLD, mask_plane  # 0/255 masks: >= 128 is foreground
+from bus_nnunet.image_io import read_image, read_mask, resize_nearest
+from bus_nnunet.masks import MASK_THRESHOLD
 
-DEFAULT_PHASH_DISTANCE = 8  # 64-bit pHash Hamming distance for near-duplicates (as used on BUSI)
-
-Image.MAX_IMAGE_PIXELS = None  # ultrasound frames are small; avoid PIL's decompression-bomb noise
-
-
-# --------------------------------------------------------------------------------------------
-# what a dataset module returns
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Case:
-    """One image and its lesion masks as found in the source folder.
-
-    ``masks`` are OR-merged; an empty list means an empty label (normal case).  ``mask_loader``
-    replaces file masks for datasets whose annotation is not an image (DDTI XML polygons): it
-    gets the image size (W, H) and returns a bool array."""
-    case_id: str
-    image: Path
-    masks: List[Path] = field(default_factory=list)
-    cls: str = ""
-    patient_id: str = ""
-    birads: str = ""
-    split: str = "train"  # "train" or "test" (official test set)
-    extra: Dict[str, object] = field(default_factory=dict)
-    mask_loader: Optional[Callable[[Tuple[int, int]], np.ndarray]] = None
-
-
-@dataclass
-class Collection:
-    """Everything a dataset module found: cases, official splits and notes for the summary."""
-    cases: List[Case]
-    # official cross-validation folds over training case ids: [{"train": [...], "val": [...]}, ...]
-    official_folds: Optional[List[Dict[str, List[str]]]] = None
-    split_policy: str = ""
-    warnings: List[str] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-    counters: Counter = field(default_factory=Counter)
-
-
-@dataclass
-class DatasetInfo:
-    """Static facts of one converter; a module of ``bus_nnunet.dataset_conversion`` that defines
-    ``INFO`` is a ``bus-nnunet convert`` dataset (found by itself, see that package)."""
-    key: str
-    default_id: int
-    default_name: str
-    label_name: str = "lesion"
-    allow_mask_resize: bool = False
-    reference: str = ""
-    license: str = ""
-    description: str = ""
-    collect: Callable = None  # collect(source: Path, options) -> Collection
-    #: other names ``bus-nnunet convert`` accepts for this dataset
-    aliases: Tuple[str, ...] = ()
-    #: the converter's own options: a dataclass whose fields (default, ``metadata["help"]``) become
-    #: ``--field-name`` options of ``bus-nnunet convert``; ``collect`` reads them as
-    #: ``options.dataset_options``
-    options: Optional[type] = None
-
-    def add_arguments(self, parser) -> None:
-        """Add this converter's own options to ``parser`` in a group of their own."""
-        if self.options is None:
-            return
-        group = parser.add_argument_group(f"{self.key} only", self.description)
-        for f in dataclasses.fields(self.options):
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(f.default, bool):
-                group.add_argument(flag, action="store_true", help=f.metadata.get("help"))
-            else:
-                group.add_argument(flag, default=f.default, help=f.metadata.get("help"))
-
-    def options_from(self, args) -> Optional[object]:
-        """This converter's options from parsed arguments (the defaults where ``args`` lacks one)."""
-        if self.options is None:
-            return None
-        return self.options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(self.options)
-                               if hasattr(args, f.name)})
-
-
-# --------------------------------------------------------------------------------------------
-# small helpers for dataset modules
-# --------------------------------------------------------------------------------------------
-def sanitize(text: str) -> str:
-    """A case-id fragment: letters, digits, '-' only; runs of anything else become '_'."""
-    return re.sub(r"[^A-Za-z0-9-]+", "_", str(text)).strip("_")
-
-
-def require_dir(path: Path, what: str, hint: str = "") -> Path:
-    if not Path(path).is_dir():
-        raise UserError(f"{what} folder {path} not found{'; ' + hint if hint else ''}")
-    return Path(path)
-
-
-def find_child_dir(parent: Path, name: str) -> Optional[Path]:
-    """``parent/name`` matched case-insensitively (``Thyroid-image`` vs ``thyroid-image``)."""
-    if not parent.is_dir():
-        return None
-    exact = parent / name
-    if exact.is_dir():
-        return exact
-    for child in parent.iterdir():
-        if child.is_dir() and child.name.lower() == name.lower():
-            return child
-    return None
-
-
-def locate_root(source: Path, is_root: Callable[[Path], bool], what: str, depth: int = 3) -> Path:
-    """The first folder at or below ``source`` (breadth first, ``depth`` levels) for which
-    ``is_root`` holds: users point at the unzipped archive, which nests the real root."""
-    source = Path(source)
-    if not source.is_dir():
-        raise UserError(f"source folder {source} not found")
-    level = [source]
-    for _ in range(depth + 1):
-        for folder in level:
-            if is_root(folder):
-                return folder
-        level = sorted(c for f in level for c in f.iterdir() if c.is_dir() and not c.name.startswith("."))
-    raise UserError(f"{source} does not look like {what}")
-
-
-def files_with_suffix(folder: Path, suffixes: Sequence[str]) -> List[Path]:
-    suffixes = tuple(s.lower() for s in suffixes)
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes
-                  and not p.name.startswith("."))
-
-
-def unmatched_error(kind: str, paths: Sequence[Path], fix: str) -> UserError:
-    shown = ", ".join(str(p) for p in list(paths)[:5])
-    more = f" (and {len(paths) - 5} more)" if len(paths) > 5 else ""
-    return UserError(f"{len(paths)} {kind}: {shown}{more}; {fix}")
-
-
-def require_complete_mask_sets(numbered: Mapping, image_of: Mapping, primary: str, numbered_name: str) -> None:
-    """Raise a UserError for every case whose numbered lesion masks have a gap.
-
-    ``numbered`` maps a case key to its ``(index, path)`` masks, index 0 being the primary mask
-    (e.g. BUSI's ``_mask``, then ``_mask_1``, ``_mask_2``).  A missing primary or a missing middle
-    number is never a smaller lesion: merging what is there would silently drop part of the label.
-    """
-    gaps = []
-    for key in sorted(numbered):
-        have = sorted(i for i, _ in numbered[key])
-        missing = sorted(set(range(max(have) + 1)) - set(have))
-        if missing:
-            names = ", ".join(primary if i == 0 else numbered_name.format(i) for i in missing)
-            gaps.append(f"{image_of[key]} (missing {names}; found {', '.join(p.name for _, p in sorted(numbered[key]))})")
-    if gaps:
-        shown = "; ".join(gaps[:5]) + (f" (and {len(gaps) - 5} more)" if len(gaps) > 5 else "")
-        raise UserError(f"{len(gaps)} case(s) with an incomplete set of lesion masks: {shown}; restore the missing "
-                        f"mask files (merging the rest would lose part of each lesion)")
-
-
-def require_pairs(images: Mapping, masks: Mapping, masks_without_image: str, images_without_mask: str,
-                  fix_image: str = "restore the missing file", fix_mask: str = "restore the missing file") -> None:
-    """Raise a UserError listing masks whose key has no image (then images without a mask); the
-    two descriptions name the dataset and file kinds, the fixes say what to restore."""
-    for kind, found, other, fix in ((masks_without_image, masks, images, fix_image),
-                                    (images_without_mask, images, masks, fix_mask)):
-        lonely = [found[k] for k in sorted(found) if k not in other]
-        if lonely:
-            raise unmatched_error(kind, lonely, fix)
-
-
-def read_table(path: Path, sheet=0):
-    """A CSV or Excel table as a pandas DataFrame (``sheet=None``: dict of all sheets); a UserError
-    naming the file if it is unreadable."""
-    import pandas as pd
-    try:
-        if path.suffix.lower() in (".xlsx", ".xls"):
-            return pd.read_excel(path, sheet_name=sheet)
-        return pd.read_csv(path, encoding="utf-8-sig")
-    except ImportError as e:
-        raise UserError(f"reading {path} needs {e.name}: pip install openpyxl") from e
-    except Exception as e:  # noqa: BLE001 - report which file is broken
-        raise UserError(f"cannot read table {path}: {e}") from e
-
-
-def cell(value) -> str:
-    """A table cell as a clean string ('' for NaN/None; 4.0 -> '4')."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if np.isnan(value):
-            return ""
-        if value.is_integer():
-            return str(int(value))
-    return str(value).strip()
-
-
-# --------------------------------------------------------------------------------------------
-# pixels
-# --------------------------------------------------------------------------------------------
-def _open(path: Path) -> Image.Image:
-    try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input file
-        raise UserError(f"cannot read image file {path}: {e}; re-extract or remove the file") from e
-
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """16-bit / int / float images rescaled to 0..255 (uint8 passes through)."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    arr = arr.astype(np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.round((arr - lo) / (hi - lo) * 255).astype(np.uint8)
-
-
-def read_image(path: Path, rgb: bool = False) -> Tuple[np.ndarray, bool]:
-    """Image as uint8 H×W (grey) or H×W×3 (``rgb``), and whether its colour channels differed
-    (overlays, Doppler) before conversion to grey.  Alpha is dropped; EXIF rotation ignored."""
-    img = _open(path)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        grey = _to_uint8(np.asarray(img))
-        return (np.repeat(grey[..., None], 3, -1) if rgb else grey), False
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("RGB" if img.mode not in ("1", "LA", "La") else "L")
-    arr = np.asarray(img)
-    if arr.ndim == 2:
-        return (np.repeat(arr[..., None], 3, -1) if rgb else arr), False
-    coloured = bool((arr[..., 0] != arr[..., 1]).any() or (arr[..., 0] != arr[..., 2]).any())
-    if rgb:
-        return np.ascontiguousarray(arr), coloured
-    return np.asarray(img.convert("L")), coloured
-
-
-@dataclass
-class MaskRead:
-    mask: np.ndarray  # bool H×W
-    grey_values: bool  # had values other than background/foreground extremes (JPEG, anti-aliasing)
-
-
-def read_mask(path: Path) -> MaskRead:
-    """A lesion mask as bool H×W.
-
-    Handles mode '1' (bool), 'L' 0/255 or 0/1, JPEG noise and anti-aliased edges (foreground is
-    >= 128 on the 0..255 scale), RGB/RGBA (a constant alpha is dropped, colour channels are
-    max-combined so colour-coded masks count too; an alpha-only mask uses alpha), palette and
-    16-bit PNG.  Values that look like a multi-label map are refused."""
-    img = _open(path)
-    if img.mode == "1":
-        return MaskRead(np.asarray(img).astype(bool), False)
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    arr = mask_plane(img)  # colour / alpha -> one plane, the rule evaluate's reader shares
-    if arr.dtype != np.uint8:
-        if arr.max() > 255:  # 16-bit 0/65535
-            arr = (arr.astype(np.float64) / 257.0).round()
-        arr = arr.astype(np.uint8) if arr.max() > 1 else (arr > 0).astype(np.uint8)
-    top = int(arr.max())
-    if top <= 1:  # a 0/1 label image
-        return MaskRead(arr > 0, False)
-    if top < MASK_THRESHOLD:
-        values = np.unique(arr)[:8].tolist()
-        raise UserError(f"mask {path} has values {values} but none >= {MASK_THRESHOLD}: it looks like a "
-                        f"multi-label map, not a 0/255 (or 0/1) lesion mask; convert it to binary first")
-    grey = bool(((arr > 0) & (arr < 255)).any())
-    return MaskRead(arr >= MASK_THRESHOLD, grey)
-
-
-def resize_nearest(mask: np.ndarray, size_wh: Tuple[int, int]) -> np.ndarray:
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size_wh, Image.NEAREST)) >= 128
+__all__ = ["Options", "Result", "convert", "conversion_inputs", "drop_normal_cases", "read_case", "group_cases",
+           "split_cases", "write_case", "write_dataset", "ProcessedCase", "Grouping", "Split"]
 
 
 def file_sha256(path: Path) -> str:
@@ -305,10 +51,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def pixel_sha256(arr: np.ndarray) -> str:
-    return hashlib.sha256(repr(arr.shape).encode() + np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,87 +83,6 @@ class Result:
     summary: str
     duplicates: List[Dict[str, object]]
     counters: Counter
-
-
-# --------------------------------------------------------------------------------------------
-# splits and duplicates
-# --------------------------------------------------------------------------------------------
-class _UnionFind:
-    def __init__(self, items):
-        self.parent = {i: i for i in items}
-
-    def find(self, x):
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def find_duplicates(case_ids: List[str], pixel_hashes: List[str], phashes: List[np.ndarray],
-                    max_distance: int) -> List[Dict[str, object]]:
-    """Pairs of exact (same pixels) and near (pHash Hamming distance <= max_distance) duplicates."""
-    pairs = []
-    by_hash = defaultdict(list)
-    for cid, h in zip(case_ids, pixel_hashes):
-        by_hash[h].append(cid)
-    exact = set()
-    for ids in by_hash.values():
-        for other in ids[1:]:
-            pairs.append({"case_a": ids[0], "case_b": other, "kind": "exact", "phash_distance": 0})
-            exact.add((ids[0], other))
-    if max_distance >= 0 and len(phashes) > 1:
-        bits = np.stack(phashes).astype(np.float32)  # n × 64 of 0/1
-        dist = bits @ (1 - bits).T + (1 - bits) @ bits.T
-        ia, ib = np.nonzero(np.triu(dist <= max_distance, k=1))
-        for a, b in zip(ia.tolist(), ib.tolist()):
-            if (case_ids[a], case_ids[b]) not in exact and pixel_hashes[a] != pixel_hashes[b]:
-                pairs.append({"case_a": case_ids[a], "case_b": case_ids[b], "kind": "near",
-                              "phash_distance": int(dist[a, b])})
-    return pairs
-
-
-def make_folds(case_ids: List[str], labels: List[str], groups: List[str], n_folds: int,
-               seed: int) -> List[Dict[str, List[str]]]:
-    """``n_folds`` folds stratified by ``labels`` with every group in one fold (StratifiedGroupKFold,
-    shuffled with ``seed``: the same input gives the same folds)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-    import warnings
-    if n_folds < 2:
-        raise UserError(f"--folds must be at least 2 (got {n_folds})")
-    n_groups = len(set(groups))
-    if n_groups < n_folds:
-        raise UserError(f"only {n_groups} independent case groups for {n_folds} folds; use --folds {max(2, n_groups)} "
-                        f"or fewer")
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    ids = np.array(case_ids)
-    folds = []
-    with warnings.catch_warnings():  # "least populated class has only N members": expected for tiny sets
-        warnings.simplefilter("ignore", UserWarning)
-        for train_idx, val_idx in splitter.split(ids, labels, groups):
-            folds.append({"train": sorted(ids[train_idx].tolist()), "val": sorted(ids[val_idx].tolist())})
-    return folds
-
-
-def holdout_test(cases: List[Case], fraction: float, groups: Dict[str, str], seed: int) -> List[str]:
-    """Case ids of a stratified, group-respecting test hold-out of about ``fraction``."""
-    if not 0 < fraction <= 0.5:  # the hold-out is one of round(1 / fraction) stratified group folds
-        raise UserError(f"--test-fraction must be above 0 and at most 0.5 (got {fraction}): a larger hold-out "
-                        f"than training set is not a cross-validation setup")
-    labels = [c.cls or "none" for c in cases]
-    scarce = sorted((k, v) for k, v in Counter(labels).items() if v < 2)
-    if scarce:
-        raise UserError(f"--test-fraction {fraction} keeps every class in both the hold-out and training, which "
-                        f"needs at least 2 cases per class; {', '.join(f'class {k} has {v}' for k, v in scarce)} "
-                        f"(of {len(cases)} cases): add cases or drop --test-fraction")
-    n_splits = max(2, int(round(1 / fraction)))
-    folds = make_folds([c.case_id for c in cases], labels,
-                       [groups[c.case_id] for c in cases], n_splits, seed)
-    return folds[0]["val"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,7 +222,7 @@ def group_cases(processed: List[ProcessedCase], options: Options, counters: Coun
         phashes = [np.asarray(imagehash.phash(Image.fromarray(p.grey)).hash, np.uint8).ravel() for p in processed]
         duplicates = find_duplicates(case_ids, [p.pixel_hash for p in processed], phashes, options.dedup_distance)
         counters["dedup_checked"] = 1
-    groups_uf = _UnionFind(case_ids)
+    groups_uf = UnionFind(case_ids)
     by_patient = defaultdict(list)
     for p in processed:
         if p.case.patient_id:
