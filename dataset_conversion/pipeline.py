@@ -17,17 +17,23 @@ Conventions of the written nnU-Net raw dataset:
 * ``imagesTs``/``labelsTs`` for official (or requested) test cases,
 * ``dataset.json`` (nnU-Net's ``generate_dataset_json``), ``splits_final.json``,
   ``manifest.csv`` (:mod:`bus_nnunet.manifest`) and, with ``--dedup``, ``duplicates.csv``.
+
+:class:`Options` holds every setting of a conversion with its default and help text; the command's
+arguments are derived from it (:meth:`Options.add_arguments`), as the per-dataset options are
+from :meth:`.base.DatasetInfo.add_arguments`.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import hashlib
 import io
+import os
 import re
 import sys
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -39,6 +45,7 @@ from bus_nnunet.dataset_conversion.splits import (DEFAULT_PHASH_DISTANCE, UnionF
                                                   make_folds, pixel_sha256)
 from bus_nnunet.errors import UserError
 from bus_nnunet.image_io import read_image, read_mask, resize_nearest
+from bus_nnunet.io_utils import OVERWRITE_HELP
 from bus_nnunet.masks import MASK_THRESHOLD
 
 __all__ = ["Options", "Result", "convert", "conversion_inputs", "drop_normal_cases", "read_case", "group_cases",
@@ -56,23 +63,74 @@ def file_sha256(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 # options and result
 # --------------------------------------------------------------------------------------------
+def _argument(default, help: str, *flags: str, **argparse_kwargs):
+    """An :class:`Options` field that is also a ``bus-nnunet convert`` argument (``--field-name``
+    unless ``flags`` are given)."""
+    return field(default=default, metadata={"help": help, "flags": flags, "argparse": argparse_kwargs})
+
+
 @dataclass
 class Options:
-    dataset_id: int
-    name: str
-    raw_root: Path
-    overwrite: bool = False
-    keep_normal: bool = False  # see drop_normal_cases: lesion cases only unless asked
-    rgb: bool = False
-    folds: int = 5
-    seed: int = 12345
-    dedup: bool = False
-    dedup_distance: int = DEFAULT_PHASH_DISTANCE
-    test_fraction: float = 0.0
-    resize_masks: Optional[bool] = None  # None: the dataset's default
-    progress: bool = True
+    """Every setting of one conversion with its default and help: the one place they live.
+
+    ``dataset_id``, ``name`` and ``raw_root`` left at None mean the dataset's default id and name and
+    ``$nnUNet_raw`` (:meth:`with_defaults`)."""
+    dataset_id: Optional[int] = _argument(None, "nnU-Net dataset id (default: the dataset's own)", "--id", type=int)
+    name: Optional[str] = _argument(None, "dataset name (DatasetNNN_<name>); default: the dataset's name")
+    raw_root: Optional[Path] = _argument(None, "output root (default: $nnUNet_raw)", "-o", "--raw-root")
+    overwrite: bool = _argument(False, OVERWRITE_HELP)
+    keep_normal: bool = _argument(False, "include normal (lesion-free) cases with empty labels; by default every "
+                                         "dataset is converted to its lesion cases only, as in the segmentation papers")
+    rgb: bool = _argument(False, "write 3-channel RGB images (default: grey, channel 'US')")
+    folds: int = _argument(5, "number of cross-validation folds when the dataset has no official folds "
+                              "(BUS-BRA: 5 or 10 selects its official fold file)", type=int)
+    seed: int = _argument(12345, "seed of the fold assignment (reproducible)", type=int)
+    dedup: bool = _argument(False, "detect exact and near duplicates (pHash), keep each duplicate group in one "
+                                   "fold, write duplicates.csv")
+    dedup_distance: int = _argument(DEFAULT_PHASH_DISTANCE, "pHash Hamming distance for near duplicates", type=int)
+    test_fraction: float = _argument(0.0, "hold out this fraction (stratified, grouped) as imagesTs/labelsTs when "
+                                          "the dataset has no official test set", type=float)
+    resize_masks: Optional[bool] = _argument(  # None: the dataset's default
+        None, "resize masks whose size differs from their image (nearest neighbour; default only for STU)",
+        action="store_true")
+    progress: bool = _argument(True, "no progress bar", "--no-progress")
     #: the converter's own options (an instance of ``DatasetInfo.options``; its defaults when None)
     dataset_options: Optional[object] = None
+
+    @classmethod
+    def add_arguments(cls, parser, helps: Optional[Dict[str, str]] = None) -> None:
+        """Add every field that has help to ``parser``, with its default; ``helps`` replaces the help
+        of some fields (e.g. the default id of each dataset). A boolean is a flag that stores the
+        opposite of its default (``progress`` -> ``--no-progress``)."""
+        for f in dataclasses.fields(cls):
+            if "help" not in f.metadata:
+                continue
+            kwargs = dict(f.metadata["argparse"])
+            if isinstance(f.default, bool):  # unset flags keep the field's default (from_arguments)
+                kwargs.update(action="store_false" if f.default else "store_true", default=argparse.SUPPRESS)
+            else:
+                kwargs.setdefault("default", f.default)
+            flags = f.metadata["flags"] or ("--" + f.name.replace("_", "-"),)
+            parser.add_argument(*flags, dest=f.name, help=(helps or {}).get(f.name, f.metadata["help"]), **kwargs)
+
+    @classmethod
+    def from_arguments(cls, args, **values) -> "Options":
+        """Options from arguments parsed with :meth:`add_arguments` (a field's default where
+        ``args`` lacks it), ``values`` added."""
+        parsed = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        return cls(**{**parsed, **values})
+
+    def with_defaults(self, info: DatasetInfo) -> "Options":
+        """These options with the dataset's defaults filled in: its id, name and own options, and
+        ``$nnUNet_raw`` as the output root."""
+        raw_root = self.raw_root or os.environ.get("nnUNet_raw")
+        if not raw_root:
+            raise UserError("no output root: set nnUNet_raw or pass -o/--raw-root")
+        own = self.dataset_options
+        return dataclasses.replace(
+            self, dataset_id=info.default_id if self.dataset_id is None else self.dataset_id,
+            name=self.name or info.default_name, raw_root=Path(raw_root),
+            dataset_options=info.options() if own is None and info.options is not None else own)
 
 
 @dataclass
@@ -342,11 +400,10 @@ def write_dataset(folder: Path, info: DatasetInfo, source: Path, options: Option
 def convert(info: DatasetInfo, source: Path, options: Options) -> Result:
     """Convert ``source`` with dataset module ``info`` into ``raw_root/DatasetNNN_Name``: read every
     case (pixels are needed for de-duplication before splitting), group them, split, write."""
+    options = options.with_defaults(info)
     source = Path(source)
     if not source.is_dir():
         raise UserError(f"source folder {source} not found (or not a folder)")
-    if options.dataset_options is None and info.options is not None:
-        options = dataclasses.replace(options, dataset_options=info.options())
     folder = _output_folder(options, conversion_inputs(source, options))
     collection, counters, cases = _collect(info, source, options)
     resize = info.allow_mask_resize if options.resize_masks is None else options.resize_masks

@@ -388,6 +388,31 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     assert not raw.exists() or list(raw.iterdir()) == []
 
 
+def test_convert_arguments_and_defaults_come_from_options_once(tmp_path, monkeypatch):
+    """Issue 27 §2: ``bus-nnunet convert``'s arguments are derived from ``Options`` (help, defaults),
+    and the dataset's id / name and $nnUNet_raw fill what is left unset, in one place."""
+    import argparse
+    import dataclasses
+    from bus_nnunet.commands import convert as command
+    parser = argparse.ArgumentParser(prog="bus-nnunet")
+    command.register(parser.add_subparsers())
+    args = parser.parse_args(["convert", "stu", str(tmp_path)])
+    options = Options.from_arguments(args)
+    assert options == Options()  # every default is the dataclass's own
+    fields = {f.name for f in dataclasses.fields(Options) if "help" in f.metadata}
+    assert fields == {f.name for f in dataclasses.fields(Options)} - {"dataset_options"}
+    args = parser.parse_args(["convert", "stu", str(tmp_path), "--id", "42", "--no-progress", "--folds", "3",
+                              "--test-fraction", "0.2", "--resize-masks", "--overwrite"])
+    assert Options.from_arguments(args) == Options(dataset_id=42, progress=False, folds=3, test_fraction=0.2,
+                                                   resize_masks=True, overwrite=True)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    filled = Options().with_defaults(get_converter("stu"))
+    assert (filled.dataset_id, filled.name, filled.raw_root) == (504, "STU", tmp_path / "raw")
+    monkeypatch.delenv("nnUNet_raw")
+    with pytest.raises(UserError, match="no output root: set nnUNet_raw or pass -o/--raw-root"):
+        convert(get_converter("stu"), tmp_path, Options())
+
+
 def expect_user_error(*argv, match):
     with pytest.raises(UserError, match=match):
         args = __import__("bus_nnunet.cli", fromlist=["build_parser"]).build_parser().parse_args(
