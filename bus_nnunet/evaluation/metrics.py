@@ -92,6 +92,33 @@ def _check_choice(value: str, choices, what: str) -> str:
     return value
 
 
+#: numpydoc entries the metric functions share, filled into their docstrings by :func:`_fill_doc`
+#: (scipy's ``doccer`` pattern), so each description is written once
+_DOC_PARAMETERS = {
+    "masks": """reference, prediction : array_like
+        Masks of the same shape; non-zero is foreground unless ``label`` selects one label. Float
+        masks must hold only 0 and 1 (threshold a probability map first).""",
+    "label": """label : int, optional
+        The label value that is foreground.""",
+    "spacing": """spacing : sequence of float, optional
+        Pixel size per axis (rows, columns); distances are in pixels without it.""",
+    "empty_truth": """empty_truth : {"one", "zero"}, default "one"
+        The empty-mask rule (:data:`EMPTY_TRUTH_RULES`, module docstring).""",
+}
+#: the Parameters heading with the two masks and ``label``, which every per-image metric takes
+_DOC_PARAMETERS["parameters"] = "Parameters\n    ----------\n    %(masks)s\n    %(label)s" % _DOC_PARAMETERS
+#: the Parameters and Returns of the four overlap scores
+_DOC_PARAMETERS["overlap"] = ("%(parameters)s\n    %(empty_truth)s\n\n    Returns\n    -------\n    float"
+                              % _DOC_PARAMETERS)
+
+
+def _fill_doc(f):
+    if f.__doc__:  # None under python -OO
+        for key, text in _DOC_PARAMETERS.items():
+            f.__doc__ = f.__doc__.replace(f"%({key})s", text)
+    return f
+
+
 # -- pixel counts and overlap -----------------------------------------------------------------------
 def _counts(ref: np.ndarray, pred: np.ndarray) -> Dict[str, int]:
     tp = int(np.count_nonzero(ref & pred))
@@ -100,16 +127,11 @@ def _counts(ref: np.ndarray, pred: np.ndarray) -> Dict[str, int]:
     return {"tp": tp, "fp": fp, "fn": fn, "tn": int(ref.size - tp - fp - fn)}
 
 
+@_fill_doc
 def confusion_counts(reference, prediction, *, label: Optional[int] = None) -> Dict[str, int]:
     """Pixel counts of a binary prediction against a reference.
 
-    Parameters
-    ----------
-    reference, prediction : array_like
-        Masks of the same shape; non-zero is foreground unless ``label`` selects one label. Float
-        masks must hold only 0 and 1.
-    label : int, optional
-        The label value that is foreground.
+    %(parameters)s
 
     Returns
     -------
@@ -145,6 +167,7 @@ def check_empty_truth(rule: str) -> str:
     return _check_choice(rule, EMPTY_TRUTH_RULES, "empty_truth")
 
 
+@_fill_doc
 def overlap_scores(tp: int, fp: int, fn: int, *, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> Dict[str, float]:
     """Dice, IoU, precision and recall from pixel counts: the one place the empty-mask rule lives.
 
@@ -152,8 +175,7 @@ def overlap_scores(tp: int, fp: int, fn: int, *, empty_truth: str = DEFAULT_EMPT
     ----------
     tp, fp, fn : int
         True-positive, false-positive and false-negative pixel counts.
-    empty_truth : {"one", "zero"}, default "one"
-        The empty-mask rule (:data:`EMPTY_TRUTH_RULES`).
+    %(empty_truth)s
 
     Returns
     -------
@@ -181,33 +203,11 @@ def _scores(reference, prediction, label, empty_truth) -> Dict[str, float]:
     return overlap_scores(c["tp"], c["fp"], c["fn"], empty_truth=empty_truth)
 
 
-_OVERLAP_PARAMETERS = """
-    Parameters
-    ----------
-    reference, prediction : array_like
-        Masks of the same shape; non-zero is foreground unless ``label`` selects one label. Float
-        masks must hold only 0 and 1 (threshold a probability map first).
-    label : int, optional
-        The label value that is foreground.
-    empty_truth : {"one", "zero"}, default "one"
-        The empty-mask rule (:data:`EMPTY_TRUTH_RULES`, module docstring).
-
-    Returns
-    -------
-    float
-"""
-
-
-def _with_parameters(f):
-    """Insert the parameters the four overlap scores share before each one's Examples (numpydoc)."""
-    if f.__doc__:  # None under python -OO
-        f.__doc__ = f.__doc__.replace("\n    Examples", _OVERLAP_PARAMETERS.rstrip("\n") + "\n\n    Examples", 1)
-    return f
-
-
-@_with_parameters
+@_fill_doc
 def dice_score(reference, prediction, *, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
     """Dice similarity coefficient 2|A∩B| / (|A|+|B|); both empty: 1 (``empty_truth="zero"``: 0).
+
+    %(overlap)s
 
     Examples
     --------
@@ -219,9 +219,11 @@ def dice_score(reference, prediction, *, label: Optional[int] = None, empty_trut
     return _scores(reference, prediction, label, empty_truth)["dice"]
 
 
-@_with_parameters
+@_fill_doc
 def iou_score(reference, prediction, *, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
     """Intersection over union (Jaccard) |A∩B| / |A∪B|; empty masks as :func:`dice_score`.
+
+    %(overlap)s
 
     Examples
     --------
@@ -231,10 +233,12 @@ def iou_score(reference, prediction, *, label: Optional[int] = None, empty_truth
     return _scores(reference, prediction, label, empty_truth)["iou"]
 
 
-@_with_parameters
+@_fill_doc
 def precision_score(reference, prediction, *, label: Optional[int] = None,
                     empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
     """Positive predictive value tp / (tp + fp); 1 if both empty, NaN if only the prediction is empty.
+
+    %(overlap)s
 
     Examples
     --------
@@ -244,9 +248,11 @@ def precision_score(reference, prediction, *, label: Optional[int] = None,
     return _scores(reference, prediction, label, empty_truth)["precision"]
 
 
-@_with_parameters
+@_fill_doc
 def recall_score(reference, prediction, *, label: Optional[int] = None, empty_truth: str = DEFAULT_EMPTY_TRUTH) -> float:
     """Sensitivity tp / (tp + fn); 1 if both empty, NaN if only the reference is empty.
+
+    %(overlap)s
 
     Examples
     --------
@@ -260,15 +266,11 @@ def _specificity(c: Mapping[str, int]) -> float:
     return c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else NAN
 
 
+@_fill_doc
 def specificity_score(reference, prediction, *, label: Optional[int] = None) -> float:
     """Pixel specificity tn / (tn + fp).
 
-    Parameters
-    ----------
-    reference, prediction : array_like
-        Masks of the same shape; non-zero is foreground unless ``label`` selects one label.
-    label : int, optional
-        The label value that is foreground.
+    %(parameters)s
 
     Returns
     -------
@@ -316,18 +318,13 @@ def _surface_distances(ref: np.ndarray, pred: np.ndarray, spacing) -> Tuple[np.n
     return to_ref, to_pred
 
 
+@_fill_doc
 def surface_distances(reference, prediction, *, label: Optional[int] = None,
                       spacing: Optional[Sequence[float]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Directed border distances between two non-empty masks (medpy's border and distance rule).
 
-    Parameters
-    ----------
-    reference, prediction : array_like
-        Masks of the same shape; non-zero is foreground unless ``label`` selects one label.
-    label : int, optional
-        The label value that is foreground.
-    spacing : sequence of float, optional
-        Pixel size per axis (rows, columns); distances are in pixels without it.
+    %(parameters)s
+    %(spacing)s
 
     Returns
     -------
@@ -371,18 +368,13 @@ def _distances(ref: np.ndarray, pred: np.ndarray, spacing, convention: str) -> D
     return {"hd95": float(hd), "assd": float(pooled.mean())}  # ASSD: mean of the pooled set (medpy >= 0.5)
 
 
+@_fill_doc
 def hd95(reference, prediction, *, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None,
          convention: str = DEFAULT_HD95) -> float:
     """95th-percentile Hausdorff distance between the mask borders.
 
-    Parameters
-    ----------
-    reference, prediction : array_like
-        Masks of the same shape; non-zero is foreground unless ``label`` selects one label.
-    label : int, optional
-        The label value that is foreground.
-    spacing : sequence of float, optional
-        Pixel size per axis; distances are in pixels without it.
+    %(parameters)s
+    %(spacing)s
     convention : {"pooled", "max"}, default "pooled"
         ``"pooled"``: the 95th percentile of both directions' border distances pooled (medpy);
         ``"max"``: the larger of the two directed 95th percentiles (MONAI, MetricsReloaded).
@@ -402,18 +394,13 @@ def hd95(reference, prediction, *, label: Optional[int] = None, spacing: Optiona
     return _distances(*_pair(reference, prediction, label), spacing, convention)["hd95"]
 
 
+@_fill_doc
 def assd(reference, prediction, *, label: Optional[int] = None, spacing: Optional[Sequence[float]] = None) -> float:
     """Average symmetric surface distance: the mean of both directions' border distances pooled
     (medpy >= 0.5).
 
-    Parameters
-    ----------
-    reference, prediction : array_like
-        Masks of the same shape; non-zero is foreground unless ``label`` selects one label.
-    label : int, optional
-        The label value that is foreground.
-    spacing : sequence of float, optional
-        Pixel size per axis; distances are in pixels without it.
+    %(parameters)s
+    %(spacing)s
 
     Returns
     -------
@@ -429,6 +416,7 @@ def assd(reference, prediction, *, label: Optional[int] = None, spacing: Optiona
     return _distances(*_pair(reference, prediction, label), spacing, DEFAULT_HD95)["assd"]
 
 
+@_fill_doc
 def segmentation_metrics(reference, prediction, *, label: Optional[int] = None,
                          spacing: Optional[Sequence[float]] = None,
                          empty_truth: str = DEFAULT_EMPTY_TRUTH, hd95: str = DEFAULT_HD95) -> Dict[str, float]:
@@ -436,17 +424,9 @@ def segmentation_metrics(reference, prediction, *, label: Optional[int] = None,
 
     The masks are validated and counted once; every metric is computed from that one pair.
 
-    Parameters
-    ----------
-    reference, prediction : array_like
-        Masks of the same shape; non-zero is foreground unless ``label`` selects one label. Float
-        masks must hold only 0 and 1.
-    label : int, optional
-        The label value that is foreground.
-    spacing : sequence of float, optional
-        Pixel size per axis for HD95 and ASSD; pixels without it.
-    empty_truth : {"one", "zero"}, default "one"
-        The empty-mask rule (:data:`EMPTY_TRUTH_RULES`).
+    %(parameters)s
+    %(spacing)s
+    %(empty_truth)s
     hd95 : {"pooled", "max"}, default "pooled"
         The HD95 convention (:data:`HD95_CONVENTIONS`).
 
