@@ -1,4 +1,5 @@
-"""Image-level classification with multi-task networks trained by nnU-Net (ACSNet).
+"""Image-level classification with multi-task networks trained by nnU-Net (ACSNet, the
+``<Trainer>_Cls*`` variants of ``bus_nnunet.trainers.classification``).
 
 The segmentation outputs of such a model go through nnU-Net's own tools (``nnUNetv2_predict``,
 ``--val``, ensembling).  The class outputs go through here:
@@ -6,9 +7,11 @@ The segmentation outputs of such a model go through nnU-Net's own tools (``nnUNe
 * :func:`class_probabilities` -- one preprocessed case (nnU-Net's normalisation and spacing) ->
   softmax class probabilities.  The network sees the **whole image**, zero-padded (0 = the mean
   intensity after nnU-Net's z-score normalisation) symmetrically to a multiple of the network's
-  size divisor; the classifier pools globally, so no tiling is needed.  Predictions are averaged
-  over the model's test-time mirroring axes (lateral only for bus-nnunet trainers), as nnU-Net
-  does for segmentation.
+  ``size_divisor`` and to at least its ``min_size``; the classifier pools globally, so no tiling is
+  needed.  A network that takes one input size only (``input_size``: SS-Net) sees the image in
+  tiles of that size at nnU-Net's sliding-window positions (half-tile steps), and the tiles'
+  probabilities are averaged.  Predictions are averaged over the model's test-time mirroring axes
+  (lateral only for bus-nnunet trainers), as nnU-Net does for segmentation.
 * :func:`classify_images` -- ``bus-nnunet classify``: ordinary image files, converted to the
   model's channels as ``bus-nnunet predict`` converts them, preprocessed with the model's own
   plans, probabilities averaged over the selected folds and (weighted) over several models.
@@ -26,9 +29,12 @@ import numpy as np
 
 from bus_nnunet.errors import UserError
 
-#: where a trainer stores its classification class names inside the model's plans (configuration)
+from bus_nnunet.manifest import CLASS_NAMES
+
+#: where a classifying trainer stores its class names inside the model's plans (configuration)
 PLANS_CLASSES_KEY = "classification_classes"
-DEFAULT_CLASSES = ("benign", "malignant")
+#: the classes of a plans configuration that records none
+DEFAULT_CLASSES = CLASS_NAMES[:2]
 
 
 def classes_from_configuration(configuration: dict) -> List[str]:
@@ -55,20 +61,44 @@ def check_same_classes(model_folders: Sequence) -> List[str]:
     return classes
 
 
-def pad_to_multiple(image, divisor: int = 32):
-    """``(C, H, W)`` tensor -> ``(1, C, H', W')`` with H', W' the next multiples of ``divisor``,
-    zero-padded symmetrically (extra pixel after)."""
+def pad_to_multiple(image, divisor=32, min_size=0):
+    """``(C, H, W)`` tensor -> ``(1, C, H', W')`` with H', W' the next multiples of ``divisor`` (one
+    int, or one per axis) that are at least ``min_size`` (int or per axis), zero-padded
+    symmetrically (extra pixel after)."""
     import torch.nn.functional as F
     h, w = image.shape[-2:]
-    ph, pw = -h % divisor, -w % divisor
+    dh, dw = (divisor, divisor) if np.isscalar(divisor) else divisor
+    mh, mw = (min_size, min_size) if np.isscalar(min_size) else min_size
+    ph, pw = max(mh - h, 0), max(mw - w, 0)
+    ph, pw = ph + -(h + ph) % dh, pw + -(w + pw) % dw
     return F.pad(image[None], (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
 
 
-def class_probabilities(network, data, device, mirror_axes: Optional[Sequence[int]] = (), divisor: int = 32):
+def _geometry(network):
+    """``(size_divisor per axis, min_size per axis, fixed input size or None)`` of a classifying network."""
+    divisor = getattr(network, "size_divisor", 32)
+    divisor = (divisor, divisor) if np.isscalar(divisor) else tuple(divisor)
+    fixed = getattr(network, "input_size", None)
+    minimum = tuple(fixed) if fixed else (getattr(network, "min_size", 0),) * 2
+    return divisor, minimum, (tuple(fixed) if fixed else None)
+
+
+def describe_input(network, mirror_axes: Optional[Sequence[int]] = ()) -> str:
+    """What :func:`class_probabilities` feeds ``network``, in words (for the summaries)."""
+    divisor, minimum, fixed = _geometry(network)
+    if fixed:
+        text = f"whole image zero-padded to at least {list(fixed)}, tiles of {list(fixed)} at half-tile steps averaged"
+    else:
+        text = f"whole image, zero-padded to a multiple of {list(divisor)} (at least {list(minimum)})"
+    return text + f", mirroring axes {list(mirror_axes or ())}"
+
+
+def class_probabilities(network, data, device, mirror_axes: Optional[Sequence[int]] = ()):
     """Softmax class probabilities (numpy, shape (K,)) of one preprocessed 2D case.
 
     ``data`` is nnU-Net's preprocessed array ``(C, 1, H, W)`` (2D configurations) or ``(C, H, W)``;
-    ``network`` must have ``forward_classification``; ``mirror_axes`` are nnU-Net's spatial axes
+    ``network`` must have ``forward_classification`` (and may state ``size_divisor``, ``min_size``,
+    ``input_size``: see the module docstring); ``mirror_axes`` are nnU-Net's spatial axes
     (0 = rows, 1 = columns) to average over, all combinations as in nnU-Net's mirroring.
     """
     import torch
@@ -77,15 +107,22 @@ def class_probabilities(network, data, device, mirror_axes: Optional[Sequence[in
         if data.shape[1] != 1:
             raise ValueError(f"classification needs 2D cases; got preprocessed data of shape {tuple(data.shape)}")
         data = data[:, 0]
-    x = pad_to_multiple(data, divisor).to(device)
+    divisor, minimum, fixed = _geometry(network)
+    x = pad_to_multiple(data, divisor, minimum).to(device)
+    if fixed:
+        from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+        steps = compute_steps_for_sliding_window(tuple(x.shape[-2:]), fixed, 0.5)
+        tiles = [x[..., r:r + fixed[0], c:c + fixed[1]] for r in steps[0] for c in steps[1]]
+    else:
+        tiles = [x]
     axes = [a + 2 for a in (mirror_axes or ())]
     flips = [list(c) for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
     was_training = network.training
     network.eval()
     try:
         with torch.no_grad():
-            probs = sum(torch.softmax(network.forward_classification(torch.flip(x, f) if f else x).float(), 1)
-                        for f in flips) / len(flips)
+            probs = sum(torch.softmax(network.forward_classification(torch.flip(t, f) if f else t).float(), 1)
+                        for t in tiles for f in flips) / (len(flips) * len(tiles))
     finally:
         network.train(was_training)
     return probs[0].cpu().numpy()
@@ -128,13 +165,12 @@ def model_class_probabilities(member, data: np.ndarray) -> np.ndarray:
     preprocessed = preprocessor.run_case_npy(data, None, {"spacing": list(NATURAL_IMAGE_SPACING)},
                                              predictor.plans_manager, predictor.configuration_manager,
                                              predictor.dataset_json)[0]
-    divisor = int(getattr(network, "size_divisor", 32))
     probabilities = np.zeros(len(classes_from_configuration(predictor.configuration_manager.configuration)))
     for params in predictor.list_of_parameters:
         network.load_state_dict(params)
         network.to(predictor.device)
         probabilities += class_probabilities(network, preprocessed, predictor.device,
-                                             predictor.allowed_mirroring_axes, divisor)
+                                             predictor.allowed_mirroring_axes)
     return probabilities / len(predictor.list_of_parameters)
 
 
@@ -160,7 +196,8 @@ def classify_images(inputs: Sequence, model_folders, folds: Optional[Sequence] =
     for member in ensemble.members:
         if not hasattr(member.predictor.network, "forward_classification"):
             raise UserError(f"{member.folder} was trained by {member.predictor.trainer_name}, whose network has no "
-                            f"classification output (use an ACSNet trainer)")
+                            f"classification output; train a classifying trainer (ACSNetTrainer, or a "
+                            f"{member.predictor.trainer_name}_Cls variant: `bus-nnunet trainers`)")
     total_weight = sum(m.weight for m in ensemble.members)
     skipped: List[U.Unreadable] = []
     names, probabilities = [], []

@@ -88,17 +88,17 @@ def budget_train(argv: Sequence[str], label: str = "budget") -> None:
     import torch
     from nnunetv2.run.run_training import run_training_entry
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from bus_nnunet.trainers.base import SCHEDULE_ENV
+    from bus_nnunet.trainers.base import schedule_overrides
+    overrides = schedule_overrides()  # the trainers' own check: a bad value stops before nnU-Net starts
     original_init = nnUNetTrainer.__init__
 
     # nnU-Net records its __init__ arguments by signature (for checkpoints), so keep the exact one
     def init_with_budget(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                          device: torch.device = torch.device("cuda")):
         original_init(self, plans, configuration, fold, dataset_json, device)
-        for attr, env in SCHEDULE_ENV.items():
-            if os.environ.get(env):
-                setattr(self, attr, int(os.environ[env]))
-                self.print_to_log_file(f"{label}: {env}={os.environ[env]} -> {attr}")
+        for attr, (value, source) in overrides.items():
+            setattr(self, attr, value)
+            self.print_to_log_file(f"{label}: {source} -> {attr}")
 
     nnUNetTrainer.__init__ = init_with_budget
     threads = os.environ.get("BUS_NNUNET_TORCH_THREADS")

@@ -14,14 +14,15 @@ One row per case.  Columns (converters may add more; readers ignore unknown ones
 ``sha256``                of the original image file
 ========================  =====================================================================
 
-Classification trainers (ACSNet) and the evaluation tools read the ``class`` column from here.
+Classifying trainers (ACSNet, the ``<Trainer>_Cls*`` variants: :func:`classification_labels`) and the
+evaluation tools read the ``class`` column from here.
 """
 from __future__ import annotations
 
 import csv
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from bus_nnunet.errors import UserError
 
@@ -63,6 +64,31 @@ def case_classes_for(path, case_ids) -> Dict[str, str]:
                         f"(e.g. {', '.join(unknown[:3])}); pass this dataset's manifest.csv, which bus-nnunet "
                         f"convert writes next to its dataset.json")
     return case_classes(path)
+
+
+def classification_labels(path, case_ids: Sequence[str]) -> Tuple[List[str], Dict[str, int]]:
+    """Class names and ``case_id -> class index`` of ``case_ids`` for a classifying trainer.
+
+    The rule every classifying trainer shares: benign = 0, malignant = 1, and normal = 2 only if
+    one of ``case_ids`` is normal.  A UserError (one line) names the manifest and the cases that
+    have no class, or a case with a class outside :data:`CLASS_NAMES`.
+    """
+    classes = case_classes(path)
+    missing = [c for c in case_ids if c not in classes]
+    if missing:
+        which = (f"any of the {len(case_ids)}" if len(missing) == len(case_ids) else
+                 f"{len(missing)} of the {len(case_ids)}")
+        raise UserError(f"manifest {path} gives no class for {which} training cases: {', '.join(missing[:5])}"
+                        + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                        + f"; classifying trainers need {'/'.join(CLASS_NAMES)} for every training case: fill the "
+                          f"'class' column or point {MANIFEST_ENV} at a manifest that has it")
+    unknown = sorted({classes[c] for c in case_ids} - set(CLASS_NAMES))
+    if unknown:
+        case = next(c for c in case_ids if classes[c] == unknown[0])
+        raise UserError(f"manifest {path}: case {case!r} has class {unknown[0]!r}; classifying trainers know "
+                        f"{', '.join(CLASS_NAMES)}")
+    names = list(CLASS_NAMES[:2]) + (["normal"] if any(classes[c] == "normal" for c in case_ids) else [])
+    return names, {c: names.index(classes[c]) for c in case_ids}
 
 
 def find_manifest(dataset_name: str, raw_root: Optional[str] = None, must_exist: bool = False) -> Path:

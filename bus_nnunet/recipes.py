@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["PaperBudget", "Recipe", "EpochLRScheduler", "lr_at_epoch", "lr_by_epoch", "step_milestones",
+__all__ = ["PaperBudget", "Classification", "Recipe", "EpochLRScheduler", "lr_at_epoch", "lr_by_epoch", "step_milestones",
            "describe_schedule", "build_optimizer", "NNUNET_RECIPE"]
 
 
@@ -43,6 +43,52 @@ class PaperBudget:
                 f"{self.epochs} x {self.batches_per_epoch} = {self.steps:,} steps")
 
 
+#: how the classification loss joins the segmentation loss
+CLASSIFICATION_WEIGHTINGS = ("fixed", "uncertainty")
+#: class weights of the classification cross-entropy
+CLASSIFICATION_CLASS_WEIGHTS = ("none", "balanced")
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The image-level classification task of a joint trainer (``<Trainer>_Cls*``, ACSNet).
+
+    * ``weighting="fixed"``: loss = segmentation + ``weight`` x cross-entropy (``weight`` is lambda);
+    * ``weighting="uncertainty"``: ACSNet's learnable weights ``0.5/sigma_t^2 L_t + log(1 + sigma_t^2)``
+      over the two task losses (``weight`` unused); the segmentation loss is then reported as
+      ``1 - Dice`` so that every term stays >= 0;
+    * ``class_weights="balanced"``: cross-entropy weighted by ``n / (K n_k)`` from the training
+      fold's class counts (scikit-learn's ``compute_class_weight("balanced")``), for imbalanced sets;
+    * ``dropout``: before the linear layer of a generic head (global average pooling -> dropout ->
+      linear); a network with its own classification branch (ACSNet) ignores it.
+    """
+
+    weight: float = 1.0
+    weighting: str = "fixed"
+    class_weights: str = "none"
+    dropout: float = 0.2
+
+    def __post_init__(self):
+        if self.weighting not in CLASSIFICATION_WEIGHTINGS:
+            raise ValueError(f"weighting={self.weighting!r}: one of {CLASSIFICATION_WEIGHTINGS}")
+        if self.class_weights not in CLASSIFICATION_CLASS_WEIGHTS:
+            raise ValueError(f"class_weights={self.class_weights!r}: one of {CLASSIFICATION_CLASS_WEIGHTS}")
+        if not self.weight >= 0:
+            raise ValueError(f"weight={self.weight}: the classification loss weight must be >= 0")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout}: a probability in [0, 1)")
+
+    def describe(self) -> str:
+        """The classification loss in words (``bus-nnunet trainers --show``)."""
+        ce = "class-weighted cross-entropy (balanced on the training fold)" if self.class_weights == "balanced" \
+            else "cross-entropy"
+        if self.weighting == "uncertainty":
+            return (f"segmentation and classification {ce} combined by learnable uncertainty weights "
+                    "0.5/sigma_t^2 * L_t + log(1 + sigma_t^2) (sigma trained with the network, init 1; "
+                    "segmentation Dice as 1 - Dice so every term is >= 0)")
+        return f"segmentation + {self.weight:g} x classification {ce}"
+
+
 @dataclass(frozen=True)
 class Recipe:
     optimizer: str = "sgd"            # "sgd" | "adam" | "adamw"
@@ -62,6 +108,7 @@ class Recipe:
     dice_weight: float = 1.0
     grad_clip: float = 12.0
     paper_budget: Optional[PaperBudget] = None
+    classification: Optional[Classification] = None  # set for joint segmentation + classification
 
     def __post_init__(self):
         if any(not 0 < f < 1 for f in self.step_at) or list(self.step_at) != sorted(self.step_at):

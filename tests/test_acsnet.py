@@ -124,14 +124,16 @@ def _manifest(tmp_path, rows):
 
 
 def test_manifest_labels_and_clear_errors(tmp_path):
-    from bus_nnunet.trainers.acsnet import classification_labels
-    path = _manifest(tmp_path, [("a", "malignant"), ("b", "Benign"), ("c", "normal"), ("d", "")])
+    from bus_nnunet.manifest import classification_labels  # the rule every classifying trainer uses
+    path = _manifest(tmp_path, [("a", "malignant"), ("b", "Benign"), ("c", "normal"), ("d", ""), ("e", "")])
     names, labels = classification_labels(path, ["a", "b"])
     assert names == ["benign", "malignant"] and labels == {"a": 1, "b": 0}
     names, labels = classification_labels(path, ["a", "b", "c"])  # normal only when a training case is normal
     assert names == ["benign", "malignant", "normal"] and labels == {"a": 1, "b": 0, "c": 2}
-    with pytest.raises(UserError, match=r"manifest .*manifest\.csv gives no class for training case 'd'"):
-        classification_labels(path, ["a", "d"])
+    with pytest.raises(UserError, match=r"manifest .*manifest\.csv gives no class for 2 of the 3 training cases: d, e;"):
+        classification_labels(path, ["a", "d", "e"])
+    with pytest.raises(UserError, match=r"gives no class for any of the 2 training cases: d, e;"):
+        classification_labels(path, ["d", "e"])
     path2 = _manifest(tmp_path, [("a", "birads4")])
     with pytest.raises(UserError, match="'a' has class 'birads4'"):
         classification_labels(path2, ["a"])

@@ -10,7 +10,7 @@
 
       class SSNetTrainer(BusNetworkTrainer):
           network_name = "ssnet"
-          recipe = Recipe(optimizer="adamw", lr=1e-4, weight_decay=1e-4, schedule="cosine")
+          recipe = Recipe(optimizer="adamw", lr=1e-4, weight_decay=1e-2, schedule="cosine")
 
 Pretrained weights (``bus_nnunet.weights``): a trainer with ``pretrained_env`` loads its network's
 registered ImageNet weights from that variable's file, else from the shared cache, else warns and
@@ -18,7 +18,8 @@ trains from scratch; ``BUS_NNUNET_PRETRAINED=none`` trains from scratch on purpo
 
 Schedule overrides (environment, for CPU smoke runs; logged when used):
 ``BUS_NNUNET_NUM_EPOCHS``, ``BUS_NNUNET_NUM_ITERATIONS`` (per epoch),
-``BUS_NNUNET_NUM_VAL_ITERATIONS``.
+``BUS_NNUNET_NUM_VAL_ITERATIONS``, read and checked once by :func:`schedule_overrides` (also for
+nnU-Net's own trainers, by ``bus_nnunet.harness.budget_train``).
 
 Schedule variants: every trainer also exists as ``<Trainer>_1epoch``, ``_5epochs``,
 ``_100epochs`` and ``_250epochs`` (nnU-Net's naming).  They are made with ``type()`` by
@@ -53,7 +54,7 @@ from bus_nnunet.network_architectures import create_model, model_info, snap_patc
 from bus_nnunet.recipes import NNUNET_RECIPE, EpochLRScheduler, Recipe, build_optimizer
 
 __all__ = ["UltrasoundAugmentationMixin", "BusNetworkTrainer", "OneMinusDiceLoss", "unwrap_network",
-           "TrainerSetupError"]
+           "segmentation_network", "schedule_overrides", "TrainerSetupError"]
 
 
 class TrainerSetupError(UserError, SystemExit):
@@ -75,6 +76,24 @@ SCHEDULE_ENV = {
     "num_iterations_per_epoch": "BUS_NNUNET_NUM_ITERATIONS",
     "num_val_iterations_per_epoch": "BUS_NNUNET_NUM_VAL_ITERATIONS",
 }
+
+
+def schedule_overrides(environ=os.environ) -> Dict[str, Tuple[int, str]]:
+    """``attr -> (value, "VARIABLE=value")`` for the ``BUS_NNUNET_NUM_*`` schedule variables that are set;
+    a ValueError names a variable that is not an integer >= 1."""
+    overrides = {}
+    for attr, env in SCHEDULE_ENV.items():
+        value = environ.get(env)
+        if not value:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{env}={value!r} is not an integer") from None
+        if number < 1:
+            raise ValueError(f"{env}={value!r}: must be at least 1")
+        overrides[attr] = (number, f"{env}={value}")
+    return overrides
 
 
 class OneMinusDiceLoss(nn.Module):
@@ -100,6 +119,14 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     if isinstance(network, OptimizedModule):
         network = network._orig_mod
     return network
+
+
+def segmentation_network(network: nn.Module) -> nn.Module:
+    """The segmentation network behind DDP, torch.compile and a classifying variant's head
+    (``trainers.classification.ClassifyingNetwork``): what deep supervision and pretrained
+    weights act on."""
+    network = unwrap_network(network)
+    return getattr(network, "segmentation_network", network)
 
 
 class AtomicCheckpointMixin:
@@ -160,6 +187,9 @@ class UltrasoundAugmentationMixin(AtomicCheckpointMixin):
     variant_num_epochs: Optional[int] = None
     #: the training recipe (nnU-Net's own unless a subclass states its paper's)
     recipe: Recipe = NNUNET_RECIPE
+    #: report the Dice term as dice_weight * (1 - Dice) >= 0 instead of nnU-Net's -Dice (same gradients);
+    #: needed where the loss feeds something that is only valid for losses >= 0 (uncertainty weighting)
+    nonnegative_loss: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -175,15 +205,7 @@ class UltrasoundAugmentationMixin(AtomicCheckpointMixin):
             lengths["num_epochs"] = (cls.recipe.num_epochs, "recipe")
         if cls.variant_num_epochs:
             lengths["num_epochs"] = (cls.variant_num_epochs, f"variant {cls.__name__}")
-        for attr, env in SCHEDULE_ENV.items():
-            value = os.environ.get(env)
-            if value:
-                try:
-                    lengths[attr] = (int(value), f"{env}={value}")
-                except ValueError:
-                    raise ValueError(f"{env}={value!r} is not an integer") from None
-                if lengths[attr][0] < 1:
-                    raise ValueError(f"{env}={value!r}: must be at least 1")
+        lengths.update(schedule_overrides())
         return lengths
 
     # -- what the trainer will do, for `bus-nnunet trainers --show` --------------------------------
@@ -214,6 +236,39 @@ class UltrasoundAugmentationMixin(AtomicCheckpointMixin):
             setattr(self, attr, value)
             if source.startswith("BUS_NNUNET_"):
                 self.print_to_log_file(f"{source}: {attr} overridden (smoke-run setting)")
+
+    def set_configuration_entry(self, key: str, value) -> None:
+        """Set ``key`` in this run's configuration and in the plans saved with the model
+        (``plans.json`` in the results folder), so inference sees what training used."""
+        self.configuration_manager.configuration[key] = value
+        self.plans_manager.plans["configurations"][self.configuration_name][key] = value
+
+    def _build_loss(self):
+        """nnU-Net's loss (its trainers'), reported >= 0 with ``nonnegative_loss``."""
+        return self.nonnegative(super()._build_loss())
+
+    def nonnegative(self, loss: nn.Module) -> nn.Module:
+        """``loss`` with the Dice term as ``1 - Dice`` when ``nonnegative_loss`` is set. Outside nnU-Net's
+        deep supervision wrapper too: its weights sum to 1, so the offset is the same."""
+        return OneMinusDiceLoss(loss, self.recipe.dice_weight) if self.nonnegative_loss else loss
+
+    def autocast_context(self):
+        """nnU-Net's mixed precision: autocast on CUDA only (CPU autocast is slow, MPS unsupported)."""
+        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward pass, gradient clipping at ``recipe.grad_clip`` (nnU-Net's 12 in its own recipe) and
+        optimiser step, AMP-aware as nnU-Net's ``train_step``."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
+            self.optimizer.step()
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         if not self.ultrasound_augmentation or len(self.configuration_manager.patch_size) != 2:
@@ -261,9 +316,6 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
     pretrained_env: Optional[str] = None
     #: whether nnU-Net may torch.compile the network on CUDA
     allow_compile: bool = True
-    #: report the Dice term as dice_weight * (1 - Dice) >= 0 instead of nnU-Net's -Dice (same gradients);
-    #: needed where the loss feeds something that is only valid for losses >= 0 (uncertainty weighting)
-    nonnegative_loss: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -288,12 +340,6 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
         if new != old:
             self.set_configuration_entry("patch_size", list(new))
             self.print_to_log_file(f"patch size {list(old)} -> {list(new)} (what {self.network_name} accepts)")
-
-    def set_configuration_entry(self, key: str, value) -> None:
-        """Set ``key`` in this run's configuration and in the plans saved with the model
-        (``plans.json`` in the results folder), so inference sees what training used."""
-        self.configuration_manager.configuration[key] = value
-        self.plans_manager.plans["configurations"][self.configuration_name][key] = value
 
     # -- network -------------------------------------------------------------------------------------
     @classmethod
@@ -332,7 +378,7 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
                 f"{np.round(weights / weights.sum(), 3).tolist()}")
 
     def set_deep_supervision_enabled(self, enabled: bool):
-        mod = unwrap_network(self.network)
+        mod = segmentation_network(self.network)
         if hasattr(mod, "deep_supervision"):
             mod.deep_supervision = bool(enabled and self.enable_deep_supervision)
 
@@ -361,8 +407,7 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
                                    "do_bg": False, "ddp": self.is_ddp}, {},
                                   weight_ce=r.ce_weight, weight_dice=r.dice_weight,
                                   ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
-        if self.nonnegative_loss:
-            loss = OneMinusDiceLoss(loss, r.dice_weight)
+        loss = self.nonnegative(loss)
         if self.enable_deep_supervision:
             n = len(self._get_deep_supervision_scales())
             weights = np.array(self.deep_supervision_weights if self.deep_supervision_weights is not None
@@ -379,10 +424,6 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
         optimizer = build_optimizer(self.recipe, [p for p in self.network.parameters() if p.requires_grad])
         return optimizer, EpochLRScheduler(optimizer, self.recipe, self.num_epochs)
 
-    def autocast_context(self):
-        """nnU-Net's mixed precision: autocast on CUDA only (CPU autocast is slow, MPS unsupported)."""
-        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else contextlib.nullcontext()
-
     def train_step(self, batch: dict) -> dict:
         """nnU-Net's training step, with the recipe's gradient-clipping norm (nnU-Net hard-codes 12)."""
         data = batch["data"].to(self.device, non_blocking=True)
@@ -394,19 +435,6 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
             loss = self.loss(self.network(data), target)
         self.backward_and_step(loss)
         return {"loss": loss.detach().cpu().numpy()}
-
-    def backward_and_step(self, loss: torch.Tensor) -> None:
-        """Backward pass, gradient clipping at ``recipe.grad_clip`` and optimiser step (AMP-aware)."""
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
-            self.optimizer.step()
 
     # -- pretrained weights (bus_nnunet.weights: env variable > cache > from scratch) ----------------
     @classmethod
@@ -441,7 +469,7 @@ class BusNetworkTrainer(UltrasoundAugmentationMixin, nnUNetTrainer):
         self._maybe_load_pretrained()
 
     def _maybe_load_pretrained(self):
-        network = unwrap_network(self.network)
+        network = segmentation_network(self.network)
         for part, r in self.pretrained_resolutions:
             if r.path is None:
                 continue
