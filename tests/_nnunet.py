@@ -34,6 +34,20 @@ class PlannedDataset:
         results.mkdir(parents=True, exist_ok=True)
         return {**self.env, "nnUNet_results": str(results)}
 
+    def build_trainer(self, cls, tmp_path: Path, monkeypatch, edit_plans=None):
+        """A ``cls`` trainer for this dataset's 2d plans, fold 0, on CPU, built as nnU-Net's API builds
+        it (env from :meth:`results_env`); ``edit_plans(plans)`` may change the plans first."""
+        import json
+        import torch
+        for k, v in self.results_env(tmp_path).items():
+            monkeypatch.setenv(k, v)
+        pre = Path(self.env["nnUNet_preprocessed"]) / self.raw.name
+        plans = json.loads((pre / "nnUNetPlans.json").read_text())
+        plans["continue_training"] = False
+        if edit_plans is not None:
+            edit_plans(plans)
+        return cls(plans, "2d", 0, json.loads((pre / "dataset.json").read_text()), torch.device("cpu"))
+
 
 def plan_synthetic_dataset(root: Path, n_cases=12, size=(64, 64), n_test=2) -> PlannedDataset:
     env = make_env(root)

@@ -181,22 +181,16 @@ def test_build_network_architecture_from_the_plans(tiny_network):
 def test_trainer_snaps_patch_into_saved_plans_and_wires_deep_supervision(tiny_network, planned_dataset, tmp_path,
                                                                           monkeypatch):
     """Instantiated directly (nnU-Net's API route): the snapped patch is what plans.json will hold."""
-    import json
     from bus_nnunet.trainers.base import BusNetworkTrainer
-
-    for k, v in planned_dataset.results_env(tmp_path).items():
-        monkeypatch.setenv(k, v)
-    pre = Path(planned_dataset.env["nnUNet_preprocessed"]) / "Dataset990_SyntheticUS"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["configurations"]["2d"]["patch_size"] = [64, 72]  # not a multiple of 16
-    plans["continue_training"] = False
-    dataset_json = json.loads((pre / "dataset.json").read_text())
 
     class TinyTrainer(BusNetworkTrainer):
         network_name = tiny_network
         recipe = Recipe(optimizer="adam", lr=1e-3, schedule="cosine", num_epochs=10)
 
-    trainer = TinyTrainer(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    def unsnapped_patch(plans):
+        plans["configurations"]["2d"]["patch_size"] = [64, 72]  # not a multiple of 16
+
+    trainer = planned_dataset.build_trainer(TinyTrainer, tmp_path, monkeypatch, edit_plans=unsnapped_patch)
     assert trainer.configuration_manager.patch_size == [64, 64]
     assert trainer.plans_manager.plans["configurations"]["2d"]["patch_size"] == [64, 64]
     assert trainer.num_epochs == 10 and trainer.initial_lr == 1e-3
@@ -262,16 +256,10 @@ def test_speckle_is_unit_mean_multiplicative_and_gain_scales_around_floor():
 
 
 def test_us_trainer_mirrors_laterally_only_and_limits_rotation(planned_dataset, tmp_path, monkeypatch):
-    import json
     from bus_nnunet.trainers import nnUNetTrainerUS
     from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 
-    for k, v in planned_dataset.results_env(tmp_path).items():
-        monkeypatch.setenv(k, v)
-    pre = Path(planned_dataset.env["nnUNet_preprocessed"]) / "Dataset990_SyntheticUS"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    trainer = nnUNetTrainerUS(plans, "2d", 0, json.loads((pre / "dataset.json").read_text()), torch.device("cpu"))
+    trainer = planned_dataset.build_trainer(nnUNetTrainerUS, tmp_path, monkeypatch)
     rotation, dummy, initial, mirror = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert mirror == (1,) and trainer.inference_allowed_mirroring_axes == (1,)
     assert rotation[1] == pytest.approx(math.radians(15))
@@ -284,21 +272,14 @@ def test_us_trainer_mirrors_laterally_only_and_limits_rotation(planned_dataset, 
 
 
 def test_train_step_clips_gradients_at_the_recipe_norm(tiny_network, planned_dataset, tmp_path, monkeypatch):
-    import json
     from bus_nnunet.trainers.base import BusNetworkTrainer
-
-    for k, v in planned_dataset.results_env(tmp_path).items():
-        monkeypatch.setenv(k, v)
-    pre = Path(planned_dataset.env["nnUNet_preprocessed"]) / "Dataset990_SyntheticUS"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
 
     class ClippedTrainer(BusNetworkTrainer):
         network_name = tiny_network
         deep_supervision = False
         recipe = Recipe(optimizer="sgd", lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0, grad_clip=1e-3)
 
-    trainer = ClippedTrainer(plans, "2d", 0, json.loads((pre / "dataset.json").read_text()), torch.device("cpu"))
+    trainer = planned_dataset.build_trainer(ClippedTrainer, tmp_path, monkeypatch)
     trainer.initialize()
     before = [p.detach().clone() for p in trainer.network.parameters()]
     batch = {"data": torch.randn(2, 1, 64, 64) * 10, "target": (torch.rand(2, 1, 64, 64) > 0.5).float()}
