@@ -11,7 +11,7 @@ from bus_nnunet.network_architectures import create_model, model_info, snap_patc
 from bus_nnunet.network_architectures.anatosegnet import AnatomicalAttention
 
 
-def load_resnet50_weights(network, path) -> str:
+def load_encoder_report(network, path) -> str:
     """The registry entry's loader (the one the trainer uses), as its one-line report."""
     return str(model_info("anatosegnet").pretrained[0].load(network, path))
 
@@ -195,7 +195,7 @@ def test_load_torchvision_and_timm_resnet50(tmp_path, gray_net):
             p.add_(0.01)  # differ from any fresh init
     path = tmp_path / "tv_resnet50.pth"
     torch.save(ref.state_dict(), path)
-    report = load_resnet50_weights(gray_net, str(path))
+    report = load_encoder_report(gray_net, str(path))
     n_encoder = sum(1 for k in gray_net.encoder.state_dict() if not k.endswith("num_batches_tracked"))
     assert f"loaded {n_encoder}/{n_encoder}" in report and "folded from 3 to 1" in report
     torch.testing.assert_close(gray_net.encoder.conv1.weight, ref.conv1.weight.sum(1, keepdim=True))
@@ -207,14 +207,14 @@ def test_load_torchvision_and_timm_resnet50(tmp_path, gray_net):
     path = tmp_path / "timm_resnet50.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in timm_ref.state_dict().items()}}, path)
     net3 = create_model("anatosegnet", in_channels=3)
-    assert "loaded" in load_resnet50_weights(net3, str(path))
+    assert "loaded" in load_encoder_report(net3, str(path))
     torch.testing.assert_close(net3.encoder.conv1.weight, timm_ref.conv1.weight)
     torch.testing.assert_close(net3.encoder.layer3[5].conv2.weight, timm_ref.layer3[5].conv2.weight)
 
     bad = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), bad)
     with pytest.raises(ValueError, match="not a ResNet-50"):
-        load_resnet50_weights(gray_net, str(bad))
+        load_encoder_report(gray_net, str(bad))
 
 
 # -- nnU-Net CLI --------------------------------------------------------------------------------------

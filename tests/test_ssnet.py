@@ -12,7 +12,7 @@ from bus_nnunet.network_architectures.selective_scan import linear_scan, selecti
 from bus_nnunet.network_architectures.ssnet import DynamicTilesScan, hilbert_distance_table
 
 #: the one pretrained path: the registry entry's loader (what the trainer calls)
-load_pvt_v2_b2 = model_info("ssnet").pretrained[0].load
+load_backbone = model_info("ssnet").pretrained[0].load
 
 
 #: SS-Net at 1x3x256x256 (``in_channels=3, num_classes=1``): ``trainable_params`` is ``sum(p.numel())``;
@@ -228,7 +228,7 @@ def pvt_checkpoints(tmp_path_factory):
 def test_partial_transfer_loads_stages_1_2(pvt_checkpoints, layout):
     pvt = pvt_checkpoints.model
     rgb = create_model("ssnet", in_channels=3, num_classes=1, input_size=128)
-    report = load_pvt_v2_b2(rgb, str(getattr(pvt_checkpoints, layout)))
+    report = load_backbone(rgb, str(getattr(pvt_checkpoints, layout)))
     assert (report.tensors, report.parameters) == (152, 3_545_984)
     # the transferred encoder computes timm's stage-1/2 features
     x = torch.rand(1, 3, 64, 64)
@@ -240,7 +240,7 @@ def test_partial_transfer_loads_stages_1_2(pvt_checkpoints, layout):
     assert torch.allclose(e0, t0, atol=1e-5) and torch.allclose(e1, t1, atol=1e-5)
 
     gray = create_model("ssnet", in_channels=1, num_classes=2, input_size=128)
-    report = load_pvt_v2_b2(gray, str(getattr(pvt_checkpoints, layout)))
+    report = load_backbone(gray, str(getattr(pvt_checkpoints, layout)))
     assert report.tensors == 152 and report.parameters == 3_545_984 - 2 * 49 * 64
     stem = pvt.patch_embed.proj.weight
     assert torch.allclose(gray.backbone.patch_embed1.proj.weight, stem.sum(1, keepdim=True))
@@ -257,16 +257,16 @@ def test_partial_transfer_rejects_wrong_checkpoints(pvt_checkpoints, tmp_path):
     sd = torch.load(pvt_checkpoints.official)
     del sd["block2.3.mlp.fc2.weight"]
     with pytest.raises(ValueError, match="lacks 1 of the 152"):
-        load_pvt_v2_b2(model, sd)
+        load_backbone(model, sd)
     sd = torch.load(pvt_checkpoints.official)
     sd["block1.0.attn.kv.weight"] = torch.zeros(64, 64)
     with pytest.raises(ValueError, match=r"block1.0.attn.kv.weight: checkpoint shape \(64, 64\)"):
-        load_pvt_v2_b2(model, sd)
+        load_backbone(model, sd)
     b0 = timm.create_model("pvt_v2_b0", pretrained=False).state_dict()  # 32/64-dim stages, depths 2/2
     with pytest.raises(ValueError, match="lacks"):
-        load_pvt_v2_b2(model, b0)
+        load_backbone(model, b0)
     with pytest.raises(ValueError, match="lacks"):
-        load_pvt_v2_b2(model, {"conv.weight": torch.zeros(1)})
+        load_backbone(model, {"conv.weight": torch.zeros(1)})
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())  # nothing half-loaded
 
     from bus_nnunet.trainers.ssnet import SSNetTrainer
