@@ -389,11 +389,11 @@ def plans_complete(layout: Layout, dataset_id: int, plans: str, configuration: s
 
 
 # -- state -----------------------------------------------------------------------------------------
-def _process_alive(pid_file: Path) -> bool:
+def _process_alive(pid_file: Path, trust_other_hosts: bool = True) -> bool:
     try:
         pid, host = pid_file.read_text().split()
         if host != socket.gethostname():
-            return True  # another node's job: trust its pid file until it writes an exit status
+            return trust_other_hosts  # another node's job: its pid file, until it writes an exit status
         os.kill(int(pid), 0)
         return True
     except (OSError, ValueError):
@@ -427,8 +427,6 @@ def job_state(run, job: Job, slurm: Optional[Dict[str, Tuple[str, str]]] = None)
     done, stale = outputs_state(run, job)
     if done:
         return "done", ""
-    if job.pid_file.is_file() and _process_alive(job.pid_file):
-        return "running", ""
     job_id = submitted_id(job)
     if slurm is None:
         slurm = slurm_states([job_id]) if job_id else {}
@@ -437,6 +435,11 @@ def job_state(run, job: Job, slurm: Optional[Dict[str, Tuple[str, str]]] = None)
         if slurm_state == "PENDING" and reason == "DependencyNeverSatisfied":
             return "blocked", f"SLURM job {job_id} waits for a job that did not finish"
         return ("running" if slurm_state in RUNNING_STATES else "queued"), f"SLURM job {job_id} {slurm_state}"
+    # another node's pid file is trusted only while SLURM cannot say the job ended (a failed node
+    # leaves its pid file behind)
+    ended_on_slurm = bool(job_id) and (bool(slurm_state) or getattr(slurm, "answered", False))
+    if job.pid_file.is_file() and _process_alive(job.pid_file, trust_other_hosts=not ended_on_slurm):
+        return "running", ""
     if stale:
         return "stale", stale
     finished = exit_status(job)
