@@ -183,8 +183,9 @@ def ensemble_members(study, layout, train_id: int, plans: str) -> List[str]:
     return [t for t in study.trainers if t in best]  # in the trainers' order, as cv-report lists members
 
 
-def expected_inputs(study, layout, train_id: int, test_id: int, plans: str, model: str) -> Dict[str, object]:
-    """What the outputs of this job must be computed from, now."""
+def expected_inputs(run, train_id: int, test_id: int, plans: str, model: str) -> Dict[str, object]:
+    """What the outputs of this job of a :class:`bus_nnunet.study.run.StudyRun` must be computed from, now."""
+    study, layout = run.study, run.layout
     folds = prediction_folds(study)
     members = ensemble_members(study, layout, train_id, plans) if model == ENSEMBLE else [model]
     # the record every study job that uses trained models keeps (bus_nnunet.study.inputs)
@@ -193,17 +194,17 @@ def expected_inputs(study, layout, train_id: int, test_id: int, plans: str, mode
             "folds": folds, "checkpoints": checkpoints, "hd95": getattr(study, "hd95", None)}
 
 
-def outputs_state(study, layout, train_id: int, test_id: int, plans: str, model: str) -> Tuple[bool, Optional[str]]:
+def outputs_state(run, train_id: int, test_id: int, plans: str, model: str) -> Tuple[bool, Optional[str]]:
     """(done, stale reason): metrics.json is there and was computed from the checkpoints (and
     members) there now; else why its scores are out of date (None: not computed yet)."""
-    metrics = pair_folder(layout, train_id, test_id, plans, model) / "metrics.json"
+    metrics = pair_folder(run.layout, train_id, test_id, plans, model) / "metrics.json"
     if not metrics.is_file():
         return False, None
     try:
         recorded = json.loads(metrics.read_text()).get("inputs") or {}
     except ValueError:
         return False, None
-    expected = expected_inputs(study, layout, train_id, test_id, plans, model)
+    expected = expected_inputs(run, train_id, test_id, plans, model)
     if not expected["members"]:
         return False, None
     if recorded == expected:
@@ -214,9 +215,9 @@ def outputs_state(study, layout, train_id: int, test_id: int, plans: str, model:
     return False, why or "computed with other settings (folds, HD95) than the study's"
 
 
-def is_done(study, layout, train_id: int, test_id: int, plans: str, model: str) -> bool:
+def is_done(run, train_id: int, test_id: int, plans: str, model: str) -> bool:
     """metrics.json is there and was computed from the checkpoints (and members) there now."""
-    return outputs_state(study, layout, train_id, test_id, plans, model)[0]
+    return outputs_state(run, train_id, test_id, plans, model)[0]
 
 
 def _start(folder: Path, inputs: Dict[str, object]) -> None:
@@ -258,15 +259,16 @@ def _require_pair(layout, train_id: int, test_id: int, plans: str) -> None:
         raise UserError("; ".join(problems))
 
 
-def predict_pair(study, layout, train_id: int, test_id: int, plans: str, trainer: str, device: str = "cpu",
+def predict_pair(run, train_id: int, test_id: int, plans: str, trainer: str, device: str = "cpu",
                  log=print) -> Path:
     """A trainer's fold ensemble on every test image without a mask yet, then the scores."""
+    study, layout = run.study, run.layout
     from bus_nnunet import user_images as U
     from bus_nnunet.prediction import load_ensemble
     _require_pair(layout, train_id, test_id, plans)
     tests = external_images(layout, test_id)
     folder = pair_folder(layout, train_id, test_id, plans, trainer)
-    inputs = expected_inputs(study, layout, train_id, test_id, plans, trainer)
+    inputs = expected_inputs(run, train_id, test_id, plans, trainer)
     _start(folder, inputs)
     todo = [c for c in tests.images if not (folder / "masks" / f"{c}.png").is_file()]
     log(f"{trainer} ({layout.dataset_name(train_id)}, {plans}, folds {', '.join(inputs['folds'])}) on "
@@ -291,21 +293,22 @@ def member_probabilities(layout, train_id: int, test_id: int, plans: str, member
             yield np.asarray(f["probabilities"], np.float32)
 
 
-def ensemble_pair(study, layout, train_id: int, test_id: int, plans: str, log=print) -> Path:
+def ensemble_pair(run, train_id: int, test_id: int, plans: str, log=print) -> Path:
     """The mean of the members' saved probabilities on every test image (the rule of
     ``bus-nnunet predict -m A -m B``: :func:`bus_nnunet.prediction.average_probabilities`), labelled
     by nnU-Net's label manager of the first member's plans, then the scores."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from bus_nnunet.prediction import average_probabilities
+    study, layout = run.study, run.layout
     _require_pair(layout, train_id, test_id, plans)
     tests = external_images(layout, test_id)
-    inputs = expected_inputs(study, layout, train_id, test_id, plans, ENSEMBLE)
+    inputs = expected_inputs(run, train_id, test_id, plans, ENSEMBLE)
     members = inputs["members"]
     if not members:
         raise UserError(f"no cross-validation report for {layout.dataset_name(train_id)} {plans} "
                         f"({layout.cv_report(train_id, plans)}): the ensemble's members are its best trainers")
-    pending = [t for t in members if not is_done(study, layout, train_id, test_id, plans, t)]
+    pending = [t for t in members if not is_done(run, train_id, test_id, plans, t)]
     if pending:
         raise UserError(f"the ensemble's members {', '.join(pending)} have no finished external predictions on "
                         f"{tests.name}; run their external jobs first")
@@ -380,8 +383,7 @@ def command(study_file, train_id: int, test_id: int, plans: str, model: str) -> 
 
 
 def main(argv=None) -> int:
-    from bus_nnunet.study.config import load_study
-    from bus_nnunet.study.jobs import Layout
+    from bus_nnunet.study.run import StudyRun
     parser = argparse.ArgumentParser(prog="python -m bus_nnunet.study.external_validation",
                                      description="one external-validation job of a study (run by bus-nnunet study)")
     parser.add_argument("action", choices=("predict", "ensemble"))
@@ -392,15 +394,14 @@ def main(argv=None) -> int:
     parser.add_argument("--trainer", help="predict: the trainer whose fold ensemble predicts")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    study = load_study(args.study_file)
-    layout = Layout(study)
+    run = StudyRun.load(args.study_file)
     try:
         if args.action == "predict":
             if not args.trainer:
                 parser.error("predict needs --trainer")
-            predict_pair(study, layout, args.train, args.test, args.plans, args.trainer, args.device)
+            predict_pair(run, args.train, args.test, args.plans, args.trainer, args.device)
         else:
-            ensemble_pair(study, layout, args.train, args.test, args.plans)
+            ensemble_pair(run, args.train, args.test, args.plans)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

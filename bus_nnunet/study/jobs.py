@@ -339,7 +339,7 @@ def outputs_state(run, job: Job) -> Tuple[bool, Optional[str]]:
         return folder is not None and (folder / "checkpoint_final.pth").is_file() and \
             (folder / "validation" / "summary.json").is_file(), None
     if job.stage == "external":
-        return EV.outputs_state(study, layout, job.dataset_id, job.test_id, job.plans, job.trainer)
+        return EV.outputs_state(run, job.dataset_id, job.test_id, job.plans, job.trainer)
     if job.stage == "summary":
         page = layout.output / "summary.html"
         inputs = [layout.cv_report(d, study.trained_plans(p)) / "metrics.json" for d in EV.trained_datasets(study)
