@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -203,3 +204,12 @@ def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
 
 def atomic_write_json(path, obj, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def sha256_of(path) -> str:
+    """The file's SHA-256 hex digest, read in 1 MiB blocks (weights checks, conversion manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

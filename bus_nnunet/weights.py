@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bus_nnunet.errors import UserError
-from bus_nnunet.io_utils import give_umask_mode, remove_stale_partials
+from bus_nnunet.io_utils import give_umask_mode, remove_stale_partials, sha256_of
 
 WEIGHTS_DIR_ENV = "BUS_NNUNET_WEIGHTS_DIR"
 PRETRAINED_ENV = "BUS_NNUNET_PRETRAINED"
@@ -83,14 +83,6 @@ def _timm_version() -> str:
 # -- cache ---------------------------------------------------------------------------------------------
 def weights_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get(WEIGHTS_DIR_ENV) or DEFAULT_WEIGHTS_DIR).expanduser()
-
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=64)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import io
 import os
 import re
@@ -45,19 +44,11 @@ from bus_nnunet.dataset_conversion.splits import (DEFAULT_PHASH_DISTANCE, UnionF
                                                   make_folds, pixel_sha256)
 from bus_nnunet.errors import UserError
 from bus_nnunet.image_io import read_image, read_mask, resize_nearest
-from bus_nnunet.io_utils import OVERWRITE_HELP
+from bus_nnunet.io_utils import OVERWRITE_HELP, sha256_of
 from bus_nnunet.masks import MASK_THRESHOLD
 
 __all__ = ["Options", "Result", "convert", "conversion_inputs", "drop_normal_cases", "read_case", "group_cases",
            "split_cases", "write_case", "write_dataset", "ProcessedCase", "Grouping", "Split"]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,7 +351,7 @@ def write_case(folder: Path, p: ProcessedCase, split: str, source: Path, cv_fold
            "source_image": _relative(case.image, source),
            "source_masks": ";".join(_relative(m, source) for m in case.masks),
            "patient_id": case.patient_id, "birads": case.birads,
-           "height": image.shape[0], "width": image.shape[1], "sha256": file_sha256(case.image),
+           "height": image.shape[0], "width": image.shape[1], "sha256": sha256_of(case.image),
            "n_masks": len(case.masks), "mask_resized_from": ";".join(p.resized_from),
            "lesion_pixels": int(label.sum()), "cv_fold": cv_fold, "duplicate_group": duplicate_group}
     row.update(case.extra)

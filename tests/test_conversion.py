@@ -499,13 +499,13 @@ KILLED_CONVERT = """
 import sys, time
 import bus_nnunet.dataset_conversion.pipeline as pipeline
 from bus_nnunet.cli import main
-real = pipeline.file_sha256
+real = pipeline.sha256_of
 def slow(path):  # writing slowed down inside the subprocess: it is killed half way
     if path.name == "Test_Image_3.png":
         print("converting", flush=True)
         time.sleep(60)
     return real(path)
-pipeline.file_sha256 = slow
+pipeline.sha256_of = slow
 sys.exit(main(["convert", "stu", sys.argv[1], "-o", sys.argv[2], "--no-progress", "--folds", "3"]))
 """
 
