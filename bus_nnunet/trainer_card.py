@@ -80,6 +80,7 @@ def trainer_card(name: str, in_channels: int = 1, num_classes: int = 2, patch_si
         "lr_by_epoch": lrs,
         "budget": budget,
         "loss": cls.loss_terms(),
+        "classification": classification_card(cls),
         "deep_supervision": cls.deep_supervision_description(),
         "augmentation": (f"ultrasound: rotation +-{augmentation.US_MAX_ROTATION_DEG:g} deg, lateral mirroring only, "
                          "speckle / gain / depth attenuation, on top of nnU-Net's intensity and scaling transforms"
@@ -88,6 +89,18 @@ def trainer_card(name: str, in_channels: int = 1, num_classes: int = 2, patch_si
         "pretrained_weights_env": cls.pretrained_weights_envs(),
         "pretrained_weights": pretrained_state(cls),
     }
+
+
+def classification_card(cls):
+    """The class head and loss of a classifying trainer (``<Trainer>_Cls*``, ACSNet); None otherwise."""
+    task = cls.recipe.classification
+    if task is None:
+        return None
+    return {"head": cls.classifier_description(), "dropout": task.dropout,
+            "lambda": None if task.weighting == "uncertainty" else task.weight,
+            "weighting": task.weighting, "class_weights": task.class_weights, "loss": task.describe(),
+            "classes": "from the dataset's manifest.csv: benign, malignant, and normal when a training case is "
+                       "normal (saved in the model's plans.json)"}
 
 
 def pretrained_state(cls) -> list:
@@ -123,6 +136,13 @@ def format_card(card: Dict[str, object]) -> str:
     lines.append("  loss             " + " + ".join(f"{t['weight']:g} x {t['term']}" for t in card["loss"]
                                                       if "weight" in t))
     lines += [f"                   {t['note']}" for t in card["loss"] if "note" in t]
+    task = card.get("classification")
+    if task:
+        lines += [f"  classification   weighting {task['weighting']}, lambda "
+                  f"{task['lambda'] if task['lambda'] is not None else '- (learned)'}, class weights "
+                  f"{task['class_weights']}; head: {task['head']}"
+                  + (f" (dropout {task['dropout']:g})" if task['head'].startswith("global") else ""),
+                  f"                   classes {task['classes']}"]
     lines += [f"  deep supervision {card['deep_supervision']}",
               f"  augmentation     {card['augmentation']}",
               f"  test-time mirror axes {card['test_time_mirroring_axes']}"]

@@ -52,7 +52,7 @@ from bus_nnunet.errors import UserError
 from bus_nnunet.trainers.base import TrainerSetupError, unwrap_network
 
 __all__ = ["ClassificationHead", "ClassifyingNetwork", "ClassifyingTrainerMixin", "PlansUNetClassifyingMixin",
-           "RegistryNetworkClassifyingMixin", "LOGGED_METRICS"]
+           "RegistryNetworkClassifyingMixin", "combine_task_losses", "classifying_mixin_for", "LOGGED_METRICS"]
 
 LOGGED_METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
 
@@ -163,6 +163,14 @@ class ClassifyingNetwork(nn.Module):
         return self.forward(x, return_classification=True)[1]
 
 
+def combine_task_losses(task, network: nn.Module, seg_loss: torch.Tensor, cls_loss: torch.Tensor) -> torch.Tensor:
+    """The training loss of ``task`` (:class:`bus_nnunet.recipes.Classification`): ``seg + lambda x cls``, or
+    the network's ``loss_weighting`` (ACSNet's uncertainty weights, which refuse a negative task loss)."""
+    if task.weighting == "uncertainty":
+        return unwrap_network(network).loss_weighting(seg_loss, cls_loss)
+    return seg_loss + task.weight * cls_loss
+
+
 class ClassifyingTrainerMixin:
     """Image classification beside nnU-Net's segmentation training (put it first in the bases).
 
@@ -233,8 +241,8 @@ class ClassifyingTrainerMixin:
         weight = 1.0 if task.weighting == "uncertainty" else task.weight
         ce = "classification cross-entropy" + (" (class-weighted, balanced)" if task.class_weights == "balanced"
                                                else "")
-        return [{"term": f"(segmentation: {seg})", "weight": 1.0}, {"term": ce, "weight": weight},
-                {"note": task.describe()}, {"note": f"class head: {cls.classifier_description()}"}]
+        notes = [{"note": task.describe()}] if task.weighting == "uncertainty" else []
+        return [{"term": f"(segmentation: {seg})", "weight": 1.0}, {"term": ce, "weight": weight}, *notes]
 
     def class_weights(self) -> Optional[torch.Tensor]:
         """``n / (K n_k)`` over this fold's training cases (scikit-learn's "balanced"); a class without
@@ -256,10 +264,7 @@ class ClassifyingTrainerMixin:
         return self._class_weights.to(self.device)
 
     def combine_losses(self, seg_loss: torch.Tensor, cls_loss: torch.Tensor) -> torch.Tensor:
-        task = self.recipe.classification
-        if task.weighting == "uncertainty":
-            return unwrap_network(self.network).loss_weighting(seg_loss, cls_loss)
-        return seg_loss + task.weight * cls_loss
+        return combine_task_losses(self.recipe.classification, self.network, seg_loss, cls_loss)
 
     # -- training ------------------------------------------------------------------------------------
     def _labels_of(self, keys) -> torch.Tensor:

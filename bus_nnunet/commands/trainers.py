@@ -8,7 +8,7 @@ def register(subparsers):
     p = subparsers.add_parser("trainers", help="list bus-nnunet's nnU-Net trainers and their status")
     p.add_argument("--entry-folder", action="store_true",
                    help="print only the folder to put in nnUNet_extTrainer (for a manual export)")
-    p.add_argument("--variants", action="store_true", help="also list the schedule variants")
+    p.add_argument("--variants", action="store_true", help="also list the schedule and classifying variants")
     p.add_argument("--show", metavar="NAME", help="print what trainer NAME (or a _<N>epochs variant) will do: network, "
                                                   "optimiser, lr schedule, budget vs the paper's, loss, augmentation; "
                                                   "BUS_NNUNET_NUM_* overrides in the environment are applied")
@@ -55,13 +55,20 @@ def run(args) -> int:
         from bus_nnunet.errors import UserError
         raise UserError("--json goes with --show NAME")
     from bus_nnunet.reports import format_table
-    from bus_nnunet.trainers import SCHEDULE_VARIANT_EPOCHS, TRAINERS, _variant_name
+    from bus_nnunet.trainers import CLASSIFYING, CLASSIFYING_VARIANTS, SCHEDULE_VARIANT_EPOCHS, TRAINERS, _variant_name
     rows = trainer_rows()
     print(format_table(["trainer", "network", "status", "paper / notes"], rows))
     suffixes = ", ".join(_variant_name("", e) for e in SCHEDULE_VARIANT_EPOCHS)
     print(f"\nEach trainer also has schedule variants <Trainer>{suffixes.replace(', ', ', <Trainer>')}.")
+    print("Classifying variants (segmentation + benign/malignant[/normal] from the manifest; also of nnU-Net's "
+          "nnUNetTrainer):\n" + "\n".join(f"  <Trainer>_{suffix:<12} {task.describe()}"
+                                          for suffix, task in CLASSIFYING_VARIANTS.items())
+          + "\n  each with the schedule variants (<Trainer>_Cls_100epochs); ACSNetTrainer classifies already.")
     if args.variants:
         for name in sorted(TRAINERS):
             print("  " + ", ".join(_variant_name(name, e) for e in SCHEDULE_VARIANT_EPOCHS))
+        print("classifying variants:")
+        for name in sorted(CLASSIFYING):
+            print("  " + ", ".join([name] + [_variant_name(name, e) for e in SCHEDULE_VARIANT_EPOCHS]))
     print("Use: nnUNetv2_train DATASET 2d FOLD -tr <trainer> [-device cpu]")
     return 0
