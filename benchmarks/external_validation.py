@@ -77,19 +77,20 @@ def _dice(stat):
 
 def collect(study, layout, plans: str) -> dict:
     """Per model: in-domain cross-validation Dice (cv-report) and each external set's Dice."""
+    from bus_nnunet.evaluation.cross_validation_report import read_cross_validation_report
     from bus_nnunet.study import external_validation as X
     train_id = next(d.id for d in study.datasets if getattr(d, "train", True))
-    cv = json.loads((layout.cv_report(train_id, plans) / "metrics.json").read_text())
+    cv = read_cross_validation_report(layout.cv_report(train_id, plans))
     rows = {}
     for model in X.external_models(study):
         if model == X.ENSEMBLE:
-            entry = next((e for e in cv.get("ensembles", {}).values()
-                          if sorted(e["members"]) == sorted(X.ensemble_members(study, layout, train_id, plans))), None)
-            name = f"ensemble ({' + '.join(entry['members'])})" if entry else "ensemble"
+            members = sorted(X.ensemble_members(study, layout, train_id, plans))
+            row_name = next((n for n, e in cv.ensembles.items() if sorted(e["members"]) == members), None)
+            name = f"ensemble ({' + '.join(cv.ensembles[row_name]['members'])})" if row_name else "ensemble"
         else:
-            entry, name = cv["trainers"].get(model), model
-        row = {"model": model, "name": name,
-               "in_domain": _dice(entry["all_cases"]["per_image"]["dice"]) if entry else None, "external": {}}
+            row_name, name = model, model
+        row = {"model": model, "name": name, "in_domain": _dice(cv.per_image(row_name, "dice")) if row_name else None,
+               "external": {}}
         for test in (d.id for d in study.datasets if d.id != train_id):
             scores = X.read_scores(layout, train_id, test, plans, model)
             row["external"][layout.dataset_name(test)] = (

@@ -150,13 +150,13 @@ def pair_problems(layout, train_id: int, test_id: int, plans: str) -> List[str]:
 def cv_ranking(study, layout, train_id: int, plans: str) -> List[Tuple[str, float]]:
     """(trainer, mean per-image cross-validation Dice) from the dataset's cv-report, best first
     (ties in the study's trainer order); empty before the cv-report exists."""
-    metrics = layout.cv_report(train_id, plans) / "metrics.json"
-    if not metrics.is_file():
+    from bus_nnunet.evaluation.cross_validation_report import read_cross_validation_report
+    report = read_cross_validation_report(layout.cv_report(train_id, plans), missing_ok=True)
+    if report is None:
         return []
-    trainers = json.loads(metrics.read_text()).get("trainers", {})
     scored = []
     for trainer in study.trainers:
-        dice = (((trainers.get(trainer) or {}).get("all_cases") or {}).get("per_image") or {}).get("dice") or {}
+        dice = report.per_image(trainer, "dice") or {}
         if dice.get("mean") is not None:
             scored.append((trainer, float(dice["mean"])))
     return sorted(scored, key=lambda t: -t[1])
@@ -172,13 +172,14 @@ def ensemble_selection(study) -> Optional[str]:
 def ensemble_members(study, layout, train_id: int, plans: str) -> List[str]:
     """The study's ensemble on ``train_id``: the members cv-report chose for its ``best<k>`` row
     (empty before the cv-report exists); for a report without ensemble rows, the same rule."""
+    from bus_nnunet.evaluation.cross_validation_report import read_cross_validation_report
     selection = ensemble_selection(study)
-    metrics = layout.cv_report(train_id, plans) / "metrics.json"
-    if selection is None or not metrics.is_file():
+    report = read_cross_validation_report(layout.cv_report(train_id, plans), missing_ok=True)
+    if selection is None or report is None:
         return []
-    for entry in (json.loads(metrics.read_text()).get("ensembles") or {}).values():
-        if entry.get("selection") == selection:
-            return list(entry["members"])
+    name = report.ensemble_of(selection)
+    if name:
+        return list(report.ensembles[name]["members"])
     best = {t for t, _ in cv_ranking(study, layout, train_id, plans)[:int(selection[len("best"):])]}
     return [t for t in study.trainers if t in best]  # in the trainers' order, as cv-report lists members
 

@@ -34,15 +34,17 @@ def _mean_std(stat) -> str:
 
 
 def collect(study: Study, layout: J.Layout) -> Dict[str, object]:
-    """Per dataset: the cv-report of each plans, the ensemble result and the fold states."""
+    """Per dataset: the cv-report of each plans (:class:`CrossValidationReport`), the ensemble
+    result and the fold states."""
+    from bus_nnunet.evaluation.cross_validation_report import read_cross_validation_report
     datasets = []
     for ds in (d for d in study.datasets if d.train):  # test-only datasets have no cross-validation
         entry = {"id": ds.id, "name": layout.dataset_name(ds.id) or f"Dataset{ds.id:03d}", "plans": {},
                  "ensemble": None}
         for plans in map(study.trained_plans, study.plans):
-            metrics_file = layout.cv_report(ds.id, plans) / "metrics.json"
-            if metrics_file.is_file():
-                entry["plans"][plans] = json.loads(metrics_file.read_text())
+            report = read_cross_validation_report(layout.cv_report(ds.id, plans), missing_ok=True)
+            if report is not None:
+                entry["plans"][plans] = report
         info = layout.results / entry["name"] / "inference_information.json"
         if info.is_file():
             entry["ensemble"] = json.loads(info.read_text())
@@ -55,20 +57,19 @@ def results_rows(study: Study, entry) -> List[Dict[str, object]]:
     rows = []
     for plans, report in entry["plans"].items():
         for trainer in study.trainers:
-            summary = report["trainers"].get(trainer)
-            if not summary or not summary.get("all_cases"):
+            all_cases = report.all_cases(trainer)
+            if not all_cases:
                 rows.append({"plans": plans, "trainer": trainer, "n": 0})
                 continue
-            per_image = summary["all_cases"]["per_image"]
-            rows.append({"plans": plans, "trainer": trainer, "n": summary["all_cases"]["n_cases"],
-                         "folds": summary["folds_found"], **{m: per_image.get(m) for m, _ in METRICS}})
+            rows.append({"plans": plans, "trainer": trainer, "n": all_cases["n_cases"],
+                         "folds": report.trainers[trainer]["folds_found"],
+                         **{m: report.per_image(trainer, m) for m, _ in METRICS}})
         # cv-report's ensemble rows (--ensembles), scored on the same validation cases as the trainers
-        for name, summary in (report.get("ensembles") or {}).items():
-            if summary.get("all_cases"):
-                per_image = summary["all_cases"]["per_image"]
-                rows.append({"plans": plans, "trainer": name, "n": summary["all_cases"]["n_cases"],
+        for name, summary in report.ensembles.items():
+            if report.all_cases(name):
+                rows.append({"plans": plans, "trainer": name, "n": report.all_cases(name)["n_cases"],
                              "folds": summary["folds_found"], "folder": summary.get("folder"),
-                             **{m: per_image.get(m) for m, _ in METRICS}})
+                             **{m: report.per_image(name, m) for m, _ in METRICS}})
     return rows
 
 
@@ -81,8 +82,8 @@ def baseline_tests(study: Study, report) -> List[Dict[str, object]]:
     """cv-report's paired Dice tests of each trainer against the study's baseline."""
     base = study.baseline_trainer
     out = []
-    for c in report.get("comparisons", []):
-        if c["metric"] != "dice" or base not in (c["trainer_a"], c["trainer_b"]):
+    for c in report.paired_tests("dice"):
+        if base not in (c["trainer_a"], c["trainer_b"]):
             continue
         other = c["trainer_b"] if c["trainer_a"] == base else c["trainer_a"]
         sign = 1 if c["trainer_a"] == other else -1  # differences are a - b
@@ -96,11 +97,10 @@ def classification_section(cv_report: Path, report, plans: str) -> Tuple[List[st
     """cv-report's classification results (trainers that write validation/classification.csv):
     the AUC table with DeLong CIs, the paired DeLong tests, and its ROC and reliability figures."""
     from bus_nnunet.evaluation import classification_report as CR
-    section = report.get("classification")
+    section = report.classification
     if not section:
         return [], []
-    summaries = {name: entry["classification"] for group in ("trainers", "ensembles")
-                 for name, entry in (report.get(group) or {}).items() if entry.get("classification")}
+    summaries = report.classifiers()
     lines = [f"Classification, malignant vs rest ({plans}; out-of-fold p_malignant; AUC with DeLong's 95% CI; "
              f"@Youden: threshold chosen on the other folds' cases; ECE: {CR.N_BINS} equal-width bins):", "",
              markdown_table(CR.TABLE_HEADER, CR.table_rows(summaries)), ""]
@@ -194,17 +194,17 @@ def plot_worst_cases(layout: J.Layout, dataset_id: int, plans: str, trainer: str
 def cv_dice(study: Study, layout: J.Layout, plans: str, model: str) -> Dict[int, Optional[dict]]:
     """In-domain Dice per trained dataset (mean ± std over all folds' validation cases, from its
     cv-report) of a trainer, or of the ensemble where cv-report scored it."""
+    from bus_nnunet.evaluation.cross_validation_report import read_cross_validation_report
     from bus_nnunet.study import external_validation as EV
     out = {}
     for dataset_id in EV.trained_datasets(study):
-        metrics = layout.cv_report(dataset_id, plans) / "metrics.json"
-        report = json.loads(metrics.read_text()) if metrics.is_file() else {}
-        if model == EV.ENSEMBLE:  # cv-report's row of the same ensemble (--ensembles best<k>)
-            summary = next((e for e in (report.get("ensembles") or {}).values()
-                            if e.get("selection") == EV.ensemble_selection(study)), None)
-        else:
-            summary = (report.get("trainers") or {}).get(model)
-        out[dataset_id] = (((summary or {}).get("all_cases") or {}).get("per_image") or {}).get("dice")
+        report = read_cross_validation_report(layout.cv_report(dataset_id, plans), missing_ok=True)
+        if report is None:
+            out[dataset_id] = None
+            continue
+        # the ensemble: cv-report's row of the same ensemble (--ensembles best<k>)
+        name = report.ensemble_of(EV.ensemble_selection(study)) if model == EV.ENSEMBLE else model
+        out[dataset_id] = report.per_image(name, "dice") if name else None
     return out
 
 
@@ -441,7 +441,8 @@ def write_report(study: Study, layout: J.Layout, states: Dict[str, str], worst: 
         md += ["## External validation", "", *lines]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
     atomic_write_text(out / "summary.html", _html(study, md[:5], sections))
-    atomic_write_json(out / "summary.json", {"states": states, **data})
+    datasets = [{**d, "plans": {p: r.to_json() for p, r in d["plans"].items()}} for d in data["datasets"]]
+    atomic_write_json(out / "summary.json", {"states": states, "datasets": datasets})
     return out / "summary.html"
 
 
