@@ -88,6 +88,8 @@ def test_cv_report_paired_statistics_on_known_results(nnunet_env, tmp_path):
     assert main(["cv-report", "991", "-tr", "A", "B", "-f", "0", "1", "-o", str(out), "--bootstrap", "200",
                  "--no-progress"]) == 0
     report = json.loads((out / "metrics.json").read_text())
+    from bus_nnunet.evaluation.cross_validation_report import read_cross_validation_report
+    assert read_cross_validation_report(out).to_json() == report  # the reader gives back what the writer wrote
     assert report["trainers"]["B"]["over_folds"]["dice"]["mean"] == pytest.approx(0.75)
     assert report["trainers"]["B"]["dice_ci95"]["low"] == pytest.approx(0.75)
     dice = next(c for c in report["comparisons"] if c["metric"] == "dice")
