@@ -323,7 +323,7 @@ def test_cv_report_ensemble_rows_classify_with_the_mean_of_their_members(nnunet_
     report says why. (The ensembles' segmentation, which needs nnU-Net's validation
     probabilities, is tested in test_cv_ensembles; here it is the first member's.)"""
     from bus_nnunet.cli import main
-    from bus_nnunet.evaluation import cv_report as R
+    from bus_nnunet.evaluation import cross_validation as R
     from bus_nnunet.evaluation import ensembles as E
 
     def members_segmentation(ensemble, results, folder, **_):

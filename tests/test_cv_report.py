@@ -108,7 +108,7 @@ def test_cv_report_paired_statistics_on_known_results(nnunet_env, tmp_path):
 
 
 def test_p_values_are_never_printed_as_zero():
-    from bus_nnunet.evaluation.cv_report import format_p
+    from bus_nnunet.evaluation.cross_validation import format_p
     assert format_p(2.8e-11) == "<0.0001" and format_p(0.03125) == "0.0312" and format_p(float("nan")) == "-"
 
 

@@ -6,7 +6,7 @@ summary reads reports through :func:`read_cross_validation_report`.
 The report folder::
 
     metrics.json    CrossValidationReport.to_json(): the dataset, plans, configuration, folds and rules;
-                    "trainers" and "ensembles" (name -> entry: cv_report.trainer_summary, an ensemble's
+                    "trainers" and "ensembles" (name -> entry: cross_validation.trainer_summary, an ensemble's
                     members and selection, a classifier's "classification"), the paired "comparisons",
                     "pixel_auc", "montage_cases" and, with classifiers, the "classification" section
     per_case.csv    every scored case of every trainer and ensemble row (column "trainer" first)
@@ -39,9 +39,9 @@ class CrossValidationReport:
     folds: List[int]
     empty_truth: str                            # metrics.EMPTY_TRUTH_RULES key the rows were scored with
     hd95: str                                   # metrics.HD95_CONVENTIONS key
-    trainers: Dict[str, Dict[str, object]]      # trainer -> entry (cv_report.trainer_summary)
+    trainers: Dict[str, Dict[str, object]]      # trainer -> entry (cross_validation.trainer_summary)
     ensembles: Dict[str, Dict[str, object]]     # ensemble row -> entry (+ members, selection, ...)
-    comparisons: List[Dict[str, object]]        # cv_report.pairwise_comparisons
+    comparisons: List[Dict[str, object]]        # cross_validation.pairwise_comparisons
     pixel_auc: Dict[str, float]
     montage_cases: Dict[str, List[Dict[str, object]]]
     classification: Optional[Dict[str, object]] = None  # classifiers, rules, comparisons, notes, figures
@@ -100,7 +100,7 @@ class CrossValidationReport:
     def console_summary(self, output) -> str:
         """What ``cv-report`` prints when the report is written to ``output``."""
         from bus_nnunet.evaluation import classification_report as CR
-        from bus_nnunet.evaluation import cv_report as R
+        from bus_nnunet.evaluation import cross_validation as R
         from bus_nnunet.reports import markdown_table
         rows = {**self.trainers, **self.ensembles}
         lines = [markdown_table(R.RESULTS_HEADER, R.results_table_rows(rows))]
@@ -123,7 +123,7 @@ def make_cross_validation_report(dataset, trainers: Sequence[str], output, *, pl
     an existing folder only with ``overwrite``).  Bad input (unknown trainer, stale csv, a
     selection larger than the trainers) fails before anything is written."""
     from bus_nnunet.evaluation import classification_report as CR
-    from bus_nnunet.evaluation import cv_report as R
+    from bus_nnunet.evaluation import cross_validation as R
     from bus_nnunet.evaluation import ensembles as E
     from bus_nnunet.io_utils import atomic_output_dir, check_output_free
     from bus_nnunet.manifest import case_classes_for

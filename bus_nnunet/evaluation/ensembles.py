@@ -70,7 +70,7 @@ def mean_dice_by_trainer(results) -> Dict[str, float]:
 
 def choose_ensembles(results, selections: Sequence[str]) -> Tuple[List[Ensemble], List[str]]:
     """The ensembles to score for ``selections`` over the trainers of ``results``
-    (``trainer -> TrainerResults`` of :func:`bus_nnunet.evaluation.cv_report.collect`).
+    (``trainer -> TrainerResults`` of :func:`bus_nnunet.evaluation.cross_validation.collect`).
 
     Returns
     -------
@@ -203,7 +203,7 @@ def write_ensemble_predictions(ensemble: Ensemble, results, folder, *, progress:
 def score_ensemble(ensemble: Ensemble, results, folder, *, gt_dir, classes: Optional[Dict[str, str]] = None,
                    progress: bool = True):
     """Write the ensemble's validation segmentations (:func:`write_ensemble_predictions`) and score
-    them fold by fold exactly like a trainer's (:func:`cv_report.score_validation_fold`, the
+    them fold by fold exactly like a trainer's (:func:`cross_validation.score_validation_fold`, the
     members' empty-mask rule and HD95 convention).
 
     Returns
@@ -212,7 +212,7 @@ def score_ensemble(ensemble: Ensemble, results, folder, *, gt_dir, classes: Opti
         Named ``ensemble.name``, ``folder`` the ensemble's output folder; folds some member lacks
         are in ``folds_missing``.
     """
-    from bus_nnunet.evaluation import cv_report as R
+    from bus_nnunet.evaluation import cross_validation as R
     members = [results[t] for t in ensemble.members]
     rules = {"empty_truth": members[0].empty_truth, "hd95": members[0].hd95}
     written = write_ensemble_predictions(ensemble, results, folder, progress=progress)

@@ -368,7 +368,7 @@ def read_per_case(layout, train_id: int, test_id: int, plans: str, model: str) -
 def paired_tests(per_model: Dict[str, List[Dict[str, object]]]) -> List[Dict[str, object]]:
     """cv-report's paired tests (Wilcoxon, bootstrap CI, Holm within each metric) between the
     models tested on the same external images."""
-    from bus_nnunet.evaluation.cv_report import TrainerResults, pairwise_comparisons
+    from bus_nnunet.evaluation.cross_validation import TrainerResults, pairwise_comparisons
     results = {m: TrainerResults(m, Path("."), rows=[r for r in rows if isinstance(r.get("dice"), float)])
                for m, rows in per_model.items() if rows}
     return pairwise_comparisons(results, metrics=COMPARED_METRICS, n_resamples=2000)

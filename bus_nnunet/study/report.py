@@ -172,7 +172,7 @@ def plot_worst_cases(layout: J.Layout, dataset_id: int, plans: str, trainer: str
     """The ``n`` lowest-Dice validation cases of ``trainer`` (an ensemble row: its cv-report
     ``folder``): image / reference / prediction."""
     from bus_nnunet.evaluation import folder as F
-    from bus_nnunet.evaluation.cv_report import find_raw_image
+    from bus_nnunet.evaluation.cross_validation import find_raw_image
     per_case = layout.cv_report(dataset_id, plans) / "per_case.csv"
     name = layout.dataset_name(dataset_id)
     rows = [r for r in csv.DictReader(open(per_case)) if r["trainer"] == trainer]

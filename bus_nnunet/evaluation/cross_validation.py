@@ -1,5 +1,6 @@
-"""Cross-validation report over several nnU-Net trainers: per-fold and pooled metrics, paired
-statistics, Markdown/LaTeX tables and figures from the out-of-fold validation predictions.
+"""Cross-validation of several nnU-Net trainers, scored from their out-of-fold validation
+predictions: per-fold and pooled metrics, paired statistics, and the Markdown/LaTeX tables and
+figures that cv-report's report (:mod:`.cross_validation_report`) is made of.
 
 Layout read (nnU-Net's own)::
 
