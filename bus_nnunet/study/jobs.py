@@ -241,15 +241,14 @@ def build_jobs(run) -> List[Job]:
             [tool("nnUNetv2_find_best_configuration"), did, "-c", cfg, "-tr", *study.trainers, "-p", *trained_plans,
              "-f", *study.folds, "-np", study.executor.processes,
              *([] if "--npz" in study.nnunet_train_flags else ["--disable_ensembling"])],
-            trains, dataset_id=did).inputs = checkpoint_record(layout, did, trained_plans, study.trainers, study.folds)
+            trains, dataset_id=did)
         ensembles = ["--ensembles", EV.ensemble_selection(study)] if EV.ensemble_selection(study) else []
         for plans in trained_plans:
             add(f"report-{did}-{plans}", "report",
                 [tool("bus-nnunet"), "cv-report", did, "-tr", *study.trainers, "-p", plans, "-c", cfg,
                  "-f", *numbered, "-o", layout.cv_report(did, plans), "--overwrite",
                  "--hd95", study.hd95, *ensembles, "--no-progress"],
-                [k for k in trains if f"-{plans}-" in k], dataset_id=did, plans=plans
-                ).inputs = checkpoint_record(layout, did, [plans], study.trainers, numbered)
+                [k for k in trains if f"-{plans}-" in k], dataset_id=did, plans=plans)
     converted = {j.dataset_id: j.key for j in jobs if j.stage == "convert"}
     for train_id, test_id in EV.external_pairs(study):
         for plans in map(study.trained_plans, study.plans):
@@ -266,11 +265,27 @@ def build_jobs(run) -> List[Job]:
                     dataset_id=train_id, plans=plans, trainer=model, test_id=test_id)
                 predictions.append(key)
     add("summary", "summary", [tool("bus-nnunet"), "study", "report", study.file],
-        [j.key for j in jobs if j.stage in ("ensemble", "report", "external")]).inputs = {
-        k: v for did in EV.trained_datasets(study)
-        for k, v in checkpoint_record(layout, did, map(study.trained_plans, study.plans), study.trainers,
-                                      study.folds).items()}
+        [j.key for j in jobs if j.stage in ("ensemble", "report", "external")])
+    for job in jobs:
+        job.inputs = model_inputs(run, job)
     return jobs
+
+
+def model_inputs(run, job: Job) -> Optional[Record]:
+    """The record of the folds ``job`` is computed from, as they are on disk now (None: the job
+    uses no trained model; an external test keeps its record in its own metrics.json)."""
+    study, layout = run.study, run.layout
+    if job.stage == "ensemble":  # nnUNetv2_find_best_configuration: every trainer, plans and fold
+        return checkpoint_record(layout, job.dataset_id, map(study.trained_plans, study.plans), study.trainers,
+                                 study.folds)
+    if job.stage == "report":  # cv-report of one plans over the numbered folds
+        return checkpoint_record(layout, job.dataset_id, [job.plans], study.trainers,
+                                 [f for f in study.folds if f != "all"])
+    if job.stage == "summary":
+        return {k: v for did in EV.trained_datasets(study)
+                for k, v in checkpoint_record(layout, did, map(study.trained_plans, study.plans), study.trainers,
+                                              study.folds).items()}
+    return None
 
 
 def needs_gpu(job: Job) -> bool:
@@ -312,13 +327,14 @@ def _newest_checkpoint(record: Record) -> float:
     return max((mtime / 1e9 for _, mtime in record.values()), default=0.0)
 
 
-def _recorded(job: Job, marker: Path, name_of=None) -> Tuple[bool, Optional[str]]:
-    """(done, stale reason) of a job whose outputs exist (``marker``), from its record of inputs;
-    outputs without a record (made before records, or by hand) count when newer than every fold."""
-    recorded = read_record(job.inputs_file)
+def _recorded(run, job: Job, marker: Path, name_of=None) -> Tuple[bool, Optional[str]]:
+    """(done, stale reason) of a job whose outputs exist (``marker``), from its record of inputs
+    against the folds on disk now; outputs without a record (made before records, or by hand)
+    count when newer than every fold."""
+    recorded, current = read_record(job.inputs_file), model_inputs(run, job) or {}
     if recorded is None:
-        return marker.stat().st_mtime >= _newest_checkpoint(job.inputs or {}), None
-    why = stale_reason(recorded, job.inputs or {}, _WHAT[job.stage], name_of)
+        return marker.stat().st_mtime >= _newest_checkpoint(current), None
+    why = stale_reason(recorded, current, _WHAT[job.stage], name_of)
     return why is None, why
 
 
@@ -349,7 +365,7 @@ def outputs_state(run, job: Job) -> Tuple[bool, Optional[str]]:
                    for model in EV.external_models(study)]
         if not page.is_file() or not all(f.is_file() and f.stat().st_mtime <= page.stat().st_mtime for f in inputs):
             return False, None
-        return _recorded(job, page, name_of=lambda d: layout.dataset_name(d) or f"Dataset{d:03d}")
+        return _recorded(run, job, page, name_of=lambda d: layout.dataset_name(d) or f"Dataset{d:03d}")
     name = layout.dataset_name(job.dataset_id)
     if job.stage == "ensemble":
         marker = layout.results / name / "inference_information.json" if name else None
@@ -365,9 +381,9 @@ def outputs_state(run, job: Job) -> Tuple[bool, Optional[str]]:
         if considered != {(t, p) for t in study.trainers for p in trained} or \
                 [str(f) for f in info.get("folds", [])] != [str(f) for f in study.folds]:
             return False, None
-        return _recorded(job, marker)
+        return _recorded(run, job, marker)
     marker = layout.cv_report(job.dataset_id, job.plans) / "metrics.json"
-    return _recorded(job, marker) if marker.is_file() else (False, None)
+    return _recorded(run, job, marker) if marker.is_file() else (False, None)
 
 
 def plans_complete(layout: Layout, dataset_id: int, plans: str, configuration: str) -> bool:
