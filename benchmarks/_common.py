@@ -1,6 +1,6 @@
 """Shared helpers of the benchmark scripts: machine/version stamp, tables, subprocess runner and
 the fixed-budget ``nnUNetv2_train`` launcher (the runner, the tables and the launcher live in
-:mod:`bus_nnunet.harness` and :mod:`bus_nnunet.reports`, shared with the tests and the demo).
+:mod:`bus_nnunet.harness` and :mod:`bus_nnunet.text_tables`, shared with the tests and the demo).
 
 Run as a script, ``python benchmarks/_common.py budget-train <nnUNetv2_train arguments>`` is
 :func:`bus_nnunet.harness.budget_train`: ``nnUNetv2_train`` with the schedule overrides
@@ -20,7 +20,7 @@ from typing import Dict
 from bus_nnunet.harness import budget_train
 # the benchmark scripts import these from here
 from bus_nnunet.harness import run_tool as run_command  # noqa: F401
-from bus_nnunet.reports import markdown_table  # noqa: F401
+from bus_nnunet.text_tables import markdown_table  # noqa: F401
 
 
 def environment_stamp(device: str = "cpu") -> Dict[str, object]:

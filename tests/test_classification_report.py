@@ -276,7 +276,7 @@ def test_cv_report_and_study_summary_classification_section(nnunet_env, tmp_path
                                k != "nnUNet_def_n_proc"))
     from bus_nnunet.study import jobs as J
     from bus_nnunet.study.config import load_study
-    from bus_nnunet.study.report import write_report
+    from bus_nnunet.study.summary import write_report
     study = load_study(study_file)
     layout = J.Layout(study)
     import shutil

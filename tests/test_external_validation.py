@@ -298,7 +298,7 @@ def test_heatmap_is_in_the_summary_page(hospitals):
     from matplotlib import colormaps
 
     from _browser import screenshot_pixels
-    from bus_nnunet.study.report import EXTERNAL_CMAP
+    from bus_nnunet.study.summary import EXTERNAL_CMAP
     out = hospitals["out"]
     page = (out / "summary.html").read_text()
     assert 'alt="external_nnUNetPlans"' in page and "src=\"http" not in page

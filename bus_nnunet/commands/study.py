@@ -74,7 +74,7 @@ def show_status(args) -> int:
 
 
 def _print_status(run) -> int:
-    from bus_nnunet.reports import format_table
+    from bus_nnunet.text_tables import format_table
     from bus_nnunet.study import jobs as J
     layout = run.layout
     states = run.states()
@@ -107,7 +107,7 @@ def _print_status(run) -> int:
 
 
 def write_summary(args) -> int:
-    from bus_nnunet.study.report import write_report
+    from bus_nnunet.study.summary import write_report
     from bus_nnunet.study.run import StudyRun
     run = StudyRun.load(args.study_file)
     states = {k: s for k, (s, _) in run.states([j for j in run.jobs if j.stage != "summary"]).items()}

@@ -54,7 +54,7 @@ def run(args) -> int:
     if args.json:
         from bus_nnunet.errors import UserError
         raise UserError("--json goes with --show NAME")
-    from bus_nnunet.reports import format_table
+    from bus_nnunet.text_tables import format_table
     from bus_nnunet.trainers import CLASSIFYING, CLASSIFYING_VARIANTS, SCHEDULE_VARIANT_EPOCHS, TRAINERS, _variant_name
     rows = trainer_rows()
     print(format_table(["trainer", "network", "status", "paper / notes"], rows))

@@ -59,7 +59,7 @@ def listing() -> dict:
 
 
 def format_listing(data: dict) -> str:
-    from bus_nnunet.reports import format_table
+    from bus_nnunet.text_tables import format_table
     from bus_nnunet.weights import PRETRAINED_ENV, WEIGHTS_DIR_ENV
     rows = [(e["weights"], "cached" if e["cached"] else ("BROKEN" if e["problem"] else "not cached"),
              e["sha256"] or "-", e["path"] if e["cached"] else (e["problem"] or "-"), e["license"] or "?",

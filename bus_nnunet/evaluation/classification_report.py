@@ -305,7 +305,7 @@ def comparison_rows(comparisons: Sequence[Dict[str, object]]) -> List[List[str]]
 def markdown_section(summaries: Dict[str, Dict[str, object]], comparisons, notes: Sequence[str] = (),
                      figures: Sequence[Tuple[str, str]] = ()) -> List[str]:
     """cv-report's "Classification" section (Markdown lines)."""
-    from bus_nnunet.reports import markdown_table
+    from bus_nnunet.text_tables import markdown_table
     lines = ["## Classification (malignant vs rest)", "",
              f"Malignant is the positive class, benign and normal cases are negative; the score is {SCORE_COLUMN} "
              f"from each fold's validation/{CSV_NAME}, all folds' out-of-fold cases pooled. AUC: 95% CI from "

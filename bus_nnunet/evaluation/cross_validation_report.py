@@ -101,7 +101,7 @@ class CrossValidationReport:
         """What ``cv-report`` prints when the report is written to ``output``."""
         from bus_nnunet.evaluation import classification_report as CR
         from bus_nnunet.evaluation import cross_validation as R
-        from bus_nnunet.reports import markdown_table
+        from bus_nnunet.text_tables import markdown_table
         rows = {**self.trainers, **self.ensembles}
         lines = [markdown_table(R.RESULTS_HEADER, R.results_table_rows(rows))]
         if self.classification:
@@ -127,7 +127,7 @@ def make_cross_validation_report(dataset, trainers: Sequence[str], output, *, pl
     from bus_nnunet.evaluation import ensembles as E
     from bus_nnunet.io_utils import atomic_output_dir, check_output_free
     from bus_nnunet.manifest import case_classes_for
-    from bus_nnunet.reports import markdown_table
+    from bus_nnunet.text_tables import markdown_table
 
     folds = list(folds)
     dataset = R.resolve_dataset(dataset)

@@ -1,8 +1,9 @@
-"""``bus-nnunet study report``: the study's summary, ``summary.md`` and one self-contained
-``summary.html`` (figures inlined, no external assets).
+"""The study's summary that ``bus-nnunet study report`` writes: ``summary.md``, one
+self-contained ``summary.html`` (figures inlined, no external assets) and ``summary.json``.
 
-Built from what the stages left: each dataset x plans ``cv-report`` (``metrics.json``,
-``per_case.csv``, its Dice-distribution figure), nnU-Net's ``inference_information.json`` from
+Built from what the stages left: each dataset x plans ``cv-report`` (read through
+:func:`bus_nnunet.evaluation.cross_validation_report.read_cross_validation_report`; its
+``per_case.csv`` and Dice-distribution figure), the external-validation jobs' scores, nnU-Net's ``inference_information.json`` from
 ``nnUNetv2_find_best_configuration`` (the ensemble's score) and the learning curves nnU-Net logs
 in every checkpoint.
 """
@@ -17,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from bus_nnunet.reports import markdown_table
+from bus_nnunet.text_tables import markdown_table
 from bus_nnunet.study import jobs as J
 from bus_nnunet.study.config import Study
 

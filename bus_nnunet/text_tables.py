@@ -1,4 +1,4 @@
-"""Small text-report helpers shared by the commands."""
+"""Plain aligned and Markdown tables, as the commands print them and the reports write them."""
 from __future__ import annotations
 
 from typing import Iterable, Sequence
