@@ -150,8 +150,9 @@ def submit(run, jobs: List[J.Job], cluster: str = "slurm", log: Callable[[str], 
                 submitted = [executor.submit(function, str(study.file), group[0].key, run.kind)]
             for j, handle in zip(group, submitted):
                 handles[j.key] = handle
-                j.log.parent.mkdir(parents=True, exist_ok=True)
-                j.slurm_file.write_text(f"{handle.job_id} {handle.paths.stdout}\n")
+                if on_slurm:  # what status asks SLURM about (a local cluster's ids are process ids)
+                    j.log.parent.mkdir(parents=True, exist_ok=True)
+                    j.slurm_file.write_text(f"{handle.job_id} {handle.paths.stdout}\n")
             after = needed + sorted({a for j in group for a in j.after if a in earlier})
             log(f"submitted {stage}: {', '.join(f'{j.key}={h.job_id}' for j, h in zip(group, submitted))}"
                 + (f" (after {', '.join(after)})" if after else ""))
