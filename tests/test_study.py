@@ -139,6 +139,66 @@ def test_summary_page_renders_its_table(finished_study):
     assert best_row > 1000 and header > 1000, "the results table was not rendered"
 
 
+def test_a_retrained_fold_makes_what_used_it_stale_and_the_rerun_recomputes_only_that(finished_study):
+    """Issue 25 part 3: a fold trained again after the ensemble, report and summary were computed
+    (its checkpoint_final.pth rewritten: a new mtime) makes exactly those stale -- status says which
+    fold, and the next run recomputes them and nothing else; a fold removed is named too, and put
+    back as it was, nothing is stale."""
+    root, study = finished_study["root"], finished_study["study"]
+    models = root / "nn" / "res" / "Dataset981_BUSI" / "nnUNetTrainerUS__nnUNetPlans__2d"
+    checkpoint = models / "fold_1" / "checkpoint_final.pth"
+    os.utime(checkpoint, ns=(time.time_ns(), time.time_ns()))  # what a retraining leaves: a new checkpoint
+    status = _run(["study", "status", study], check=False).stdout
+    assert "report-981-nnUNetPlans: stale: nnUNetTrainerUS fold 1 trained after this report" in status
+    assert "ensemble-981: stale: nnUNetTrainerUS fold 1 trained after this ensemble" in status
+    assert "summary: stale: nnUNetTrainerUS fold 1 of Dataset981_BUSI (nnUNetPlans) trained after this summary" \
+        in status
+    assert "13 done, 3 stale" in status  # the other dataset's ensemble and report are not touched
+
+    from bus_nnunet.study.run import StudyRun
+    moved = models / "fold_1_elsewhere"
+    (models / "fold_1").rename(moved)
+    try:
+        states = StudyRun.load(study).states()
+        assert states["report-981-nnUNetPlans"] == ("stale", "nnUNetTrainerUS fold 1 removed since this report")
+        assert states["train-981-nnUNetPlans-nnUNetTrainerUS-fold1"][0] == "pending"
+    finally:
+        moved.rename(models / "fold_1")
+
+    checkpoints = {p: p.stat().st_mtime_ns for p in (root / "nn" / "res").rglob("checkpoint_final.pth")}
+    rerun = _run(["study", "run", study]).stdout
+    ran = [line.split("]")[1].split(":")[0].strip() for line in rerun.splitlines() if line.startswith("[")]
+    assert sorted(ran) == ["ensemble-981", "report-981-nnUNetPlans", "summary"]
+    assert all(p.stat().st_mtime_ns == t for p, t in checkpoints.items())  # nothing trained
+    assert {state for state, _ in StudyRun.load(study).states().values()} == {"done"}
+
+
+def test_stale_reason_names_a_fold_retrained_added_or_removed(tmp_path):
+    """The record of a job's inputs against the disk, fold by fold, without nnU-Net."""
+    import types
+    from bus_nnunet.study.inputs import checkpoint_record, stale_reason
+    layout = types.SimpleNamespace(fold_folder=lambda d, t, p, f: tmp_path / f"{t}__{p}" / f"fold_{f}")
+
+    def train(fold):
+        (tmp_path / "T__P" / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "T__P" / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"w" * (10 + fold))
+
+    train(0)
+    recorded = checkpoint_record(layout, 5, ["P"], ["T"], [0, 1])
+    assert stale_reason(recorded, checkpoint_record(layout, 5, ["P"], ["T"], [0, 1]), "report") is None
+    train(1)
+    assert stale_reason(recorded, checkpoint_record(layout, 5, ["P"], ["T"], [0, 1]), "report") == \
+        "T fold 1 trained (added) after this report"
+    recorded = checkpoint_record(layout, 5, ["P"], ["T"], [0, 1])
+    (tmp_path / "T__P" / "fold_0" / "checkpoint_final.pth").write_bytes(b"retrained, other size")
+    assert stale_reason(recorded, checkpoint_record(layout, 5, ["P"], ["T"], [0, 1]), "ensemble") == \
+        "T fold 0 trained after this ensemble"
+    recorded = checkpoint_record(layout, 5, ["P"], ["T"], [0, 1])
+    (tmp_path / "T__P" / "fold_1" / "checkpoint_final.pth").unlink()
+    assert stale_reason(recorded, checkpoint_record(layout, 5, ["P"], ["T"], [0, 1]), "summary",
+                        name_of=lambda d: f"Dataset{d:03d}_X") == "T fold 1 of Dataset005_X (P) removed since this summary"
+
+
 def test_submitit_local_cluster_runs_the_same_submission(finished_study):
     """Executor kind slurm through submitit's local cluster: a study of folds already trained (none
     is trained again) gets its ensemble, report and summary from jobs submitted by the same code
@@ -161,10 +221,11 @@ def test_submitit_local_cluster_runs_the_same_submission(finished_study):
     assert list((root / "slurm_out" / "slurm").rglob("*_log.out"))  # submitit's own logs per job
 
 
-def test_sbatch_files_and_dependencies(tmp_path, monkeypatch):
-    """What SLURM would be given, read from the sbatch files submitit writes (a stand-in sbatch
-    records them): the study file's partition, time, GPUs, CPUs and memory, training as one job
-    array, and every stage after the one it needs."""
+def test_sbatch_gpu_options(tmp_path, monkeypatch):
+    """What a GPU cluster would be given, read from the sbatch files submitit writes (a stand-in
+    sbatch records them): the study file's GPU partition, time, GPUs, CPUs, memory and account for
+    training, the CPU partition for the other stages.  (The job array, its parallelism and the
+    afterok chain are checked on a real SLURM cluster: tests/test_slurm_cluster.py.)"""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text('#!/bin/sh\nn=$(ls "$SBATCH_LOG" | wc -l); n=$((n + 100))\n'
@@ -191,20 +252,15 @@ def test_sbatch_files_and_dependencies(tmp_path, monkeypatch):
     def option(text, name):
         return [line.split(f"--{name}=", 1)[1] for line in text.splitlines() if line.startswith(f"#SBATCH --{name}=")]
 
-    convert, plan = by_job["convert-501"], by_job["plan-501-nnUNetPlans"]
-    assert option(convert, "partition") == ["cpu"] and not option(convert, "dependency")
-    assert option(plan, "dependency") == [f"afterok:{ids['convert-501']}"]
+    convert, report = by_job["convert-501"], by_job["report-501-nnUNetPlans"]
+    for cpu_job in (convert, report):
+        assert option(cpu_job, "partition") == ["cpu"] and not option(cpu_job, "gpus-per-node")
     train = by_job["train-501-nnUNetPlans-SSNetTrainer-fold1"]
-    assert option(train, "array") == ["0-3%3"]  # 2 trainers x 2 folds in one array
     assert option(train, "partition") == ["gpu"] and option(train, "time") == ["600"]
     assert option(train, "gpus-per-node") == ["1"] and option(train, "cpus-per-task") == ["6"]
     assert option(train, "mem") == ["48GB"] and option(train, "account") == ["lab"]
-    assert option(train, "dependency") == [f"afterok:{ids['plan-501-nnUNetPlans']}"]
-    train_ids = sorted({ids[k] for k in ids if k.startswith("train-")})
-    report = by_job["report-501-nnUNetPlans"]
-    assert option(report, "dependency")[0].startswith("afterok:") and \
-        set(option(report, "dependency")[0][len("afterok:"):].split(":")) == set(train_ids)
-    assert option(by_job["summary"], "dependency")[0].count(":") == 2  # after the ensemble and the report
+    command = run.by_key()["train-501-nnUNetPlans-SSNetTrainer-fold1"].cmd  # as the node builds it
+    assert command[command.index("-device") + 1] == "cuda"
     assert (layout.logs / "train-501-nnUNetPlans-SSNetTrainer-fold1.slurm").read_text().split()[0] == \
         ids["train-501-nnUNetPlans-SSNetTrainer-fold1"]
 
@@ -247,6 +303,9 @@ def test_bad_study_files_name_the_key(tmp_path):
     assert "trainers: Field required" in error('[[datasets]]\nid = 501\n')
     assert "datasets[0].converter: unknown converter 'bussi': did you mean busi" in \
         error(ok.replace("id = 501", 'id = 501\nconverter = "bussi"\nsource = "x"'))
+    # the converter registry's own lookup: an alias `bus-nnunet convert` accepts is accepted here too
+    (tmp_path / "alias.toml").write_text(ok.replace("id = 501", 'id = 501\nconverter = "bus-bra"\nsource = "x"'))
+    assert load_study(tmp_path / "alias.toml").datasets[0].converter == "bus-bra"
     assert "datasets[0]: give converter and source together" in error(ok.replace("id = 501", 'id = 501\nsource = "x"'))
     assert "plans: unknown plans 'nnUNetResEncPlans'" in error('plans = ["nnUNetResEncPlans"]\n' + ok)
     assert "executor.slurm.partiton: unknown key" in error(ok + '[executor]\nkind = "slurm"\n[executor.slurm]\n'
@@ -333,3 +392,96 @@ def test_example_study_file_is_valid():
     study = load_study(Path(__file__).resolve().parents[1] / "examples" / "study_breast.toml")
     assert study.executor.kind == "slurm" and "nnUNetResEncUNetMPlans" in study.plans
     assert set(study.trainers) <= {"nnUNetTrainer", *TRAINERS}
+
+
+def test_status_asks_slurm_once_and_says_cancelled_blocked_or_failed(tmp_path, monkeypatch):
+    """What SLURM says of each submitted job, from one squeue call for the whole study (a stand-in
+    squeue answers as SLURM 22.05 does and counts its calls): CANCELLED is 'cancelled' (not a
+    failure with exit -15), a pending array task scancel'd is gone from SLURM without a trace and
+    is 'cancelled' too, a job SLURM holds for a dependency that can never be met is 'blocked', a
+    node failure is 'failed', a requeued job is 'queued' -- and none of them is done without its
+    outputs, whatever SLURM says."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "squeue_calls"
+    (bin_dir / "squeue").write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n'
+        'printf "100_0|CANCELLED|None\\n100_1|NODE_FAIL|None\\n100_3|PENDING|BeginTime\\n'
+        '100_4|COMPLETED|None\\n101|PENDING|DependencyNeverSatisfied\\n"\n')
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    study = _study_file(tmp_path, 'trainers = ["nnUNetTrainer"]\nfolds = [0, 1, 2, 3, 4]\n[[datasets]]\nid = 982\n',
+                        executor='kind = "slurm"\n[executor.slurm]\ngpus_per_node = 0\n')
+    from bus_nnunet.study.run import StudyRun
+    run = StudyRun.load(study)
+    jobs = run.by_key()
+    submitted = {f"train-982-nnUNetPlans-nnUNetTrainer-fold{f}": f"100_{f}" for f in range(5)}
+    submitted["report-982-nnUNetPlans"] = "101"
+    for key, job_id in submitted.items():
+        jobs[key].log.parent.mkdir(parents=True, exist_ok=True)
+        jobs[key].slurm_file.write_text(f"{job_id} {tmp_path}/slurm/{job_id}.out\n")
+    (jobs["train-982-nnUNetPlans-nnUNetTrainer-fold0"].rc_file).write_text("-15 100_0\n")  # SIGTERM by scancel
+    (jobs["train-982-nnUNetPlans-nnUNetTrainer-fold4"].rc_file).write_text("0 100_4\n")  # outputs missing
+    # the failed node left its run's pid file behind: SLURM's NODE_FAIL wins over it
+    (jobs["train-982-nnUNetPlans-nnUNetTrainer-fold1"].pid_file).write_text("12345 lost-node\n")
+    states = run.states()
+    assert len(calls.read_text().splitlines()) == 1  # one SLURM call for the whole study
+    assert "100_0,100_1,100_2,100_3,100_4,101" in calls.read_text()
+    fold = {f: states[f"train-982-nnUNetPlans-nnUNetTrainer-fold{f}"] for f in range(5)}
+    assert fold[0] == ("cancelled", "SLURM job 100_0 was cancelled")
+    assert fold[1] == ("failed", "SLURM job 100_1 ended NODE_FAIL")
+    assert fold[2] == ("cancelled", "SLURM job 100_2 left the queue without running")
+    assert fold[3][0] == "queued" and fold[4][0] == "pending"  # COMPLETED without outputs is not done
+    assert states["report-982-nnUNetPlans"][0] == "blocked"
+    assert states["ensemble-982"] == ("pending", "")  # never submitted
+    proc = _run(["study", "status", study], check=False)  # the stand-in squeue is on its PATH
+    assert "train-982-nnUNetPlans-nnUNetTrainer-fold0: cancelled: SLURM job 100_0 was cancelled" in proc.stdout
+    assert "train-982-nnUNetPlans-nnUNetTrainer-fold1 failed (SLURM job 100_1 ended NODE_FAIL)" in proc.stdout
+    assert "1 blocked, 2 cancelled, 1 failed" in proc.stdout and proc.returncode == 1
+    assert len(calls.read_text().splitlines()) == 2  # status: one more call, for every job at once
+
+
+def test_a_new_executor_is_one_module_and_a_broken_one_is_named(tmp_path, monkeypatch):
+    """A module dropped beside the executors registers a kind with its own options table: the study
+    file validates against it (kind and [executor.<kind>]), a run calls it with the StudyRun and its
+    jobs, and nothing else was edited; a module that fails to import is named with its error while
+    every other executor stays available."""
+    from bus_nnunet.study import config, executors
+    extra = tmp_path / "plugins"
+    extra.mkdir()
+    (extra / "echo.py").write_text(
+        "from pydantic import BaseModel, ConfigDict\n"
+        "from bus_nnunet.study.executors import register_executor\n"
+        "class EchoOptions(BaseModel):\n"
+        "    model_config = ConfigDict(extra='forbid', frozen=True)\n"
+        "    queue: str = 'default'\n"
+        "@register_executor('echo', options=EchoOptions)\n"
+        "class Echo:\n"
+        "    def __call__(self, run, jobs):\n"
+        "        return {j.key: f'{run.study.executor.echo.queue}:{j.cmd[0]}' for j in jobs}\n")
+    (extra / "broken.py").write_text("import no_such_scheduler_library\n")
+    monkeypatch.setattr(executors, "__path__", [*executors.__path__, str(extra)])
+    monkeypatch.setattr(executors, "_loaded", False)
+    monkeypatch.setattr(executors, "_REGISTRY", dict(executors._REGISTRY))
+    monkeypatch.setattr(executors, "UNAVAILABLE", {})
+    config._study_model.cache_clear()
+    try:
+        assert {"echo", "local", "slurm", "submitit-local", "submitit-debug"} <= set(executors.executor_kinds())
+        assert executors.UNAVAILABLE == {
+            "bus_nnunet.study.executors.broken": "ModuleNotFoundError: No module named 'no_such_scheduler_library'"}
+        study = _study_file(tmp_path, 'trainers = ["nnUNetTrainer"]\nfolds = [0]\n[[datasets]]\nid = 982\n',
+                            executor='kind = "echo"\n[executor.echo]\nqueue = "night"\n')
+        from bus_nnunet.study.run import StudyRun
+        run = StudyRun.load(study)
+        outcome = run.executor()(run, run.jobs)
+        assert outcome["train-982-nnUNetPlans-nnUNetTrainer-fold0"].startswith("night:")
+        bad = tmp_path / "bad.toml"
+        bad.write_text(study.read_text().replace('kind = "echo"', 'kind = "ecko"'))
+        with pytest.raises(UserError, match=r"executor.kind: unknown executor 'ecko': did you mean echo\? .*"
+                                            r"bus_nnunet.study.executors.broken is unavailable \(ModuleNotFoundError"):
+            config.load_study(bad)
+        bad.write_text(study.read_text().replace('queue = "night"', 'queu = "night"'))
+        with pytest.raises(UserError, match=r"executor.echo.queu: unknown key"):
+            config.load_study(bad)
+    finally:
+        config._study_model.cache_clear()
