@@ -23,8 +23,9 @@ def register(subparsers) -> None:
     run = sub.add_parser("run", help="run (or continue) every job that is not done")
     run.add_argument("study_file")
     run.add_argument("--executor", default=None, metavar="KIND",
-                     help="run on this executor instead of the study file's [executor] kind, e.g. submitit-local "
-                          "(a SLURM study's submission, run on this machine); `study run --help` lists the kinds")
+                     help="run on this executor instead of the study file's [executor] kind: local, slurm, "
+                          "submitit-local (a SLURM study's submission, run on this machine), submitit-debug, or one a "
+                          "module registers (docs/extending.md)")
     run.set_defaults(func=run_study)
     status = sub.add_parser("status", help="dataset x plans x trainer x fold: done / running / failed / stale / "
                                            "cancelled / pending")
@@ -33,11 +34,6 @@ def register(subparsers) -> None:
     report = sub.add_parser("report", help="write summary.md and summary.html from what is finished")
     report.add_argument("study_file")
     report.set_defaults(func=write_summary)
-    try:
-        from bus_nnunet.study.executors import executor_kinds
-        run.epilog = f"executors: {', '.join(executor_kinds())}"
-    except Exception:  # noqa: BLE001 - the help must not depend on the executors importing
-        pass
 
 
 def run_study(args) -> int:
