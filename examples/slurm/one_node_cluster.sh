@@ -7,6 +7,7 @@
 #   export SLURM_CONF=/tmp/bus-nnunet-slurm/slurm.conf  # then sbatch/squeue/bus-nnunet study use it
 #   sudo examples/slurm/one_node_cluster.sh stop      # stops the daemons and removes the folder
 #   examples/slurm/one_node_cluster.sh status         # the daemons' pids and `sinfo`
+#   examples/slurm/one_node_cluster.sh job-processes  # pids of the running jobs' processes
 #
 # Everything (slurm.conf, the munge key and socket, state, logs, the job-completion log) lives in
 # one folder: $BUS_NNUNET_SLURM_DIR, default ${TMPDIR:-/tmp}/bus-nnunet-slurm.  The daemons use their
@@ -16,7 +17,7 @@
 # (after a crash, or after `kill` of slurmd) and waits until the node is idle.
 #
 # The node has this machine's CPUs (nproc) and memory; one partition `cpu`.  Timers are short
-# (node failure noticed within ~10 s, jobs killed 2 s after SIGTERM) so tests are fast.  Finished
+# (node failure noticed within ~20 s, jobs killed 2 s after SIGTERM) so tests are fast.  Finished
 # jobs' states are appended to $BUS_NNUNET_SLURM_DIR/jobcomp.log (JobCompType=jobcomp/filetxt) and
 # squeue shows them for MinJobAge (300 s).
 set -euo pipefail
@@ -91,7 +92,7 @@ MpiDefault=none
 ReturnToService=2
 SlurmdParameters=config_overrides
 SlurmctldTimeout=10
-SlurmdTimeout=10
+SlurmdTimeout=6
 MessageTimeout=10
 InactiveLimit=0
 KillWait=2
@@ -136,10 +137,7 @@ start() {
   local state="" i
   for i in $(seq 1 120); do
     state=$(sinfo -h -N -o %t 2>/dev/null | head -1 || true)
-    case "$state" in
-      idle|mix|alloc) break ;;
-      drain*|down) scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true ;;
-    esac
+    case "$state" in idle|mix|alloc) break ;; esac  # a node back from a failure: ReturnToService=2
     sleep 0.5
   done
   case "$state" in
@@ -150,9 +148,30 @@ start() {
   echo "export SLURM_CONF=$CONF"
 }
 
+# the job steps of this cluster (slurmstepd lives on after slurmd) and every process under them
+job_processes() {
+  local pid steps=()
+  for pid in $(pgrep -f "^slurmstepd" || true); do
+    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" && steps+=("$pid")
+  done
+  [ ${#steps[@]} -gt 0 ] || return 0
+  ps -e -o pid=,ppid= | awk -v roots="${steps[*]}" '
+    BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
+    { parent[$1] = $2 }
+    END { do { added = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; added = 1 } } while (added)
+          for (p in keep) print p }'
+}
+
 stop() {
   [ -e "$MARK" ] || { say "no cluster of this script in $DIR"; return 0; }
-  local file pid pids=()
+  local file pid pids=() jobs
+  if our_pid "$DIR/slurmctld.pid" >/dev/null; then  # end the jobs first, so their processes go too
+    jobs=$(squeue -h -o %A 2>/dev/null || true)
+    if [ -n "$jobs" ]; then
+      scancel $jobs 2>/dev/null || true
+      for _ in $(seq 1 20); do [ -z "$(squeue -h -o %A 2>/dev/null)" ] && break; sleep 0.5; done
+    fi
+  fi
   for file in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munge/munged.pid"; do
     if pid=$(our_pid "$file"); then
       kill -TERM "$pid" 2>/dev/null || true
@@ -163,12 +182,7 @@ stop() {
     for _ in $(seq 1 40); do [ -e "/proc/$pid" ] || break; sleep 0.25; done
     [ -e "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   done
-  # the job steps slurmd started (slurmstepd keeps running after slurmd), found by our spool folder
-  for pid in $(pgrep -f "^slurmstepd" || true); do
-    if [ -r "/proc/$pid/environ" ] && tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF"; then
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done
+  for pid in $(job_processes); do kill -KILL "$pid" 2>/dev/null || true; done
   rm -rf "$DIR"
   say "stopped; removed $DIR"
 }
@@ -189,5 +203,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status   (folder: \$BUS_NNUNET_SLURM_DIR, now $DIR)" >&2; exit 2 ;;
+  job-processes) job_processes ;;
+  *) echo "usage: $0 start|stop|status|job-processes   (folder: \$BUS_NNUNET_SLURM_DIR, now $DIR)" >&2; exit 2 ;;
 esac
