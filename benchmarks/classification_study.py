@@ -131,16 +131,27 @@ def prepare(args, work: Path) -> dict:
         run([sys.executable, "-m", "bus_nnunet.study.plan_dataset", str(DATASET_ID), CONFIGURATION,
              "ExperimentPlanner", "nnUNetPlans", "1", str(args.batch_size)], env, work / "logs" / "plan.log")
         notes["preprocessed"] = "planned here"
-    target = model_folder(work, args.reference, args)
-    source = model_folder(reuse, args.reference, args) if reuse else None
-    fold = f"fold_{args.fold}"
-    if not target.exists() and source is not None and (source / fold / "checkpoint_final.pth").is_file() and \
-            (source / fold / "validation" / "classification.csv").is_file() and same_budget(source / fold, args):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(source, target_is_directory=True)
-    if target.is_symlink():
-        notes["reference"] = f"{args.reference} reused from {target.resolve()} (same data, split and budget)"
+    # read-only links into --reuse: the reference, and each variant's trainer without the head (for
+    # the paired Dice test); a link is made only to a finished fold at this budget
+    for trainer in (args.reference, *plain_trainers(args.trainers)):
+        target = model_folder(work, trainer, args)
+        source = model_folder(reuse, trainer, args) if reuse else None
+        fold = source / f"fold_{args.fold}" if source else None
+        if not target.exists() and fold is not None and (fold / "checkpoint_final.pth").is_file() and \
+                (fold / "validation" / "summary.json").is_file() and same_budget(fold, args) and \
+                (trainer != args.reference or (fold / "validation" / "classification.csv").is_file()):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source, target_is_directory=True)
+        if target.is_symlink():
+            folder = target.resolve()
+            notes.setdefault("reused", {})[trainer] = str(folder.relative_to(HERE.parent)
+                                                          if folder.is_relative_to(HERE.parent) else folder)
     return notes
+
+
+def plain_trainers(trainers):
+    """The trainers the classifying variants were made from (``T_Cls`` -> ``T``)."""
+    return [re.sub(r"_Cls$", "", t) for t in trainers if t.endswith("_Cls")]
 
 
 def tool(name: str) -> Path:
@@ -196,10 +207,12 @@ def collect(args, work: Path, trainers) -> dict:
     (DeLong AUC CI, sens/spec at 0.5, accuracy, ECE), the paired DeLong tests and the figures."""
     finished = [t for t in trainers
                 if fold_state(model_folder(work, t, args) / f"fold_{args.fold}") == "done"]
+    plain = [t for t in plain_trainers(finished)
+             if fold_state(model_folder(work, t, args) / f"fold_{args.fold}") == "done"]
     if not finished:
         return {"trainers": {}, "classification": {}, "missing": list(trainers)}
     report = work / "cv_report"
-    rc = run([str(tool("bus-nnunet")), "cv-report", str(DATASET_ID), "-tr", *finished, "-p", plans_name(args),
+    rc = run([str(tool("bus-nnunet")), "cv-report", str(DATASET_ID), "-tr", *finished, *plain, "-p", plans_name(args),
               "-c", CONFIGURATION, "-f", str(args.fold), "-o", str(report), "--overwrite", "--no-progress"],
              nnunet_env(work, args), work / "logs" / "cv_report.log")
     if rc:
@@ -210,6 +223,13 @@ def collect(args, work: Path, trainers) -> dict:
         entry = metrics["trainers"][trainer]
         rows[trainer] = {"dice": entry["all_cases"]["per_image"]["dice"],
                          "classification": entry.get("classification")}
+    for trainer, row in rows.items():
+        base = re.sub(r"_Cls$", "", trainer)
+        if base != trainer and base in metrics["trainers"]:
+            test = next((c for c in metrics.get("comparisons", []) if c["metric"] == "dice"
+                         and {c["trainer_a"], c["trainer_b"]} == {trainer, base}), None)
+            row["without_head"] = {"trainer": base, "dice": metrics["trainers"][base]["all_cases"]["per_image"]["dice"],
+                                   "paired_test": test}
     section = metrics.get("classification", {})
     figures = {}
     for key, name in (("roc", "roc"), ("reliability", "reliability")):
@@ -227,6 +247,17 @@ def _num(value, digits=3) -> str:
     return "–" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _without_head(entry) -> str:
+    if not entry:
+        return "–"
+    text = f"{_num(entry['dice']['mean'])} ± {_num(entry['dice']['std'])}"
+    test = entry.get("paired_test")
+    if test and test.get("p_value") is not None:
+        sign = 1 if test["trainer_a"] == entry["trainer"] else -1  # as 'with head - without'
+        text += f" (with - without {-sign * test['mean_difference']:+.3f}, Wilcoxon p {test['p_value']:.2g})"
+    return text
+
+
 def write_outputs(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     s = result["settings"]
@@ -239,6 +270,7 @@ def write_outputs(result: dict, out: Path) -> None:
                      _num(at.get("sensitivity")), _num(at.get("specificity")), _num(c.get("accuracy")),
                      _num((c.get("ece") or {}).get("value")),
                      f"{_num(row['dice']['mean'])} ± {_num(row['dice']['std'])}",
+                     _without_head(row.get("without_head")),
                      "–" if seconds is None else f"{seconds / 60:.1f}"])
     first = next(iter(result["trainers"].values()), {}).get("classification") or {}
     counts = ", ".join(f"{n} {k}" for k, n in (first.get("class_counts") or {}).items())
@@ -250,15 +282,19 @@ def write_outputs(result: dict, out: Path) -> None:
              f"sensitivity, specificity at 0.5; accuracy of the most probable class; expected calibration "
              f"error over 10 equal-width bins; mean ± std per-image Dice. Youden's threshold is chosen on the "
              f"training folds' out-of-fold cases, which needs at least two folds: with one fold it is undefined "
-             f"and not reported.", ""]
-    for key in ("reference", "raw", "preprocessed"):
+             f"and not reported. 'Dice without the head': the same trainer without `_Cls` (same data, split and "
+             f"budget), with the per-image paired difference and its Wilcoxon signed-rank p (cv-report).", ""]
+    for key in ("raw", "preprocessed"):
         if result["notes"].get(key):
             lines += [f"- {key}: {result['notes'][key]}"]
+    for trainer, folder in result["notes"].get("reused", {}).items():
+        lines += [f"- {trainer}: not trained here; its finished fold is reused read-only from `{folder}` "
+                  f"(the external-validation run, `benchmarks/external_validation.py`: same data, split and budget)"]
     lines += ["", f"Command: `{result['command']}`", "",
               f"Time: {result['seconds'] / 60:.1f} min for this invocation; training (nnU-Net's epoch timestamps, "
               f"column 'train min').", "", stamp_markdown(result["environment"]), "",
               markdown_table(["trainer", "AUC (95 % CI, DeLong)", "sens @0.5", "spec @0.5", "accuracy", "ECE",
-                              "Dice", "train min"], rows), ""]
+                              "Dice", "Dice without the head", "train min"], rows), ""]
     if result.get("missing"):
         lines += [f"Not finished (not reported): {', '.join(result['missing'])}.", ""]
     comparisons = (result.get("classification") or {}).get("comparisons") or []
