@@ -18,10 +18,12 @@ with the ``BUS_NNUNET_NUM_*`` schedule, :func:`bus_nnunet.harness.budget_train`)
 
 Resumable: a fold with ``checkpoint_final.pth`` and its validation is not trained again (one with
 only ``checkpoint_latest.pth`` continues with ``--c``); the trainings run one after the other.
-Writes OUT.json / OUT.md (command, environment stamp, time) and OUT_roc.png / OUT_reliability.png::
+Writes OUT.json / OUT.md (command, environment stamp, time) and OUT_roc.png / OUT_reliability.png
+(cv-report's figures)::
 
-    python benchmarks/classification_study.py      # CPU: ~15 min per training on an idle 2-core
-                                                   # machine (3 to train, ACSNet reused); ~45 min loaded
+    python benchmarks/classification_study.py      # CPU, 1 thread, on the shared 2-core machine
+                                                   # (load 8-17): nnUNetTrainerUS_Cls 14.5 min, the
+                                                   # attention U-Net 16 min, AnatoSegNet ~45 min
     python benchmarks/classification_study.py --report-only   # the tables from what is finished
 """
 from __future__ import annotations
