@@ -13,7 +13,8 @@ plans (ResEnc presets included) also exist as classifying variants, made with ``
 each with the schedule variants (``nnUNetTrainerUS_Cls_100epochs``).  The options live in the
 recipe (:class:`bus_nnunet.recipes.Classification`), so ``bus-nnunet trainers --show`` prints them.
 
-**Head**: global average pooling -> dropout -> linear, on the encoder's deepest feature map:
+**Head**: global pooling (average and max, concatenated: ``Classification.pooling``) -> dropout ->
+linear, on the encoder's deepest feature map:
 
 * nnU-Net's U-Nets from the plans (``PlainConvUNet``, ``ResidualEncoderUNet``, ``ResidualUNet`` of
   dynamic-network-architectures): the network's own ``encoder`` returns every stage's output, the
@@ -58,15 +59,21 @@ LOGGED_METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
 
 
 class ClassificationHead(nn.Module):
-    """Global average pooling -> dropout -> linear: ``(B, C, *spatial)`` -> ``(B, num_classes)`` logits."""
+    """Global pooling -> dropout -> linear: ``(B, C, *spatial)`` -> ``(B, num_classes)`` logits.
+    ``pooling="avg"``: the spatial mean; ``"avgmax"``: mean and max concatenated (2C features)."""
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, pooling: str = "avgmax"):
         super().__init__()
+        if pooling not in ("avg", "avgmax"):
+            raise ValueError(f"pooling={pooling!r}: 'avg' or 'avgmax'")
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.fc = nn.Linear(in_channels, num_classes)
+        self.fc = nn.Linear(in_channels * (2 if pooling == "avgmax" else 1), num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(features.flatten(2).mean(-1)))
+        flat = features.flatten(2)
+        pooled = flat.mean(-1) if self.pooling == "avg" else torch.cat([flat.mean(-1), flat.amax(-1)], 1)
+        return self.fc(self.dropout(pooled))
 
 
 class _FeatureTap:
@@ -107,7 +114,8 @@ class ClassifyingNetwork(nn.Module):
     """
 
     def __init__(self, network: nn.Module, num_classes: int, features: str, in_channels: int,
-                 probe_size: Sequence[int], dropout: float = 0.0, size_divisor: Sequence[int] = (32, 32),
+                 probe_size: Sequence[int], dropout: float = 0.0, pooling: str = "avgmax",
+                 size_divisor: Sequence[int] = (32, 32),
                  min_size: int = 32, input_size: Optional[Sequence[int]] = None,
                  uncertainty_weighting: bool = False):
         super().__init__()
@@ -123,7 +131,7 @@ class ClassifyingNetwork(nn.Module):
             name, _, where = features.partition(":")
             self._tap = _FeatureTap(network.get_submodule(name), use_input=where == "input")
             channels = self._probe_channels(in_channels, probe_size)
-        self.classifier = ClassificationHead(channels, num_classes, dropout)
+        self.classifier = ClassificationHead(channels, num_classes, dropout, pooling)
         if uncertainty_weighting:
             from bus_nnunet.network_architectures.acsnet import UncertaintyLossWeighting
             self.loss_weighting = UncertaintyLossWeighting(2)
@@ -152,7 +160,10 @@ class ClassifyingNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, return_classification: bool = False):
         if not return_classification:
-            return self.network(x)
+            seg = self.network(x)
+            if self._tap is not None:
+                self._tap.value = None  # nnU-Net's prediction keeps no feature map alive
+            return seg
         seg, features = self._segment(x)
         return seg, self.classifier(features)
 
@@ -161,6 +172,10 @@ class ClassifyingNetwork(nn.Module):
         if self._tap is None:
             return self.classifier(self.network.encoder(x)[-1])
         return self.forward(x, return_classification=True)[1]
+
+
+def _pooling_words(task) -> str:
+    return "global average pooling" if task.pooling == "avg" else "global average + max pooling"
 
 
 def combine_task_losses(task, network: nn.Module, seg_loss: torch.Tensor, cls_loss: torch.Tensor) -> torch.Tensor:
@@ -231,7 +246,7 @@ class ClassifyingTrainerMixin:
 
     @classmethod
     def classifier_description(cls) -> str:
-        return "global average pooling -> dropout -> linear on the deepest encoder features"
+        return f"{_pooling_words(cls.recipe.classification)} -> dropout -> linear on the deepest encoder features"
 
     # -- loss ----------------------------------------------------------------------------------------
     @classmethod
@@ -379,12 +394,12 @@ class PlansUNetClassifyingMixin(ClassifyingTrainerMixin):
         divisor = np.prod(np.array(configuration_manager.pool_op_kernel_sizes), axis=0).astype(int).tolist()
         task = cls.recipe.classification
         return ClassifyingNetwork(network, num_classes, "encoder", num_input_channels, (), task.dropout,
-                                  size_divisor=divisor, min_size=max(divisor),
+                                  task.pooling, size_divisor=divisor, min_size=max(divisor),
                                   uncertainty_weighting=task.weighting == "uncertainty")
 
     @classmethod
     def classifier_description(cls) -> str:
-        return "global average pooling -> dropout -> linear on the U-Net encoder's last stage"
+        return f"{_pooling_words(cls.recipe.classification)} -> dropout -> linear on the U-Net encoder's last stage"
 
     def set_deep_supervision_enabled(self, enabled: bool):
         # nnU-Net's rule for its U-Nets, applied to the network inside the classifying wrapper
@@ -408,14 +423,14 @@ class RegistryNetworkClassifyingMixin(ClassifyingTrainerMixin):
         probe = patch if fixed else snap_patch_size(cls.network_name, (info.min_size,) * len(patch))
         task = cls.recipe.classification
         return ClassifyingNetwork(network, num_classes, info.deepest_features, num_input_channels, probe,
-                                  task.dropout, size_divisor=(info.size_divisor,) * len(patch),
+                                  task.dropout, task.pooling, size_divisor=(info.size_divisor,) * len(patch),
                                   min_size=info.min_size, input_size=patch if fixed else None,
                                   uncertainty_weighting=task.weighting == "uncertainty")
 
     @classmethod
     def classifier_description(cls) -> str:
         from bus_nnunet.network_architectures import model_info
-        return (f"global average pooling -> dropout -> linear on {cls.network_name}'s "
+        return (f"{_pooling_words(cls.recipe.classification)} -> dropout -> linear on {cls.network_name}'s "
                 f"{model_info(cls.network_name).deepest_features!r} (registered deepest_features)")
 
 

@@ -1,4 +1,5 @@
-"""``bus-nnunet classify``: image-level class probabilities from a multi-task model (ACSNet).
+"""``bus-nnunet classify``: image-level class probabilities from a classifying model (ACSNet, any
+``<Trainer>_Cls*`` variant).
 
 Images are read as ``bus-nnunet predict`` reads them (PNG, JPEG, BMP, TIFF in any mode, converted
 to the model's channels as the converters converted the training images), preprocessed exactly
@@ -15,7 +16,7 @@ import argparse
 def register(subparsers) -> None:
     from bus_nnunet.commands.predict import add_model_arguments
     p = subparsers.add_parser(
-        "classify", help="benign/malignant probabilities of images with a trained ACSNet model",
+        "classify", help="benign/malignant probabilities of images with a classifying model (ACSNet, <Trainer>_Cls*)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", required=True, nargs="+", help="image files and/or folders of images")
     add_model_arguments(p, "folds to average (default: every fold with the checkpoint); 'all' for fold_all")
