@@ -254,7 +254,7 @@ def test_sbatch_gpu_options(tmp_path, monkeypatch):
 
     convert, report = by_job["convert-501"], by_job["report-501-nnUNetPlans"]
     for cpu_job in (convert, report):
-        assert option(cpu_job, "partition") == ["cpu"] and not option(cpu_job, "gpus-per-node")
+        assert option(cpu_job, "partition") == ["cpu"] and option(cpu_job, "gpus-per-node") in ([], ["0"])
     train = by_job["train-501-nnUNetPlans-SSNetTrainer-fold1"]
     assert option(train, "partition") == ["gpu"] and option(train, "time") == ["600"]
     assert option(train, "gpus-per-node") == ["1"] and option(train, "cpus-per-task") == ["6"]
