@@ -315,7 +315,7 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(study, run_a):
     assert study.trained(0) and run_a["status"].state["fold0"] == "done"
     # submitit's own log of the job (the .slurm file names its stdout): SLURM's signal, then the requeue
     stdout = Path((study.logs / f"{KEYS['fold0']}.slurm").read_text().split(maxsplit=1)[1].strip())
-    submitit_log = stdout.with_suffix(".err").read_text(errors="replace")
+    submitit_log = stdout.read_text(errors="replace") + stdout.with_suffix(".err").read_text(errors="replace")
     assert "this job is timed-out" in submitit_log and "Requeued job" in submitit_log, submitit_log[-3000:]
 
 
