@@ -22,7 +22,7 @@ import argparse
 
 def register(subparsers):
     from bus_nnunet.io_utils import OVERWRITE_HELP
-    from bus_nnunet.commands.evaluate import add_allow_missing_option, add_empty_truth_option, add_hd95_option
+    from bus_nnunet.commands.evaluate import add_scoring_options
     p = subparsers.add_parser("cv-report", help="cross-validation report and paired statistics over trainers",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset id or name (e.g. 990 or Dataset990_SyntheticUS)")
@@ -32,9 +32,7 @@ def register(subparsers):
     p.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
     p.add_argument("--manifest", help="manifest.csv for per-class results (default: $nnUNet_raw/<Dataset>/"
                                       "manifest.csv if it exists)")
-    add_empty_truth_option(p)
-    add_hd95_option(p)
-    add_allow_missing_option(p)
+    add_scoring_options(p)
     p.add_argument("--ensembles", nargs="+", default=[], metavar="SELECTION",
                    help="also score ensembles of the trainers, like a trainer, on the validation probabilities "
                         "(nnUNetv2_train ... --npz): 'all' (every trainer) and/or 'best<k>' (the k trainers with "

@@ -21,40 +21,30 @@ def register(subparsers):
                                             "predicted_class), e.g. from an ACSNet trainer's validation folder")
     p.add_argument("--label", type=int, default=None,
                    help="evaluate only this label value (default: every non-zero label is lesion)")
-    add_empty_truth_option(p)
-    add_hd95_option(p)
+    add_scoring_options(p)
     p.add_argument("-o", "--output", required=True, help="output folder (metrics.json, per_case.csv, summary.md)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_allow_missing_option(p)
     p.set_defaults(func=run)
 
 
-def add_allow_missing_option(p) -> None:
-    """``--allow-missing``, shared by ``evaluate`` and ``cv-report``."""
-    p.add_argument("--allow-missing", action="store_true",
-                   help="score a reference case without a prediction as an empty prediction (default: an error "
-                        "listing them, so a prediction run that stopped halfway never reads as a score)")
-
-
-def add_empty_truth_option(p) -> None:
-    """``--empty-truth``, shared by ``evaluate`` and ``cv-report``."""
-    from bus_nnunet.evaluation.metrics import DEFAULT_EMPTY_TRUTH, EMPTY_TRUTH_RULES
+def add_scoring_options(p) -> None:
+    """``--empty-truth``, ``--hd95`` and ``--allow-missing``: the scoring rules ``evaluate`` and
+    ``cv-report`` share (each recorded in the outputs)."""
+    from bus_nnunet.evaluation.metrics import DEFAULT_EMPTY_TRUTH, DEFAULT_HD95, EMPTY_TRUTH_RULES, HD95_CONVENTIONS
     p.add_argument("--empty-truth", choices=sorted(EMPTY_TRUTH_RULES), default=DEFAULT_EMPTY_TRUTH,
                    help="how an image with an empty reference (normal image) scores: 'one' (default): an empty "
                         "prediction on it is perfect (Dice 1); 'zero': Dice = IoU = precision = recall = 0 "
                         "whatever the prediction, the protocol of Anari et al. 2025 (attention U-Net on all "
                         "780 BUSI images). The rule is recorded in the outputs")
-
-
-def add_hd95_option(p) -> None:
-    """``--hd95``, shared by ``evaluate`` and ``cv-report``."""
-    from bus_nnunet.evaluation.metrics import DEFAULT_HD95, HD95_CONVENTIONS
     p.add_argument("--hd95", choices=sorted(HD95_CONVENTIONS), default=DEFAULT_HD95,
                    help="how HD95 combines the two directions' border distances: 'pooled' (default, medpy, "
                         "comparable with earlier bus-nnunet results): the 95th percentile of both pooled; 'max' "
                         "(MONAI, MetricsReloaded, DeepMind surface-distance): the larger of the two directed 95th "
                         "percentiles, which a far false-positive speck raises. Recorded in the outputs")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score a reference case without a prediction as an empty prediction (default: an error "
+                        "listing them, so a prediction run that stopped halfway never reads as a score)")
 
 
 def run(args) -> int:

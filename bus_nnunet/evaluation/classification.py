@@ -354,11 +354,8 @@ def expected_calibration_error(y_true: Sequence[int], y_prob: Sequence[float], *
 
     Parameters
     ----------
-    y_true : array-like of shape (n_samples,)
-        0/1 labels.
-    y_prob : array-like of shape (n_samples,)
-        Predicted probability of class 1, in [0, 1].
-    n_bins : int, default=10
+    y_true, y_prob, n_bins
+        As in :func:`calibration_bins`.
 
     Returns
     -------

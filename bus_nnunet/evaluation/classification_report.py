@@ -340,6 +340,18 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, fig, ax, path, drawn: bool, **legend) -> bool:
+    """Both figures' end: the chance / perfect-calibration diagonal, and the file only when a
+    classifier was drawn (no empty figure is ever written)."""
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    if drawn:
+        ax.legend(**legend)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
 def plot_roc(classifiers: Dict[str, ClassifierResults], summaries: Dict[str, Dict[str, object]], path) -> bool:
     """ROC curves of malignant vs rest, one per classifier, AUC and CI in the legend."""
     from sklearn.metrics import roc_curve
@@ -354,15 +366,9 @@ def plot_roc(classifiers: Dict[str, ClassifierResults], summaries: Dict[str, Dic
         auc = summaries[name]["auc"]
         ax.plot(fpr, tpr, label=f"{name}: AUC {_f(auc['auc'])} [{_f(auc['ci_low'])}, {_f(auc['ci_high'])}]")
         drawn = True
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, malignant vs rest (out-of-fold)",
            xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    if drawn:
-        ax.legend(fontsize=6.5, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return drawn
+    return _finish(plt, fig, ax, path, drawn, fontsize=6.5, loc="lower right")
 
 
 def plot_reliability(summaries: Dict[str, Dict[str, object]], path) -> bool:
@@ -380,13 +386,7 @@ def plot_reliability(summaries: Dict[str, Dict[str, object]], path) -> bool:
         width = 1.0 / s["ece"]["n_bins"] / (len(summaries) + 1)
         ax_n.bar([b["low"] + width * (i + 0.5) for b in bins], [b["n"] for b in bins], width=width, align="edge")
         drawn = True
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(ylabel="fraction malignant", title="reliability of p_malignant (out-of-fold)", xlim=(0, 1),
            ylim=(-0.02, 1.02))
     ax_n.set(xlabel="p_malignant (points: bin means; bars: cases per bin)", ylabel="cases")
-    if drawn:
-        ax.legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return drawn
+    return _finish(plt, fig, ax, path, drawn, fontsize=7, loc="upper left")

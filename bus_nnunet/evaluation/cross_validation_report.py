@@ -16,16 +16,14 @@ The report folder::
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from bus_nnunet.errors import UserError
 from bus_nnunet.evaluation import folder as F
 from bus_nnunet.evaluation import metrics as M
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = F.METRICS_FILE
 
 
 @dataclass
@@ -268,13 +266,4 @@ def write_cross_validation_report(report: CrossValidationReport, folder) -> None
 def read_cross_validation_report(folder, *, missing_ok: bool = False) -> Optional[CrossValidationReport]:
     """The report ``bus-nnunet cv-report ... -o folder`` wrote (its ``metrics.json``); None when
     there is none yet and ``missing_ok``."""
-    path = Path(folder) / METRICS_FILE
-    if not path.is_file():
-        if missing_ok:
-            return None
-        raise UserError(f"{path} not found; write it with bus-nnunet cv-report ... -o {folder}")
-    try:
-        return CrossValidationReport.from_json(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a bus-nnunet cv-report report ({type(e).__name__}: {e}); "
-                        f"write it again with bus-nnunet cv-report ... -o {folder} --overwrite") from None
+    return F.read_report_json(folder, CrossValidationReport.from_json, "cv-report", missing_ok=missing_ok)

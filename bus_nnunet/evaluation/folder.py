@@ -236,3 +236,23 @@ def summary_markdown(title: str, summary: Dict[str, object], by_class: Dict[str,
     for section in extra_sections:
         lines += [section, ""]
     return "\n".join(lines)
+
+
+METRICS_FILE = "metrics.json"  # what evaluate and cv-report write into their output folder
+
+
+def read_report_json(folder, parse, command: str, *, missing_ok: bool = False):
+    """``parse(metrics.json)`` of the report ``bus-nnunet <command> ... -o folder`` wrote; None when
+    there is none yet and ``missing_ok``.  A missing or unreadable file is a UserError that says how
+    to write it (again)."""
+    import json
+    path = Path(folder) / METRICS_FILE
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise UserError(f"{path} not found; write it with bus-nnunet {command} ... -o {folder}")
+    try:
+        return parse(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a bus-nnunet {command} report ({type(e).__name__}: {e}); "
+                        f"write it again with bus-nnunet {command} ... -o {folder} --overwrite") from None

@@ -13,7 +13,6 @@ The report folder::
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -24,7 +23,7 @@ from bus_nnunet.errors import UserError
 from bus_nnunet.evaluation import folder as F
 from bus_nnunet.evaluation import metrics as M
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = F.METRICS_FILE
 
 
 @dataclass
@@ -178,11 +177,4 @@ def write_folder_report(report: FolderReport, output, *, overwrite: bool = False
 
 def read_folder_report(folder) -> FolderReport:
     """The report ``bus-nnunet evaluate -o folder`` wrote (its ``metrics.json``)."""
-    path = Path(folder) / METRICS_FILE
-    if not path.is_file():
-        raise UserError(f"{path} not found; write it with bus-nnunet evaluate ... -o {folder}")
-    try:
-        return FolderReport.from_json(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a bus-nnunet evaluate report ({type(e).__name__}: {e}); "
-                        f"write it again with bus-nnunet evaluate ... -o {folder} --overwrite") from None
+    return F.read_report_json(folder, FolderReport.from_json, "evaluate")
