@@ -308,3 +308,30 @@ def test_heatmap_is_in_the_summary_page(hospitals):
     colour = np.round(np.asarray(colormaps[EXTERNAL_CMAP](diagonal)[:3]) * 255).astype(int)
     cell = (np.abs(pixels - colour) <= 3).all(1).sum()
     assert cell > 500, f"the heatmap's diagonal cell ({colour}) was not rendered ({cell} pixels)"
+
+
+def test_a_retrained_fold_makes_its_external_tests_stale(hospitals):
+    """Issue 25 part 3: the external scores record the checkpoints they were computed from, as the
+    study's other jobs that use models do: a fold trained again makes its trainer's external test,
+    the ensemble's (a member) and the summary stale, with the fold named; the same checkpoint back
+    as it was, they are done again (nothing was recomputed in between)."""
+    import os
+    import time
+    from bus_nnunet.study.run import StudyRun
+    checkpoint = hospitals["root"] / "nn" / "res" / "Dataset971_HospitalA" / "nnUNetTrainer__nnUNetPlans__2d" / \
+        "fold_0" / "checkpoint_final.pth"
+    before = checkpoint.stat()
+    os.utime(checkpoint, ns=(time.time_ns(), time.time_ns()))  # what a retraining leaves
+    try:
+        states = StudyRun.load(hospitals["study"]).states()
+        assert states["external-971-972-nnUNetPlans-nnUNetTrainer"] == (
+            "stale", "nnUNetTrainer fold 0 trained after this external test")
+        members = json.loads((hospitals["out"] / "external" / "971_to_972" / "nnUNetPlans" / "ensemble" /
+                              "metrics.json").read_text())["inputs"]["members"]
+        assert states["external-971-972-nnUNetPlans-ensemble"][0] == ("stale" if "nnUNetTrainer" in members
+                                                                     else "done")
+        assert states["external-971-972-nnUNetPlans-nnUNetTrainerUS"][0] == "done"
+        assert states["summary"][0] == "stale" and states["report-971-nnUNetPlans"][0] == "stale"
+    finally:
+        os.utime(checkpoint, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert {s for s, _ in StudyRun.load(hospitals["study"]).states().values()} == {"done"}
