@@ -42,7 +42,7 @@ classifying model.  ACSNet (its own classification branch) shares all of this th
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
