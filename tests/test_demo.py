@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bus_nnunet import demo
 from bus_nnunet.cli import main
 
@@ -22,11 +24,17 @@ def test_learning_shown_needs_both_baselines_beaten_by_the_margin():
 
 
 def test_demo_quick_learns_end_to_end_and_refuses_to_overwrite(tmp_path):
+    """Trained with nnUNetTrainerUS's classifying variant (issue 24), which segments as nnUNetTrainerUS
+    does: the held-out Dice must beat both baselines, and ``bus-nnunet classify`` with the same
+    model gives class probabilities for 12 new benign / malignant cases.  (The issue's AUC >= 0.9
+    after these 30 steps is not reached reliably yet: measured 0.43-0.96 between runs.)"""
     out = tmp_path / "demo"
-    cmd = [str(Path(sys.executable).parent / "bus-nnunet"), "demo", "--quick", "-o", str(out), "--device", "cpu"]
+    cmd = [str(Path(sys.executable).parent / "bus-nnunet"), "demo", "--quick", "-o", str(out), "--device", "cpu",
+           "--trainer", "nnUNetTrainerUS_Cls"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "nnUNet_def_n_proc": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads((out / "result.json").read_text())
+    assert result["trainer"] == "nnUNetTrainerUS_Cls"
     assert result["test_cases"] == 4 and result["schedule"] == {"epochs": 2, "iterations": 15}
     assert result["learned"] is True, result
     assert result["mean_dice"] > result["baseline_all_foreground_dice"] + 0.2
@@ -34,8 +42,36 @@ def test_demo_quick_learns_end_to_end_and_refuses_to_overwrite(tmp_path):
     assert "Learning shown: **yes**" in (out / "report.md").read_text()
     assert (out / "evaluation" / "per_case.csv").is_file()
     assert result["evaluation"]["n_cases"] == result["test_cases"]  # evaluate's summary, read by its reader
+    _classify_held_out(out, tmp_path / "held_out")
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+def _classify_held_out(demo_out: Path, folder: Path, n: int = 12) -> None:
+    """``bus-nnunet classify`` with the demo's model on ``n`` new cases of the demo's generator (another
+    seed: benign smooth ovals with enhancement, malignant spiculated masses with shadowing), read as
+    ordinary image files: one row of probabilities per case."""
+    import csv
+    import numpy as np
+    from PIL import Image
+    from bus_nnunet import synthetic
+    folder.mkdir()
+    rng = np.random.default_rng(2024)
+    truth = {}
+    for i in range(n):
+        kind = ("benign", "malignant")[i % 2]
+        image, _ = synthetic.make_case(rng, demo.PROFILES["quick"]["size"], kind)
+        Image.fromarray(image).save(folder / f"case_{i:03d}.png")
+        truth[f"case_{i:03d}"] = kind
+    model = next((demo_out / "nnUNet_results").glob("Dataset*/nnUNetTrainerUS_Cls__*"))
+    table = folder.parent / "held_out_classes.csv"
+    proc = subprocess.run([str(Path(sys.executable).parent / "bus-nnunet"), "classify", "-i", str(folder), "-m",
+                           str(model), "-o", str(table), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(table)))
+    assert sorted(r["case_id"] for r in rows) == sorted(truth)
+    for r in rows:
+        assert float(r["p_benign"]) + float(r["p_malignant"]) == pytest.approx(1, abs=1e-5)
 
 
 def test_demo_that_learns_nothing_exits_nonzero_and_says_why(tmp_path, monkeypatch, capsys):
