@@ -78,7 +78,7 @@ def plans_name(args) -> str:
 
 
 def nnunet_env(work: Path, args) -> dict:
-    from bus_nnunet.trainers.base import SCHEDULE_ENV
+    from bus_nnunet.schedule import SCHEDULE_ENV
     env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                nnUNet_results=str(work / "results"), nnUNet_def_n_proc="1",
                # in-process augmentation: worker processes only compete for the same cores

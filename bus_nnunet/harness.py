@@ -88,7 +88,7 @@ def budget_train(argv: Sequence[str], label: str = "budget") -> None:
     import torch
     from nnunetv2.run.run_training import run_training_entry
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from bus_nnunet.trainers.base import schedule_overrides
+    from bus_nnunet.schedule import schedule_overrides
     overrides = schedule_overrides()  # the trainers' own check: a bad value stops before nnU-Net starts
     original_init = nnUNetTrainer.__init__
 

@@ -79,7 +79,7 @@ def test_step_schedules_keep_their_shape_in_long_variants():
 
 
 def test_nnunet_defaults_match_a_real_nnunet_trainer(planned_dataset, tmp_path, monkeypatch):
-    from bus_nnunet.trainers.base import NNUNET_SCHEDULE_DEFAULTS
+    from bus_nnunet.schedule import NNUNET_SCHEDULE_DEFAULTS
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     trainer = _instance(nnUNetTrainer, planned_dataset, tmp_path, monkeypatch)
     assert {k: getattr(trainer, k) for k in NNUNET_SCHEDULE_DEFAULTS} == NNUNET_SCHEDULE_DEFAULTS

@@ -18,7 +18,7 @@ trains from scratch; ``BUS_NNUNET_PRETRAINED=none`` trains from scratch on purpo
 
 Schedule overrides (environment, for CPU smoke runs; logged when used):
 ``BUS_NNUNET_NUM_EPOCHS``, ``BUS_NNUNET_NUM_ITERATIONS`` (per epoch),
-``BUS_NNUNET_NUM_VAL_ITERATIONS``, read and checked once by :func:`schedule_overrides` (also for
+``BUS_NNUNET_NUM_VAL_ITERATIONS``, read and checked once by :func:`bus_nnunet.schedule.schedule_overrides` (also for
 nnU-Net's own trainers, by ``bus_nnunet.harness.budget_train``).
 
 Schedule variants: every trainer also exists as ``<Trainer>_1epoch``, ``_5epochs``,
@@ -51,10 +51,11 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from bus_nnunet import augmentation
 from bus_nnunet.errors import UserError
 from bus_nnunet.network_architectures import create_model, model_info, snap_patch_size
+from bus_nnunet.schedule import NNUNET_SCHEDULE_DEFAULTS, schedule_overrides
 from bus_nnunet.recipes import NNUNET_RECIPE, EpochLRScheduler, Recipe, build_optimizer
 
 __all__ = ["UltrasoundAugmentationMixin", "BusNetworkTrainer", "OneMinusDiceLoss", "unwrap_network",
-           "segmentation_network", "schedule_overrides", "TrainerSetupError"]
+           "segmentation_network", "TrainerSetupError"]
 
 
 class TrainerSetupError(UserError, SystemExit):
@@ -67,33 +68,6 @@ class TrainerSetupError(UserError, SystemExit):
     def __init__(self, message: str):
         super().__init__(message)
         self.code = message  # what Python prints for an uncaught SystemExit
-
-
-#: nnU-Net 2.8's nnUNetTrainer.__init__ values (a test checks them against a real instance)
-NNUNET_SCHEDULE_DEFAULTS = {"num_epochs": 1000, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
-SCHEDULE_ENV = {
-    "num_epochs": "BUS_NNUNET_NUM_EPOCHS",
-    "num_iterations_per_epoch": "BUS_NNUNET_NUM_ITERATIONS",
-    "num_val_iterations_per_epoch": "BUS_NNUNET_NUM_VAL_ITERATIONS",
-}
-
-
-def schedule_overrides(environ=os.environ) -> Dict[str, Tuple[int, str]]:
-    """``attr -> (value, "VARIABLE=value")`` for the ``BUS_NNUNET_NUM_*`` schedule variables that are set;
-    a ValueError names a variable that is not an integer >= 1."""
-    overrides = {}
-    for attr, env in SCHEDULE_ENV.items():
-        value = environ.get(env)
-        if not value:
-            continue
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"{env}={value!r} is not an integer") from None
-        if number < 1:
-            raise ValueError(f"{env}={value!r}: must be at least 1")
-        overrides[attr] = (number, f"{env}={value}")
-    return overrides
 
 
 class OneMinusDiceLoss(nn.Module):

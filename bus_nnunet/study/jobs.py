@@ -33,7 +33,7 @@ from bus_nnunet.study.inputs import Record, checkpoint_record, read_record, stal
 from bus_nnunet.study.slurm_state import FAILED_STATES, LIVE_STATES, RUNNING_STATES, slurm_states
 # the trainer attributes a [schedule] sets -> the variables bus-nnunet trainers (and the study's
 # launcher, for nnU-Net's own trainers) read them from
-from bus_nnunet.trainers.base import SCHEDULE_ENV
+from bus_nnunet.schedule import SCHEDULE_ENV
 
 STAGES = ("convert", "plan", "train", "ensemble", "report", "external", "summary")
 #: stages whose jobs run a network (external: the trainers' predictions; its ensembles only average)
