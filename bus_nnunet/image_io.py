@@ -1,6 +1,6 @@
 """Reading ultrasound images and lesion masks from image files: the one rule the dataset
 converters (``bus-nnunet convert``), the images users give ``predict`` / ``classify`` / ``gradcam``
-(:mod:`bus_nnunet.user_images`) and the report figures apply, so a prediction sees what training saw.
+(:mod:`bus_nnunet.inference.images`) and the report figures apply, so a prediction sees what training saw.
 
 * :func:`read_image` -- any mode (grey, RGB, RGBA, palette, 16-bit, float) -> uint8 grey or RGB;
 * :func:`read_mask` -- any lesion-mask encoding (0/1, 0/255, JPEG noise, anti-aliasing, colour or

@@ -222,7 +222,7 @@ def test_acsnet_trainer_cli_writes_classification_and_classify_command(planned_d
     # several models (issue 23): weighted, a copy of the model averaged with it classifies as the
     # model does; models of other classes are refused, naming both
     import shutil
-    from bus_nnunet.classification_inference import classify_images
+    from bus_nnunet.inference.classification import classify_images
     copy = tmp_path / "copy" / folder.name
     shutil.copytree(folder, copy)
     _nnunet.run(["bus-nnunet", "classify", "-i", mixed / "copy.png", "-m", folder, "-m", copy, "--weights", 1, 3,

@@ -160,7 +160,7 @@ def _write_results(env, dataset, trainers):
     fold with generated probabilities (signal ``strength``; None: the trainer does not classify).
     Returns the truth and each trainer's probabilities by case."""
     from PIL import Image
-    from bus_nnunet.classification_inference import write_classification_csv
+    from bus_nnunet.inference.classification import write_classification_csv
     gt = Path(env["nnUNet_preprocessed"]) / dataset / "gt_segmentations"
     gt.mkdir(parents=True)
     raw = Path(env["nnUNet_raw"]) / dataset

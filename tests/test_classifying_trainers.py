@@ -164,7 +164,7 @@ def test_classify_any_variant_alone_and_several_models(trained_variants):
     """``bus-nnunet classify``'s function with a classifying variant, and with two variants of different
     networks (-m A -m B, weighted): the ensemble is the weighted mean of each model's probabilities
     (the command line itself: tests/test_acsnet.py and the demo test)."""
-    from bus_nnunet.classification_inference import classify_images
+    from bus_nnunet.inference.classification import classify_images
     ds, tmp, folders, log = trained_variants
     images = ds.raw / "imagesTs"
     a, b = folders["nnUNetTrainerUS_Cls"], folders["SCRNetTrainer_ClsBalanced"]

@@ -11,7 +11,7 @@ from PIL import Image
 
 import _nnunet
 from bus_nnunet.errors import UserError
-from bus_nnunet import user_images as U
+from bus_nnunet.inference import images as U
 
 
 def _ultrasound_like(seed=0, shape=(48, 56)):
@@ -187,7 +187,7 @@ def test_gradcam_reads_images_as_predict_does(trained_us, tmp_path):
 # -- issue 22: large images, masks as they are done, EXIF orientation, outputs never over inputs -----
 def _count_network_evaluations(monkeypatch):
     """Make ``prediction.load_predictor`` count every forward pass of the loaded networks."""
-    from bus_nnunet import prediction as P
+    from bus_nnunet.inference import segmentation as P
     calls, load = [0], P.load_predictor
 
     def counting_load(*args, **kwargs):
@@ -208,7 +208,7 @@ def test_large_image_is_announced_with_nnunets_tile_count_and_shows_tile_progres
     """The estimate is exactly the number of network evaluations nnU-Net makes (its crop of the
     black border, padding, steps, mirroring and folds), said before the image is predicted, and
     nnU-Net's own bar counts that image's windows; a small image is neither announced nor barred."""
-    from bus_nnunet import prediction as P
+    from bus_nnunet.inference import segmentation as P
     ds, env = trained_us
     folder = _nnunet.model_folder(env, "nnUNetTrainerUS")
     big = np.zeros((150, 200), np.uint8)
@@ -236,7 +236,7 @@ def test_masks_are_written_as_done_interruptions_say_how_far_and_exif_is_noted(t
     """Each mask is in the partial folder as soon as its image is done; a run stopped after one
     image says so and writes nothing; a killed run's partial folder is reported with its count.
     A JPEG with EXIF orientation 6 is segmented as stored, and summary.csv says so."""
-    from bus_nnunet import prediction as P
+    from bus_nnunet.inference import segmentation as P
     ds, env = trained_us
     folder = _nnunet.model_folder(env, "nnUNetTrainerUS")
     (tmp_path / "in").mkdir()

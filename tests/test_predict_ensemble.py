@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import _nnunet
-from bus_nnunet import user_images as U
+from bus_nnunet.inference import images as U
 from bus_nnunet.errors import UserError
 
 PATCH_32_PLANS = "nnUNetPlansP32"
@@ -94,7 +94,7 @@ def test_two_trainers_with_different_patch_sizes_equal_nnunet_predict_then_ensem
     assert read_foreground_probability(out / "probabilities" / "grey.npz").shape == grey.shape
 
     # --weights: the weighted mean, normalised by the sum of the weights
-    from bus_nnunet.prediction import predict_images
+    from bus_nnunet.inference.segmentation import predict_images
     predict_images([images / "second.png"], [model_a, model_b], tmp_path / "weighted", weights=[3, 1],
                    device="cpu", progress=False, save_probabilities=True)
     a, b = (_probabilities(tmp_path / ref / "second.npz") for ref in ("ref_a", "ref_b"))
@@ -135,5 +135,5 @@ def test_models_with_other_labels_or_channels_or_weights_are_refused(tmp_path, c
         assert expected in capsys.readouterr().err
         assert not out.exists()
     with pytest.raises(UserError, match="no model given"):
-        from bus_nnunet.prediction import load_ensemble
+        from bus_nnunet.inference.segmentation import load_ensemble
         load_ensemble([])

@@ -27,7 +27,7 @@ linear, on the encoder's deepest feature map:
 The network, head (and uncertainty weights) are one module, :class:`ClassifyingNetwork`, whose
 ``forward(x)`` returns the segmentation logits only: nnU-Net's prediction, mirroring, ``--val``,
 ensembling and ``bus-nnunet predict`` stay as they are.  Its state dict holds the head, and the
-class names go into the model's ``plans.json`` (``classification_inference.PLANS_CLASSES_KEY``), so
+class names go into the model's ``plans.json`` (``inference.classification.PLANS_CLASSES_KEY``), so
 inference rebuilds the same head.
 
 **Classes** come from the dataset's ``manifest.csv`` (:func:`bus_nnunet.manifest.classification_labels`:
@@ -108,7 +108,7 @@ class ClassifyingNetwork(nn.Module):
     ``features="encoder"`` (dynamic-network-architectures U-Nets: ``network.encoder`` returns the
     stages, ``network.decoder`` takes them) or ``features="<submodule>[:input]"`` (a hook).
 
-    Geometry for whole-image classification (``classification_inference.class_probabilities``):
+    Geometry for whole-image classification (``inference.classification.class_probabilities``):
     ``size_divisor`` per spatial axis, ``min_size``, and ``input_size`` when the network only takes
     one size.  ``loss_weighting`` (ACSNet's uncertainty weights) when the recipe asks for it.
     """
@@ -204,7 +204,7 @@ class ClassifyingTrainerMixin:
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.recipe.classification is None:
             raise TypeError(f"{type(self).__name__}: a classifying trainer needs recipe.classification")
-        from bus_nnunet.classification_inference import PLANS_CLASSES_KEY
+        from bus_nnunet.inference.classification import PLANS_CLASSES_KEY
         from bus_nnunet.manifest import classification_labels, find_manifest
         try:
             self.manifest_path = find_manifest(self.plans_manager.dataset_name, must_exist=True)
@@ -231,7 +231,7 @@ class ClassifyingTrainerMixin:
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        from bus_nnunet.classification_inference import classes_from_configuration
+        from bus_nnunet.inference.classification import classes_from_configuration
         network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                       num_output_channels, enable_deep_supervision)
         num_classes = len(classes_from_configuration(configuration_manager.configuration))
@@ -329,7 +329,7 @@ class ClassifyingTrainerMixin:
         probs = np.concatenate([o.pop("class_probabilities") for o in val_outputs])
         labels = np.concatenate([o.pop("class_labels") for o in val_outputs])
         super().on_validation_epoch_end(val_outputs)
-        from bus_nnunet.classification_inference import summarize_classification
+        from bus_nnunet.inference.classification import summarize_classification
         metrics = summarize_classification(labels, probs, self.class_names)
         self.print_to_log_file("val classification (patches, malignant vs rest): " +
                                ", ".join(f"{k} {metrics[k]:.4f}" for k in LOGGED_METRICS))
@@ -353,7 +353,7 @@ class ClassifyingTrainerMixin:
     def export_validation_classification(self) -> str:
         """Classify every validation case of this fold (whole image, as ``bus-nnunet classify``); write
         ``validation/classification.csv`` and ``classification_summary.json``. Returns the CSV path."""
-        from bus_nnunet.classification_inference import (class_probabilities, describe_input,
+        from bus_nnunet.inference.classification import (class_probabilities, describe_input,
                                                           summarize_classification, write_classification_csv)
         from bus_nnunet.io_utils import atomic_write_json
         _, val_keys = self.do_split()

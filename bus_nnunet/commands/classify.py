@@ -30,10 +30,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from bus_nnunet.classification_inference import classify_images, write_classification_csv
+    from bus_nnunet.inference.classification import classify_images, write_classification_csv
     from bus_nnunet.io_utils import check_output_free
-    from bus_nnunet.prediction import parse_folds
-    from bus_nnunet.user_images import files_message
+    from bus_nnunet.inference.segmentation import parse_folds
+    from bus_nnunet.inference.images import files_message
 
     check_output_free(args.output, args.overwrite, "output file", inputs=[*args.input, *args.model])
     names, probabilities, class_names, skipped, ignored = classify_images(

@@ -33,7 +33,7 @@ def run(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from bus_nnunet import user_images as U
+    from bus_nnunet.inference import images as U
     from bus_nnunet.errors import UserError
     from bus_nnunet.evaluation import gradcam as G
     from bus_nnunet.io_utils import atomic_output_dir, check_output_free

@@ -59,8 +59,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from bus_nnunet.prediction import parse_folds, predict_images
-    from bus_nnunet.user_images import files_message
+    from bus_nnunet.inference.segmentation import parse_folds, predict_images
+    from bus_nnunet.inference.images import files_message
     result = predict_images(args.input, args.model, args.output, weights=args.weights, folds=parse_folds(args.folds),
                             checkpoint=args.checkpoint, device=args.device, use_mirroring=not args.disable_tta,
                             step_size=args.step_size, recursive=args.recursive, overwrite=args.overwrite,

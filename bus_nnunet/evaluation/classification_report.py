@@ -2,7 +2,7 @@
 
 Any trainer whose validation writes ``fold_k/validation/classification.csv``
 (``case_id,true_class,p_<class>...,predicted_class``, see
-:func:`bus_nnunet.classification_inference.write_classification_csv`) is a classifier of its
+:func:`bus_nnunet.inference.classification.write_classification_csv`) is a classifier of its
 out-of-fold cases. The question scored is **malignant vs rest**: malignant is the positive class,
 benign and (where the dataset has it) normal are negative, and the score is ``p_malignant``
 (the softmax probability of malignant). Per classifier: DeLong's AUC with its 95 % CI,

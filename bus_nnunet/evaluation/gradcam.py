@@ -67,7 +67,7 @@ def network_input_size(predictor, size: Sequence[int]) -> Tuple[int, int]:
 def load_predictor(model_folder, fold: str = "0", checkpoint: str = "checkpoint_final.pth"):
     """nnU-Net's predictor with the one fold to explain, on the CPU (Grad-CAM needs gradients of
     one network, not an ensemble)."""
-    from bus_nnunet.prediction import load_predictor as load, parse_folds
+    from bus_nnunet.inference.segmentation import load_predictor as load, parse_folds
     predictor = load(model_folder, parse_folds([fold]), checkpoint, device="cpu")
     predictor.network.eval()
     return predictor
@@ -76,12 +76,12 @@ def load_predictor(model_folder, fold: str = "0", checkpoint: str = "checkpoint_
 def gradcam_case(predictor, image: np.ndarray, label: int = 1, layer: Optional[str] = None):
     """Grad-CAM map (H, W, in [0, 1], original image geometry), the predicted lesion mask, the
     image (first channel) and the layer name for one image: ``(C, 1, H, W)`` as
-    :func:`bus_nnunet.user_images.read_for_model` gives it."""
+    :func:`bus_nnunet.inference.images.read_for_model` gives it."""
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
     pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
-    from bus_nnunet.user_images import NATURAL_IMAGE_SPACING
+    from bus_nnunet.inference.images import NATURAL_IMAGE_SPACING
     props = {"spacing": list(NATURAL_IMAGE_SPACING)}
     original = np.asarray(image[0, 0], dtype=np.float32)
     data, _, props = cm.preprocessor_class(verbose=False).run_case_npy(image, None, props, pm, cm, dj)

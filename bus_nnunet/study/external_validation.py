@@ -4,8 +4,8 @@ The study file names, per training dataset, the datasets it is tested on (``[ext
 :mod:`bus_nnunet.study.config`).  For each such pair and plans there is one study job per model:
 
 * each trainer's fold ensemble (every study fold), run by ``predict``: nnU-Net's predictor
-  (:func:`bus_nnunet.prediction.load_predictor`) on every test image read as ``bus-nnunet predict``
-  reads it (:func:`bus_nnunet.user_images.read_for_model`: grey <-> RGB converted to what the model
+  (:func:`bus_nnunet.inference.segmentation.load_predictor`) on every test image read as ``bus-nnunet predict``
+  reads it (:func:`bus_nnunet.inference.images.read_for_model`: grey <-> RGB converted to what the model
   was trained on);
 * the study's ensemble, run by ``ensemble``: the mean of the softmax probabilities its members
   saved (the ``ensemble_best_k`` trainers with the best cross-validation Dice in that dataset's
@@ -105,7 +105,7 @@ def _raw_dataset(layout, dataset_id: int) -> Path:
 def external_images(layout, dataset_id: int) -> ExternalImages:
     """The images a dataset is tested on: its ``imagesTs`` where it has a test split, else all of
     ``imagesTr``; each with its reference in the matching labels folder."""
-    from bus_nnunet.user_images import NNUNET_CHANNEL_SUFFIX
+    from bus_nnunet.inference.images import NNUNET_CHANNEL_SUFFIX
     folder = _raw_dataset(layout, dataset_id)
     ending = json.loads((folder / "dataset.json").read_text()).get("file_ending", ".png")
     for split, labels in (("imagesTs", "labelsTs"), ("imagesTr", "labelsTr")):
@@ -264,8 +264,8 @@ def predict_pair(run, train_id: int, test_id: int, plans: str, trainer: str, dev
                  log=print) -> Path:
     """A trainer's fold ensemble on every test image without a mask yet, then the scores."""
     study, layout = run.study, run.layout
-    from bus_nnunet import user_images as U
-    from bus_nnunet.prediction import load_ensemble
+    from bus_nnunet.inference import images as U
+    from bus_nnunet.inference.segmentation import load_ensemble
     _require_pair(layout, train_id, test_id, plans)
     tests = external_images(layout, test_id)
     folder = pair_folder(layout, train_id, test_id, plans, trainer)
@@ -296,11 +296,11 @@ def member_probabilities(layout, train_id: int, test_id: int, plans: str, member
 
 def ensemble_pair(run, train_id: int, test_id: int, plans: str, log=print) -> Path:
     """The mean of the members' saved probabilities on every test image (the rule of
-    ``bus-nnunet predict -m A -m B``: :func:`bus_nnunet.prediction.average_probabilities`), labelled
+    ``bus-nnunet predict -m A -m B``: :func:`bus_nnunet.inference.segmentation.average_probabilities`), labelled
     by nnU-Net's label manager of the first member's plans, then the scores."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from bus_nnunet.prediction import average_probabilities
+    from bus_nnunet.inference.segmentation import average_probabilities
     study, layout = run.study, run.layout
     _require_pair(layout, train_id, test_id, plans)
     tests = external_images(layout, test_id)

@@ -156,9 +156,9 @@ def summarize_classification(true_labels: Sequence[int], probabilities: np.ndarr
 
 def model_class_probabilities(member, data: np.ndarray) -> np.ndarray:
     """Softmax class probabilities (K,) of one image ``(C, 1, H, W)`` (as
-    :func:`bus_nnunet.user_images.read_for_model` reads it) with one ensemble member
-    (:class:`bus_nnunet.prediction.Member`): its own preprocessing, averaged over its folds."""
-    from bus_nnunet.user_images import NATURAL_IMAGE_SPACING
+    :func:`bus_nnunet.inference.images.read_for_model` reads it) with one ensemble member
+    (:class:`bus_nnunet.inference.segmentation.Member`): its own preprocessing, averaged over its folds."""
+    from bus_nnunet.inference.images import NATURAL_IMAGE_SPACING
     predictor = member.predictor
     network = predictor.network
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
@@ -178,15 +178,15 @@ def classify_images(inputs: Sequence, model_folders, folds: Optional[Sequence] =
                     checkpoint_name: str = "checkpoint_final.pth", device: str = "cpu", recursive: bool = False,
                     progress: bool = True, weights: Optional[Sequence[float]] = None):
     """Class probabilities of every image of ``inputs`` (files / folders of ordinary images, read
-    as :mod:`bus_nnunet.user_images` reads them for ``predict``): per model (one folder or several,
+    as :mod:`bus_nnunet.inference.images` reads them for ``predict``): per model (one folder or several,
     loaded as ``predict`` loads an ensemble) averaged over its ``folds``, then the models' weighted
     mean (``weights`` normalised by their sum; default equal).  Every model must classify into
     the same classes.  One image at a time.
 
     Returns ``(names, probabilities (N, K), class_names, skipped, ignored)``.
     """
-    from bus_nnunet import user_images as U
-    from bus_nnunet.prediction import load_ensemble
+    from bus_nnunet.inference import images as U
+    from bus_nnunet.inference.segmentation import load_ensemble
 
     images, ignored = U.collect_images(inputs, recursive)
     U.require_some(images, ignored, inputs)

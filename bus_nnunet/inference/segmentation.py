@@ -1,6 +1,6 @@
 """``bus-nnunet predict``: lesion masks for a folder of ordinary images with a trained model.
 
-Each image is read and converted to the model's channels by :mod:`bus_nnunet.user_images`,
+Each image is read and converted to the model's channels by :mod:`bus_nnunet.inference.images`,
 then segmented by nnU-Net's own ``nnUNetPredictor`` (its preprocessing, sliding window, test-time
 mirroring and the ensemble of the chosen folds), one image at a time so that one bad file costs
 only itself.  :func:`load_predictor` is also how ``classify`` and ``gradcam`` load a model.
@@ -100,7 +100,7 @@ class TileEstimate:
 
 def estimate_tiles(predictor, data: np.ndarray) -> TileEstimate:
     """The tiles nnU-Net's predictor will evaluate for ``data`` (``(C, 1, H, W)``, as
-    :func:`bus_nnunet.user_images.read_for_model` reads it), by nnU-Net's own rules: the crop to
+    :func:`bus_nnunet.inference.images.read_for_model` reads it), by nnU-Net's own rules: the crop to
     the non-zero region, the resampling to the plan's spacing, the padding to at least the patch
     and ``compute_steps_for_sliding_window``; times its mirroring variants and folds."""
     from acvl_utils.cropping_and_padding.bounding_boxes import get_bbox_from_mask
@@ -108,7 +108,7 @@ def estimate_tiles(predictor, data: np.ndarray) -> TileEstimate:
     from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
-    from bus_nnunet.user_images import NATURAL_IMAGE_SPACING
+    from bus_nnunet.inference.images import NATURAL_IMAGE_SPACING
     plans, configuration = predictor.plans_manager, predictor.configuration_manager
     order = list(plans.transpose_forward)
     data = data.transpose([0, *[axis + 1 for axis in order]])
@@ -180,7 +180,7 @@ class Ensemble:
         first = members[0].predictor
         self.dataset_json = first.dataset_json
         self.label_manager = first.label_manager
-        from bus_nnunet.user_images import model_wants_rgb
+        from bus_nnunet.inference.images import model_wants_rgb
         self.rgb = model_wants_rgb(first.dataset_json, members[0].folder)  # the same for all: checked
 
     def __len__(self) -> int:
@@ -190,9 +190,9 @@ class Ensemble:
         return [estimate_tiles(m.predictor, data) for m in self.members]
 
     def predict(self, data: np.ndarray, tile_progress: bool = False) -> EnsemblePrediction:
-        """``data``: ``(C, 1, H, W)`` as :func:`bus_nnunet.user_images.read_for_model` reads it.
+        """``data``: ``(C, 1, H, W)`` as :func:`bus_nnunet.inference.images.read_for_model` reads it.
         Memory holds one running sum and the members' label maps, whatever the number of members."""
-        from bus_nnunet.user_images import NATURAL_IMAGE_SPACING
+        from bus_nnunet.inference.images import NATURAL_IMAGE_SPACING
         member_segmentations = []
 
         def member_probabilities():
@@ -242,7 +242,7 @@ def _as_folders(model_folders) -> List[Path]:
 def check_ensemble_compatible(model_folders: Sequence) -> None:
     """Refuse models that cannot be averaged: different labels (or regions) or different input
     channels; the error names every model and what it has.  Reads only their ``dataset.json``."""
-    from bus_nnunet.user_images import model_wants_rgb
+    from bus_nnunet.inference.images import model_wants_rgb
     datasets = {}
     for folder in model_folders:
         path = Path(folder) / "dataset.json"
@@ -280,7 +280,7 @@ def load_ensemble(model_folders, weights: Optional[Sequence[float]] = None, fold
     """The :class:`Ensemble` of ``model_folders`` (one folder or several), each with ``folds``
     (:func:`resolve_folds`: None = every fold that has ``checkpoint``); checked by
     :func:`check_ensemble_compatible` and :func:`check_weights` before any weight is loaded."""
-    from bus_nnunet.user_images import require_natural_image_model
+    from bus_nnunet.inference.images import require_natural_image_model
     folders = _as_folders(model_folders)
     weights = check_weights(weights, len(folders))
     fold_sets = [resolve_folds(f, folds, checkpoint) for f in folders]  # model folders with those folds
@@ -334,7 +334,7 @@ def predict_images(inputs: Sequence, model_folders, output, *, weights: Optional
     the ``skipped`` (unreadable) and ``ignored`` (not images) files."""
     from PIL import Image
 
-    from bus_nnunet import user_images as U
+    from bus_nnunet.inference import images as U
     from bus_nnunet.evaluation.uncertainty import uncertainty_maps
     from bus_nnunet.io_utils import atomic_output_dir, atomic_write_text, check_output_free
 
