@@ -1,9 +1,9 @@
 """Shared helpers of the benchmark scripts: machine/version stamp, tables, subprocess runner and
 the fixed-budget ``nnUNetv2_train`` launcher (the runner, the tables and the launcher live in
-:mod:`bus_nnunet.harness` and :mod:`bus_nnunet.text_tables`, shared with the tests and the demo).
+:mod:`bus_nnunet.tool_runner`, :mod:`bus_nnunet.study.budget_train` and :mod:`bus_nnunet.text_tables`, shared with the tests and the demo).
 
 Run as a script, ``python benchmarks/_common.py budget-train <nnUNetv2_train arguments>`` is
-:func:`bus_nnunet.harness.budget_train`: ``nnUNetv2_train`` with the schedule overrides
+:func:`bus_nnunet.study.budget_train.budget_train`: ``nnUNetv2_train`` with the schedule overrides
 ``BUS_NNUNET_NUM_EPOCHS`` / ``BUS_NNUNET_NUM_ITERATIONS`` / ``BUS_NNUNET_NUM_VAL_ITERATIONS``
 applied to EVERY trainer, including nnU-Net's stock ``nnUNetTrainer`` (which does not read them
 itself), so all trainers of a study get the same budget.  ``BUS_NNUNET_TORCH_THREADS`` pins
@@ -17,9 +17,9 @@ import platform
 import sys
 from typing import Dict
 
-from bus_nnunet.harness import budget_train
+from bus_nnunet.study.budget_train import budget_train
 # the benchmark scripts import these from here
-from bus_nnunet.harness import run_tool as run_command  # noqa: F401
+from bus_nnunet.tool_runner import run_tool as run_command  # noqa: F401
 from bus_nnunet.text_tables import markdown_table  # noqa: F401
 
 

@@ -156,7 +156,7 @@ def fold_record(layout, job, state: str) -> dict:
 def main(argv=None) -> int:
     """Write the study file, run it with ``bus-nnunet study run`` (the one engine: resumable, one
     budget), and collect its cv-report into OUT.json / OUT.md."""
-    from bus_nnunet.harness import run_tool
+    from bus_nnunet.tool_runner import run_tool
     args = parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)

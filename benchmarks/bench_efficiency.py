@@ -42,7 +42,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E402
 from bus_nnunet.profiling import MACS_METHOD  # noqa: E402
-from bus_nnunet.harness import CommandFailed, nnunet_env, peak_rss_bytes, plan_synthetic_dataset, rss_bytes  # noqa: E402
+from bus_nnunet.harness import nnunet_env, plan_synthetic_dataset  # noqa: E402
+from bus_nnunet.profiling import peak_rss_bytes, rss_bytes  # noqa: E402
+from bus_nnunet.tool_runner import CommandFailed  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = ("nnUNetTrainer", "nnUNetTrainerUS")

@@ -49,7 +49,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E402
-from bus_nnunet.harness import peak_rss_bytes, rss_bytes  # noqa: E402
+from bus_nnunet.profiling import peak_rss_bytes, rss_bytes  # noqa: E402
 
 WIDTHS = (64, 128, 256, 512, 1024)
 GIB = 1024 ** 3

@@ -3,7 +3,7 @@
 BrEaST (``../shared/data/BrEaST``, a downscaled copy with the longer side <= 128 px, as
 ``benchmarks/external_validation.py`` uses), fold 0, the same budget for every trainer (10 epochs x
 30 iterations at batch 4 = 300 steps, 4 validation iterations per epoch, through ``nnUNetv2_train``
-with the ``BUS_NNUNET_NUM_*`` schedule, :func:`bus_nnunet.harness.budget_train`):
+with the ``BUS_NNUNET_NUM_*`` schedule, :func:`bus_nnunet.study.budget_train.budget_train`):
 
 * **trainers**: the classifying variants of nnUNetTrainerUS and of two published networks that
   learn at this budget (the CBAM attention U-Net with skip attention and AnatoSegNet with Dice+CE,
@@ -157,7 +157,7 @@ def plain_trainers(trainers):
 
 
 def tool(name: str) -> Path:
-    from bus_nnunet.harness import tool as find
+    from bus_nnunet.tool_runner import tool as find
     return find(name)
 
 

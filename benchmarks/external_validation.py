@@ -183,7 +183,7 @@ def training_seconds(study, layout, plans: str) -> dict:
 
 
 def main(argv=None) -> int:
-    from bus_nnunet.harness import tool
+    from bus_nnunet.tool_runner import tool
     from bus_nnunet.study import jobs as J
     from bus_nnunet.study.config import load_study
     args = parse_args(argv)

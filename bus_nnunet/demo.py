@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from bus_nnunet.errors import UserError
-from bus_nnunet.harness import nnunet_env, plan_command, tool
+from bus_nnunet.harness import nnunet_env, plan_command
+from bus_nnunet.tool_runner import tool
 from bus_nnunet.io_utils import atomic_write_text, check_output_free, write_output_marker
 
 DATASET_ID = 599

@@ -23,6 +23,7 @@ Conventions (stated in every report):
 from __future__ import annotations
 
 import copy
+import os
 import json
 import statistics
 import subprocess
@@ -293,7 +294,6 @@ def peak_memory_cuda(net, x, train: bool, num_classes: int) -> int:
 def _measure_cpu_memory_here(spec: dict) -> int:
     """Inside the subprocess: build, run the step once, return peak RSS increase (bytes)."""
     import torch
-    from bus_nnunet.harness import peak_rss_bytes, reset_peak_rss, rss_bytes
     torch.set_num_threads(int(spec.get("threads", 1)))
     train = spec["mode"] == "train"
     net, _ = build_network(spec["trainer"], spec["in_channels"], spec["num_classes"], spec["size"],
@@ -388,3 +388,34 @@ TABLE_HEADER = ["trainer", "params (M)", "trainable (M)", "params, thop rules (M
 
 if __name__ == "__main__":  # subprocess entry of peak_memory_cpu
     print(json.dumps({"peak_bytes": _measure_cpu_memory_here(json.loads(sys.argv[1]))}))
+
+
+# -- process memory (Linux /proc; ru_maxrss where /proc/self/status is missing) ----------------------
+def rss_bytes() -> int:
+    """This process's resident set size now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0: clear_refs 5);
+    False where that is not allowed, and the peak then includes everything before."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (VmHWM; ru_maxrss, KiB on Linux, as the fallback)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

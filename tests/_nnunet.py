@@ -3,7 +3,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus_nnunet import harness
+from bus_nnunet import harness, tool_runner
 # nnUNet_n_proc_DA=0: in-process augmentation (no worker start-up); only for training, since
 # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA) and fails on 0.
 SMOKE_SCHEDULE = {"BUS_NNUNET_NUM_EPOCHS": "1", "BUS_NNUNET_NUM_ITERATIONS": "2",
@@ -18,7 +18,7 @@ def make_env(root: Path) -> dict:
 def run(cmd, env: dict, timeout=900, check=True) -> subprocess.CompletedProcess:
     """Run an nnU-Net / bus-nnunet command of this venv with ``env`` on top of os.environ; with
     ``check``, fail with its output."""
-    return harness.run_tool(cmd, env, timeout=timeout, check=check)
+    return tool_runner.run_tool(cmd, env, timeout=timeout, check=check)
 
 
 @dataclass

@@ -197,9 +197,9 @@ KILLED = "external-971-972-nnUNetPlans-nnUNetTrainerUS"
 def _cli(args, **kw):
     import os
     import subprocess
-    from bus_nnunet import harness
+    from bus_nnunet import tool_runner
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")} | {"OMP_NUM_THREADS": "2"}
-    return subprocess.run([harness.tool("bus-nnunet"), *map(str, args)], env=env, capture_output=True, text=True,
+    return subprocess.run([tool_runner.tool("bus-nnunet"), *map(str, args)], env=env, capture_output=True, text=True,
                           timeout=1800, **kw)
 
 
@@ -211,7 +211,7 @@ def hospitals(tmp_path_factory):
     import signal
     import subprocess
     import time
-    from bus_nnunet import harness
+    from bus_nnunet import tool_runner
     from bus_nnunet.synthetic import Acquisition, write_nnunet_raw
     root = tmp_path_factory.mktemp("hospitals")
     write_nnunet_raw(root / "nn" / "raw", 971, "HospitalA", n_cases=16, size=(64, 64), seed=1)
@@ -225,7 +225,7 @@ def hospitals(tmp_path_factory):
     masks = out / "external" / "971_to_972" / "nnUNetPlans" / "nnUNetTrainerUS" / "masks"
     pid_file = out / "logs" / f"{KILLED}.pid"
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")} | {"OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([harness.tool("bus-nnunet"), "study", "run", str(study)], env=env,
+    proc = subprocess.Popen([tool_runner.tool("bus-nnunet"), "study", "run", str(study)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 1800
 

@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from bus_nnunet import harness
+from bus_nnunet import tool_runner
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "slurm" / "one_node_cluster.sh"
@@ -171,7 +171,7 @@ class Study:
                       "BUS_NNUNET_TORCH_THREADS": "1"} | extra
 
     def bus(self, *args, check=True, **extra) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(harness.tool("bus-nnunet")), "study", *args, str(self.file)], env=self.env(**extra),
+        proc = subprocess.run([str(tool_runner.tool("bus-nnunet")), "study", *args, str(self.file)], env=self.env(**extra),
                               capture_output=True, text=True, timeout=600)
         if check and proc.returncode != 0:
             raise AssertionError(f"study {args} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -329,7 +329,7 @@ def test_status_asks_slurm_once(study, run_a, tmp_path):
         script = f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\n' + (f'exec "{real}" "$@"\n' if real else "exit 1\n")
         (wrappers / tool).write_text(script)
         (wrappers / tool).chmod(0o755)
-    proc = subprocess.run([str(harness.tool("bus-nnunet")), "study", "status", str(study.file)],
+    proc = subprocess.run([str(tool_runner.tool("bus-nnunet")), "study", "status", str(study.file)],
                           env=study.env(PATH=f"{wrappers}:{study.cluster.env['PATH']}"), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

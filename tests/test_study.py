@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import _nnunet
-from bus_nnunet import harness
+from bus_nnunet import tool_runner
 from bus_nnunet.errors import UserError
 
 SMOKE = """
@@ -37,7 +37,7 @@ def _env():
 
 
 def _run(args, check=True, **kw):
-    proc = subprocess.run([str(harness.tool("bus-nnunet")), *map(str, args)], env=_env(), capture_output=True,
+    proc = subprocess.run([str(tool_runner.tool("bus-nnunet")), *map(str, args)], env=_env(), capture_output=True,
                           text=True, timeout=1500, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
@@ -75,7 +75,7 @@ def finished_study(sources):
     study = _study_file(sources, TWO_BY_TWO)
     logs = sources / "out" / "logs"
     victim = logs / "train-982-nnUNetPlans-nnUNetTrainerUS-fold0.pid"
-    proc = subprocess.Popen([str(harness.tool("bus-nnunet")), "study", "run", str(study)], env=_env(),
+    proc = subprocess.Popen([str(tool_runner.tool("bus-nnunet")), "study", "run", str(study)], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 1200
     while not victim.is_file() and proc.poll() is None and time.time() < deadline:

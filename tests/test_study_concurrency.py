@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 
-from bus_nnunet import harness
+from bus_nnunet import tool_runner
 from test_study import _env, _study_file
 
 STUDY = """
@@ -32,7 +32,7 @@ def test_two_study_runs_at_once_run_each_job_once(tmp_path):
     for sub in ("pre", "res"):
         (tmp_path / "nn" / sub).mkdir()
     study = _study_file(tmp_path, STUDY)
-    command = [str(harness.tool("bus-nnunet")), "study", "run", str(study)]
+    command = [str(tool_runner.tool("bus-nnunet")), "study", "run", str(study)]
     runs = [subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for _ in range(2)]
     outputs = [run.communicate(timeout=1500)[0] for run in runs]

@@ -19,7 +19,7 @@ trains from scratch; ``BUS_NNUNET_PRETRAINED=none`` trains from scratch on purpo
 Schedule overrides (environment, for CPU smoke runs; logged when used):
 ``BUS_NNUNET_NUM_EPOCHS``, ``BUS_NNUNET_NUM_ITERATIONS`` (per epoch),
 ``BUS_NNUNET_NUM_VAL_ITERATIONS``, read and checked once by :func:`bus_nnunet.schedule.schedule_overrides` (also for
-nnU-Net's own trainers, by ``bus_nnunet.harness.budget_train``).
+nnU-Net's own trainers, by ``bus_nnunet.study.budget_train``).
 
 Schedule variants: every trainer also exists as ``<Trainer>_1epoch``, ``_5epochs``,
 ``_100epochs`` and ``_250epochs`` (nnU-Net's naming).  They are made with ``type()`` by

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from bus_nnunet.errors import UserError
-from bus_nnunet.harness import tool  # console scripts of the venv that runs the study
+from bus_nnunet.tool_runner import tool  # console scripts of the venv that runs the study
 from bus_nnunet.study import external_validation as EV
 from bus_nnunet.study.config import PLANNERS, Study
 from bus_nnunet.study.inputs import Record, checkpoint_record, read_record, stale_reason, write_record

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bus_nnunet.harness import tool
+from bus_nnunet.tool_runner import tool
 from bus_nnunet.study.config import batch_plans_name
 
 
