@@ -386,10 +386,6 @@ TABLE_HEADER = ["trainer", "params (M)", "trainable (M)", "params, thop rules (M
                 "fwd peak MiB", "train-step peak MiB", "latency ms"]
 
 
-if __name__ == "__main__":  # subprocess entry of peak_memory_cpu
-    print(json.dumps({"peak_bytes": _measure_cpu_memory_here(json.loads(sys.argv[1]))}))
-
-
 # -- process memory (Linux /proc; ru_maxrss where /proc/self/status is missing) ----------------------
 def rss_bytes() -> int:
     """This process's resident set size now."""
@@ -419,3 +415,7 @@ def peak_rss_bytes() -> int:
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+if __name__ == "__main__":  # subprocess entry of peak_memory_cpu
+    print(json.dumps({"peak_bytes": _measure_cpu_memory_here(json.loads(sys.argv[1]))}))
