@@ -67,3 +67,14 @@ if __name__ == "__main__":
         budget_train(sys.argv[2:], label="benchmark budget")
     else:
         sys.exit("usage: python benchmarks/_common.py budget-train <nnUNetv2_train arguments>")
+
+
+def add_real_data_budget_arguments(p) -> None:
+    """The real-data presets' one budget (external validation, classification): fold 0 of images
+    downscaled to a longer side <= 128 px, 10 x 30 iterations at batch 4 for every trainer."""
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=30, help="training iterations per epoch (default 30)")
+    p.add_argument("--val-iterations", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-size", type=int, default=128)
+    p.add_argument("--fold", type=int, default=0)

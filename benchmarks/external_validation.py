@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_study  # noqa: E402  (downscaled_copy, log)
-from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E402
+from _common import add_real_data_budget_arguments, environment_stamp, markdown_table, stamp_markdown  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -44,12 +44,7 @@ DATASETS = ((601, "breast", DATA / "BrEaST", True, True),
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trainers", nargs="+", default=list(TRAINERS))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--iterations", type=int, default=30, help="training iterations per epoch (default 30)")
-    p.add_argument("--val-iterations", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-size", type=int, default=128)
-    p.add_argument("--fold", type=int, default=0)
+    add_real_data_budget_arguments(p)
     p.add_argument("--workdir", type=Path, default=HERE / "work" / "external")
     p.add_argument("--out", type=Path, default=HERE / "results" / "external_validation")
     return p.parse_args(argv)
