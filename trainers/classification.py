@@ -13,8 +13,8 @@ plans (ResEnc presets included) also exist as classifying variants, made with ``
 each with the schedule variants (``nnUNetTrainerUS_Cls_100epochs``).  The options live in the
 recipe (:class:`bus_nnunet.recipes.Classification`), so ``bus-nnunet trainers --show`` prints them.
 
-**Head**: global pooling (average and max, concatenated: ``Classification.pooling``) -> dropout ->
-linear, on the encoder's deepest feature map:
+**Head**: global average pooling -> dropout -> linear, on the encoder's deepest feature map
+(``Classification.pooling``, ``dropout``; lambda = 1 and average pooling measured there):
 
 * nnU-Net's U-Nets from the plans (``PlainConvUNet``, ``ResidualEncoderUNet``, ``ResidualUNet`` of
   dynamic-network-architectures): the network's own ``encoder`` returns every stage's output, the
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bus_nnunet.errors import UserError
+from bus_nnunet.recipes import CLASSIFICATION_POOLINGS
 from bus_nnunet.trainers.base import TrainerSetupError, unwrap_network
 
 __all__ = ["ClassificationHead", "ClassifyingNetwork", "ClassifyingTrainerMixin", "PlansUNetClassifyingMixin",
@@ -62,10 +63,10 @@ class ClassificationHead(nn.Module):
     """Global pooling -> dropout -> linear: ``(B, C, *spatial)`` -> ``(B, num_classes)`` logits.
     ``pooling="avg"``: the spatial mean; ``"avgmax"``: mean and max concatenated (2C features)."""
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, pooling: str = "avgmax"):
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, pooling: str = "avg"):
         super().__init__()
-        if pooling not in ("avg", "avgmax"):
-            raise ValueError(f"pooling={pooling!r}: 'avg' or 'avgmax'")
+        if pooling not in CLASSIFICATION_POOLINGS:
+            raise ValueError(f"pooling={pooling!r}: one of {CLASSIFICATION_POOLINGS}")
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(in_channels * (2 if pooling == "avgmax" else 1), num_classes)
@@ -114,7 +115,7 @@ class ClassifyingNetwork(nn.Module):
     """
 
     def __init__(self, network: nn.Module, num_classes: int, features: str, in_channels: int,
-                 probe_size: Sequence[int], dropout: float = 0.0, pooling: str = "avgmax",
+                 probe_size: Sequence[int], dropout: float = 0.0, pooling: str = "avg",
                  size_divisor: Sequence[int] = (32, 32),
                  min_size: int = 32, input_size: Optional[Sequence[int]] = None,
                  uncertainty_weighting: bool = False):
