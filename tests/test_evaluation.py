@@ -301,7 +301,7 @@ def test_evaluate_cli(tmp_path, capsys):
     manifest.write_text("case_id,split,class\n" + "".join(f"{c},train,{v[2]}\n" for c, v in cases.items()))
     cls_csv = tmp_path / "classification.csv"
     cls_csv.write_text("case_id,true_class,p_benign,p_malignant,predicted_class\n"
-                       "c1,benign,0.8,0.2,benign\nc2,malignant,0.3,0.7,malignant\n")
+                       "c1,benign,0.8,0.2,benign\nc2,malignant,0.3,0.7,malignant\nc4,normal,0.6,0.4,benign\n")
     out = tmp_path / "out"
     args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--probabilities", str(probs), "--manifest",
             str(manifest), "--classification", str(cls_csv), "-o", str(out), "--no-progress"]
@@ -315,8 +315,11 @@ def test_evaluate_cli(tmp_path, capsys):
     assert m["by_class"]["malignant"]["n_cases"] == 1
     assert m["references_without_prediction"] == []
     assert 0.5 < m["pixel_roc"]["auc"] <= 1.0
-    assert m["classification"]["benign_vs_malignant"]["auc"] == 1.0
-    assert m["classification"]["accuracy_all_classes"] == 1.0
+    # cv-report's question: malignant vs rest, the normal case negative (p_malignant 0.4 < 0.7: AUC 1);
+    # a benign/malignant model is never right about a normal case (accuracy 2 / 3)
+    cls = m["classification"]["malignant_vs_rest"]
+    assert (cls["n"], cls["auc"], cls["specificity"], cls["accuracy"]) == (3, 1.0, 1.0, pytest.approx(2 / 3))
+    assert "Malignant vs rest" in (out / "summary.md").read_text()
     with open(out / "per_case.csv") as f:
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
     assert float(rows["c1"]["dice"]) == pytest.approx(0.5) and rows["c4"]["class"] == "normal"
@@ -326,6 +329,13 @@ def test_evaluate_cli(tmp_path, capsys):
     assert main(args) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+    # cv-report's reader: a case listed twice is refused with the file and line, nothing written
+    with open(cls_csv, "a") as f:
+        f.write("c1,benign,0.7,0.3,benign\n")
+    capsys.readouterr()
+    assert main(args + ["--overwrite"]) == 1
+    assert f"{cls_csv} line 5: case 'c1' is listed twice" in capsys.readouterr().err
+    assert read_folder_report(out).to_json() == m
 
 
 def test_evaluate_refuses_missing_predictions_unless_allowed(tmp_path, capsys):

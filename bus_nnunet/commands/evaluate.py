@@ -17,8 +17,9 @@ def register(subparsers):
                                            "adds the pixel-level ROC curve and AUC")
     p.add_argument("--manifest", help="manifest.csv with a 'class' column: adds per-class (benign/malignant/"
                                       "normal) breakdowns")
-    p.add_argument("--classification", help="classification.csv (case_id,true_class,p_benign,p_malignant,"
-                                            "predicted_class), e.g. from an ACSNet trainer's validation folder")
+    p.add_argument("--classification", help="classification.csv (case_id,true_class,p_<class>...), e.g. a classifying "
+                                            "trainer's fold_k/validation/classification.csv: malignant vs rest, "
+                                            "as cv-report scores it")
     p.add_argument("--label", type=int, default=None,
                    help="evaluate only this label value (default: every non-zero label is lesion)")
     add_scoring_options(p)

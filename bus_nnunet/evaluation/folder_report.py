@@ -79,29 +79,24 @@ class FolderReport:
 
 
 def classification_from_csv(path, case_ids=None):
-    """Benign-vs-malignant metrics (malignant positive, score p_malignant) and the multi-class
-    accuracy of ``predicted_class`` from a classification.csv."""
-    import csv
-    from bus_nnunet.evaluation.classification import binary_classification_metrics
+    """Malignant-vs-rest metrics of a classification.csv (``case_ids``: only those cases), read and
+    scored as cv-report does (:mod:`bus_nnunet.evaluation.classification_report`): malignant is
+    positive, benign and normal negative, the score is ``p_malignant``; ``accuracy`` is the most
+    probable class's over all classes.  Cases without a ``true_class`` are counted, not scored."""
+    from bus_nnunet.evaluation.classification_report import read_classification_csv
+    from bus_nnunet.inference.classification import summarize_classification
     path = Path(path)
     if not path.is_file():
         raise UserError(f"classification file {path} not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    needed = {"case_id", "true_class", "p_malignant"}
-    if not rows or not needed <= set(rows[0]):
-        raise UserError(f"{path} needs the columns {sorted(needed)} (has {list(rows[0]) if rows else 'no rows'})")
+    class_names, cases = read_classification_csv(path)
     if case_ids is not None:
-        rows = [r for r in rows if r["case_id"] in case_ids]
-    binary = [r for r in rows if r["true_class"].strip().lower() in ("benign", "malignant")]
-    out = {"n_cases": len(rows)}
-    if binary:
-        out["benign_vs_malignant"] = binary_classification_metrics(
-            [r["true_class"].strip().lower() == "malignant" for r in binary],
-            [float(r["p_malignant"]) for r in binary])
-    if rows and "predicted_class" in rows[0]:
-        correct = sum(r["predicted_class"].strip().lower() == r["true_class"].strip().lower() for r in rows)
-        out["accuracy_all_classes"] = correct / len(rows)
+        cases = {c: v for c, v in cases.items() if c in case_ids}
+    labelled = [(truth, p) for truth, p in cases.values() if truth]
+    out = {"n_cases": len(cases), "n_unlabelled": len(cases) - len(labelled)}
+    if labelled:
+        # a true class the model does not have (normal, for a benign/malignant model) is never its argmax
+        y = [class_names.index(truth) if truth in class_names else -1 for truth, _ in labelled]
+        out["malignant_vs_rest"] = summarize_classification(y, np.array([p for _, p in labelled]), class_names)
     return out
 
 
@@ -155,9 +150,9 @@ def summary_markdown(report: FolderReport) -> str:
     if report.pixel_roc is not None:
         sections.append(f"Pixel-level ROC AUC over {report.pixel_roc['n_cases']} case(s): "
                         f"{F.fmt(report.pixel_roc['auc'])}")
-    bm = (report.classification or {}).get("benign_vs_malignant")
+    bm = (report.classification or {}).get("malignant_vs_rest")
     if bm:
-        sections.append("Benign vs malignant (malignant positive): " + ", ".join(
+        sections.append("Malignant vs rest (benign and normal negative; accuracy: most probable class): " + ", ".join(
             f"{k} {F.fmt(bm[k])}" for k in ("n", "accuracy", "sensitivity", "specificity", "f1", "auc")))
     return F.summary_markdown(report.title, report.summary, report.by_class, sections)
 
