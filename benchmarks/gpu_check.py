@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py --device cpu --tiny  # the same code paths on CPU, bf16 autocast
 
 Per trainer (``bench_efficiency.select_trainers``: nnU-Net's ``nnUNetTrainer`` and ``nnUNetTrainerUS``
-plus one trainer per distinct network), on nnU-Net's plan of a synthetic dataset at ``--patch``:
+plus one trainer per distinct network, and the classifying variants :data:`CLASSIFYING`), on nnU-Net's
+plan of a synthetic dataset at ``--patch``:
 
 * **train**: ``--steps`` calls of the trainer's own ``train_step`` on random data at its patch size, so
   exactly nnU-Net's step: fp16 ``autocast`` with nnU-Net's ``GradScaler`` on CUDA (bf16 autocast on CPU,
@@ -22,7 +23,9 @@ plus one trainer per distinct network), on nnU-Net's plan of a synthetic dataset
   (the ultrasound test-time augmentation: 2 forward passes), under the same autocast as nnU-Net's
   predictor (fp16 on CUDA, float32 on CPU).
 * **compile**: for trainers that allow it, ``torch.compile`` of the network gives the eager loss on
-  the same batch within 1e-3 relative (float32; CUDA only unless ``--compile``).
+  the same batch within 1e-3 relative, and a classifying network the eager class logits too
+  (float32; CUDA only unless ``--compile``; ``--compile-backend eager`` captures the graph without
+  generating code, which is what the CPU test runs).
 
 Kernels: ACSNet's ``deform_conv2d`` (torchvision, CUDA) against its CPU ``grid_sample`` path, forward
 and gradients; SS-Net's scan (both pure-PyTorch backends) on the device against the step loop on SS-Net's
@@ -52,6 +55,9 @@ from _common import environment_stamp, markdown_table, stamp_markdown  # noqa: E
 from bench_efficiency import _synthetic_batch, prepare_plan, select_trainers  # noqa: E402
 
 BASELINE = "nnUNetTrainer"
+#: classifying variants checked beside them (issue 24: AMP and torch.compile as for the base trainer): the class
+#: loss in nnU-Net's AMP train_step, the head on a plan U-Net's encoder and on a compiled network's forward hook
+CLASSIFYING = ("nnUNetTrainerUS_Cls", "AnatoSegNetTrainer_Cls")
 MAX_SCALER_SKIPS = 5  # GradScaler starts at 2^16 and halves per overflow: a few skipped steps are normal
 SOFTMAX_TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
 MIN_DICE = 0.99
@@ -256,8 +262,17 @@ def throughput_check(trainer, in_channels: int, patch, plan_batch: int, device, 
     return out
 
 
-def compile_check(trainer, batch: dict, device, enabled: bool) -> dict:
-    """torch.compile of the network: the float32 training loss equals eager within COMPILE_RTOL."""
+def _loss_and_class_logits(trainer, network, data, target):
+    """The float32 segmentation loss, and a classifying network's class logits (None otherwise)."""
+    if hasattr(network, "forward_classification"):
+        seg, logits = network(data, return_classification=True)
+        return float(trainer.loss(seg, target)), logits.float()
+    return float(trainer.loss(network(data), target)), None
+
+
+def compile_check(trainer, batch: dict, device, enabled: bool, backend: str = "inductor") -> dict:
+    """torch.compile of the network: the float32 training loss (and a classifying network's class
+    logits) equal eager within COMPILE_RTOL."""
     if not getattr(trainer, "allow_compile", True):
         return skipped("trainer disallows torch.compile")
     if not enabled:
@@ -269,15 +284,22 @@ def compile_check(trainer, batch: dict, device, enabled: bool) -> dict:
     target = [t.to(device) for t in target] if isinstance(target, list) else target.to(device)
     with torch.no_grad():
         torch.manual_seed(0)
-        eager = float(trainer.loss(network(data), target))
-        compiled_network = torch.compile(network)
+        eager, eager_logits = _loss_and_class_logits(trainer, network, data, target)
+        compiled_network = torch.compile(network, backend=backend)
         start = time.perf_counter()
         torch.manual_seed(0)
-        compiled = float(trainer.loss(compiled_network(data), target))
+        compiled, compiled_logits = _loss_and_class_logits(trainer, compiled_network, data, target)
         seconds = time.perf_counter() - start
     difference = abs(compiled - eager) / max(abs(eager), 1e-8)
-    return {"passed": math.isfinite(compiled) and difference <= COMPILE_RTOL, "loss_eager": eager,
-            "loss_compiled": compiled, "relative_difference": difference, "compile_and_run_s": seconds}
+    out = {"passed": math.isfinite(compiled) and difference <= COMPILE_RTOL, "backend": backend,
+           "loss_eager": eager, "loss_compiled": compiled, "relative_difference": difference,
+           "compile_and_run_s": seconds}
+    if eager_logits is not None:
+        logits_difference = float((compiled_logits - eager_logits).abs().max())
+        out["class_logits_max_abs_difference"] = logits_difference
+        out["passed"] = out["passed"] and logits_difference <= COMPILE_RTOL * max(float(eager_logits.abs().max()), 1.0)
+    torch._dynamo.reset()  # the next trainer's network compiles afresh
+    return out
 
 
 def check_trainer(rows, name: str, plan: dict, args, device) -> None:
@@ -303,7 +325,8 @@ def check_trainer(rows, name: str, plan: dict, args, device) -> None:
     check(rows, name, "inference", lambda: inference_check(trainer, x, device))
     check(rows, name, "throughput", lambda: throughput_check(trainer, trainer.num_input_channels, patch,
                                                               trainer.batch_size, device, args.iterations))
-    check(rows, name, "compile", lambda: compile_check(trainer, batch, device, device.type == "cuda" or args.compile))
+    check(rows, name, "compile", lambda: compile_check(trainer, batch, device, device.type == "cuda" or args.compile,
+                                                       args.compile_backend))
     del holder, trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -473,6 +496,8 @@ def parse_args(argv=None):
     parser.add_argument("--scan-size", type=int, default=256, help="SS-Net input side for the scan shapes")
     parser.add_argument("--scan-batch", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also run the compile check on CPU")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (default inductor, nnU-Net's; eager: graph capture only)")
     parser.add_argument("--inject-nan", nargs="*", default=[], metavar="TRAINER",
                         help="put a NaN into these trainers' training data (shows that the train check fails)")
     parser.add_argument("--tiny", action="store_true",
@@ -496,6 +521,8 @@ def main(argv=None) -> int:
         sys.exit("--device cuda: no CUDA device (use --device cpu for the CPU mode)")
     start = time.perf_counter()
     names, notes = select_trainers(args.trainers)
+    if not args.trainers:
+        names += [n for n in CLASSIFYING if n not in names]
     rows: List[dict] = []
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))

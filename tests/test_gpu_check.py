@@ -4,8 +4,9 @@ kernel checks), its results schema, and that a check fails when it should (a NaN
 
 A representative set of trainers keeps this well under a minute on one core: nnU-Net's plan-built
 U-Net (nnU-Net's own train_step), SS-Net (the selective scan), ACSNet (its own train_step with the
-classification loss, deformable convolution) and SCRNet (attention under autocast); the other
-networks take the same per-trainer code path, and ``python benchmarks/gpu_check.py --device cpu
+classification loss, deformable convolution), SCRNet (attention under autocast) and nnUNetTrainerUS_Cls
+(issue 24: the class loss in the AMP step, the head under TorchDynamo's graph capture, backend
+"eager"); the other networks take the same per-trainer code path, and ``python benchmarks/gpu_check.py --device cpu
 --tiny`` runs them all.
 """
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-TRAINERS = ["nnUNetTrainer", "SSNetTrainer", "ACSNetTrainer", "SCRNetTrainer", "nnUNetTrainerUS"]
+TRAINERS = ["nnUNetTrainer", "SSNetTrainer", "ACSNetTrainer", "SCRNetTrainer", "nnUNetTrainerUS", "nnUNetTrainerUS_Cls"]
 POISONED = "nnUNetTrainerUS"
 
 
@@ -33,7 +34,7 @@ def cpu_run(tmp_path_factory):
     out = folder / "gpu_check.json"
     try:
         status = gpu_check.main(["--device", "cpu", "--tiny", "--threads", "1", "--trainers", *TRAINERS,
-                                 "--inject-nan", POISONED, "--work", str(folder / "work"), "--out", str(out)])
+                                 "--inject-nan", POISONED, "--compile", "--compile-backend", "eager", "--work", str(folder / "work"), "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     payload = json.loads(out.read_text())
@@ -89,7 +90,11 @@ def test_inference_throughput_and_kernel_rows_carry_numbers(cpu_run):
         assert 0 <= inference["mean_abs_softmax_diff"] <= 1 and 0 <= inference["argmax_dice"] <= 1
         assert inference["nonfinite"] == 0
     assert rows[("SSNetTrainer", "compile")]["status"] == "SKIP"  # SS-Net disallows torch.compile
-    assert "no CUDA" in rows[("nnUNetTrainer", "compile")]["reason"]
+    for name in ("nnUNetTrainer", "nnUNetTrainerUS_Cls"):  # TorchDynamo's graph capture (backend eager) on the CPU
+        compiled = rows[(name, "compile")]
+        assert compiled["status"] == "PASS" and compiled["backend"] == "eager", compiled
+    # issue 24: the classifying variant's head, traced, gives the eager class logits
+    assert rows[("nnUNetTrainerUS_Cls", "compile")]["class_logits_max_abs_difference"] <= 1e-3
     assert rows[("ACSNet", "deform_conv2d")]["status"] == "PASS"
     scan = rows[("SS-Net", "scan")]
     assert scan["status"] == "PASS" and max(scan["max_rel_error"].values()) <= 1e-5
