@@ -11,6 +11,8 @@ with the ``BUS_NNUNET_NUM_*`` schedule, :func:`bus_nnunet.study.budget_train.bud
   design).  With ``--reuse`` (default: the external-validation benchmark's work folder) the
   BrEaST conversion, its ``nnUNetPlans_bs4`` preprocessing and ACSNet's finished fold are taken
   from there instead of being made again (same data, split and budget); nothing there is changed.
+  With ``--train-without-head`` the trainers without the head that --reuse lacks are trained here
+  too, last, for the paired Dice column.
 * **report**: per trainer the validation AUC (malignant vs benign) with its 95 % confidence
   interval, sensitivity / specificity / accuracy at 0.5, the expected calibration error, the mean ±
   std per-image Dice (cv-report), the paired AUC comparisons (DeLong, Holm), the ROC curves and the
@@ -62,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--reuse", type=Path, default=HERE / "work" / "external",
                    help="work folder of benchmarks/external_validation.py: its BrEaST data and finished "
                         "reference fold are used read-only when they match this budget")
+    p.add_argument("--train-without-head", action="store_true",
+                   help="also train each variant's trainer without the head here when --reuse has no finished "
+                        "fold of it (for the paired Dice column)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the finished folds")
     p.add_argument("--workdir", type=Path, default=HERE / "work" / "classification")
     p.add_argument("--out", type=Path, default=HERE / "results" / "classification")
@@ -125,8 +130,10 @@ def prepare(args, work: Path) -> dict:
              "-o", str(work / "raw"), "--no-progress"], env, work / "logs" / "convert.log")
         notes["raw"] = f"converted from {source}"
     if not (work / "preprocessed" / DATASET / f"{plans_name(args)}.json").is_file():
+        # nnU-Net's planner passes nnUNet_n_proc_DA to torch.set_num_threads, which refuses 0
         run([sys.executable, "-m", "bus_nnunet.study.plan_dataset", str(DATASET_ID), CONFIGURATION,
-             "ExperimentPlanner", "nnUNetPlans", "1", str(args.batch_size)], env, work / "logs" / "plan.log")
+             "ExperimentPlanner", "nnUNetPlans", "1", str(args.batch_size)], dict(env, nnUNet_n_proc_DA="1"),
+            work / "logs" / "plan.log")
         notes["preprocessed"] = "planned here"
     # read-only links into --reuse: the reference, and each variant's trainer without the head (for
     # the paired Dice test); a link is made only to a finished fold at this budget
@@ -317,13 +324,16 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     notes = prepare(args, work)
     trainers = [args.reference, *[t for t in args.trainers if t != args.reference]]
+    # the head-less trainers feed only the paired Dice column, so they are trained last
+    trained = trainers + ([t for t in plain_trainers(args.trainers) if not model_folder(work, t, args).is_symlink()]
+                          if args.train_without_head else [])
     runs = {}
-    for trainer in trainers:
+    for trainer in trained:
         if args.report_only:
             runs[trainer] = {"status": fold_state(model_folder(work, trainer, args) / f"fold_{args.fold}")}
         else:
             runs[trainer] = train(args, work, trainer)
-    for trainer in trainers:
+    for trainer in trained:
         runs[trainer]["training_seconds"] = training_seconds(model_folder(work, trainer, args) / f"fold_{args.fold}")
     result = {"command": "python benchmarks/classification_study.py " + " ".join(argv if argv is not None
                                                                                    else sys.argv[1:]),
