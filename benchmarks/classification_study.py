@@ -23,9 +23,9 @@ only ``checkpoint_latest.pth`` continues with ``--c``); the trainings run one af
 Writes OUT.json / OUT.md (command, environment stamp, time) and OUT_roc.png / OUT_reliability.png
 (cv-report's figures)::
 
-    python benchmarks/classification_study.py      # CPU, 1 thread, on the shared 2-core machine
-                                                   # (load 8-17): nnUNetTrainerUS_Cls 14.5 min, the
-                                                   # attention U-Net 16 min, AnatoSegNet ~45 min
+    python benchmarks/classification_study.py --threads 2 --train-without-head
+        # idle 2-core CPU: 56 min for all seven trainings (ACSNet 7 min, nnUNetTrainerUS_Cls 3.6,
+        # the attention U-Net's variant 4.6, AnatoSegNet's 14.3, and the three head-less trainers)
     python benchmarks/classification_study.py --report-only   # the tables from what is finished
 """
 from __future__ import annotations
